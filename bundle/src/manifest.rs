@@ -1,0 +1,642 @@
+//! The `NodeBundle` manifest (`apiVersion: kiln.dev/v1alpha1`): what goes into a bundle, pinned.
+//!
+//! Parsing is strict: unknown fields, wrong types and missing fields are errors naming the file,
+//! line, column and field. [`Manifest::validate`] then checks what YAML types cannot express.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256;
+use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::path::check_relative;
+
+pub const API_VERSION: &str = "kiln.dev/v1alpha1";
+pub const KIND: &str = "NodeBundle";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// Target architectures; `kiln build` writes one bundle per architecture.
+    pub architectures: Vec<Arch>,
+    pub kubernetes_version: String,
+    pub components: Components,
+    /// Extra files placed into the bundle as they are.
+    #[serde(default)]
+    pub files: Vec<ExtraFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture of the machine running kiln, in Debian/Go naming.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            _ => Err(format!(
+                "unknown architecture `{s}` (expected amd64 or arm64)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Components {
+    pub runc: Component,
+    pub containerd: Component,
+    pub cni_plugins: Component,
+    #[serde(default)]
+    pub kubelet: Option<Component>,
+    #[serde(default)]
+    pub crictl: Option<Component>,
+    #[serde(default)]
+    pub nerdctl: Option<Component>,
+}
+
+impl Components {
+    /// The components present, by their bundle name, in a fixed order.
+    pub fn iter(&self) -> Vec<(&'static str, &Component)> {
+        let mut v = vec![
+            ("runc", &self.runc),
+            ("containerd", &self.containerd),
+            ("cni-plugins", &self.cni_plugins),
+        ];
+        for (name, c) in [
+            ("kubelet", &self.kubelet),
+            ("crictl", &self.crictl),
+            ("nerdctl", &self.nerdctl),
+        ] {
+            if let Some(c) = c {
+                v.push((name, c));
+            }
+        }
+        v
+    }
+
+    /// The manifest key of a component name (`cni-plugins` is `cniPlugins`).
+    pub fn key(name: &str) -> &str {
+        if name == "cni-plugins" {
+            "cniPlugins"
+        } else {
+            name
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Component {
+    pub version: String,
+    pub source: Source,
+    pub install: Vec<Install>,
+}
+
+/// Where an artifact comes from: exactly one of `url` or `apt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    /// `https://`, `http://`, `file://` or a path relative to the manifest. `{version}` and `{arch}`
+    /// are replaced.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub apt: Option<AptSource>,
+    /// Artifact kind; inferred from the URL's extension when absent (`.deb` for `apt`).
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Expected digest of the artifact, per architecture. Required for `url`; optional for `apt`,
+    /// whose repository signatures already apply (the lock then pins the digest).
+    #[serde(default)]
+    pub sha256: BTreeMap<Arch, Sha256>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AptSource {
+    pub package: String,
+    /// Exact Debian version; the candidate version when absent (recorded in the lock).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    #[serde(rename = "binary")]
+    Binary,
+    #[serde(rename = "tar.gz", alias = "tgz")]
+    TarGz,
+    #[serde(rename = "tar.zst")]
+    TarZst,
+    #[serde(rename = "deb")]
+    Deb,
+}
+
+impl Format {
+    pub fn infer(url: &str) -> Format {
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
+            Format::TarGz
+        } else if path.ends_with(".tar.zst") {
+            Format::TarZst
+        } else if path.ends_with(".deb") {
+            Format::Deb
+        } else {
+            Format::Binary
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Binary => "binary",
+            Format::TarGz => "tar.gz",
+            Format::TarZst => "tar.zst",
+            Format::Deb => "deb",
+        }
+    }
+}
+
+/// One install rule: artifact member `from` goes to bundle path `to`.
+///
+/// A `from` ending in `/` copies that directory's regular files (recursively) under `to`, which then
+/// must end in `/` too. A raw binary artifact has no members, so `from` is omitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Install {
+    #[serde(default)]
+    pub from: Option<String>,
+    pub to: String,
+    /// Mode of the installed file(s); by default 0755 for raw binaries and executable members,
+    /// 0644 otherwise.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+/// A file placed into the bundle from the manifest itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtraFile {
+    pub path: String,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Inline content.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// A file relative to the manifest's directory.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+impl Manifest {
+    /// Parse and validate manifest text; `origin` names it in errors (usually the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest> {
+        let m: Manifest = crate::yaml::from_str(text, origin)?;
+        m.validate(origin)?;
+        Ok(m)
+    }
+
+    pub fn has_kubelet(&self) -> bool {
+        self.spec.components.kubelet.is_some()
+    }
+
+    /// Checks that the types cannot express. Errors name the field by its path in the document.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |field: &str, msg: String| Error::invalid(origin, field, msg);
+        if self.api_version != API_VERSION {
+            return Err(err(
+                "apiVersion",
+                format!(
+                    "`{}` is not supported (expected `{API_VERSION}`)",
+                    self.api_version
+                ),
+            ));
+        }
+        if self.kind != KIND {
+            return Err(err(
+                "kind",
+                format!("`{}` is not supported (expected `{KIND}`)", self.kind),
+            ));
+        }
+        check_name_like(&self.metadata.name).map_err(|m| err("metadata.name", m))?;
+        check_name_like(&self.metadata.version).map_err(|m| err("metadata.version", m))?;
+        check_version(&self.spec.kubernetes_version)
+            .map_err(|m| err("spec.kubernetesVersion", m))?;
+        if self.spec.architectures.is_empty() {
+            return Err(err(
+                "spec.architectures",
+                "at least one architecture is required".into(),
+            ));
+        }
+        let archs: BTreeSet<_> = self.spec.architectures.iter().collect();
+        if archs.len() != self.spec.architectures.len() {
+            return Err(err(
+                "spec.architectures",
+                "an architecture is listed twice".into(),
+            ));
+        }
+
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in self.spec.components.iter() {
+            let at = format!("spec.components.{}", Components::key(name));
+            if c.version.trim().is_empty() {
+                return Err(err(&format!("{at}.version"), "must not be empty".into()));
+            }
+            let s = &c.source;
+            match (&s.url, &s.apt) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        &format!("{at}.source"),
+                        "give either `url` or `apt`, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(err(
+                        &format!("{at}.source"),
+                        "one of `url` or `apt` is required".into(),
+                    ))
+                }
+                (Some(url), None) => {
+                    check_template(url).map_err(|m| err(&format!("{at}.source.url"), m))?;
+                    for arch in &self.spec.architectures {
+                        if !s.sha256.contains_key(arch) {
+                            return Err(err(&format!("{at}.source.sha256"), format!("no digest for `{arch}`; every URL artifact is pinned by its sha256")));
+                        }
+                    }
+                }
+                (None, Some(apt)) => {
+                    if apt.package.is_empty()
+                        || !apt
+                            .package
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                    {
+                        return Err(err(
+                            &format!("{at}.source.apt.package"),
+                            format!("`{}` is not a Debian package name", apt.package),
+                        ));
+                    }
+                    if let Some(v) = &apt.version {
+                        if v.is_empty()
+                            || !v
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b))
+                        {
+                            return Err(err(
+                                &format!("{at}.source.apt.version"),
+                                format!("`{v}` is not a Debian version"),
+                            ));
+                        }
+                    }
+                    if matches!(s.format, Some(f) if f != Format::Deb) {
+                        return Err(err(
+                            &format!("{at}.source.format"),
+                            "an `apt` source is always a .deb".into(),
+                        ));
+                    }
+                }
+            }
+            if c.install.is_empty() {
+                return Err(err(
+                    &format!("{at}.install"),
+                    "at least one install rule is required".into(),
+                ));
+            }
+            let format = self.format_of(c);
+            for (i, rule) in c.install.iter().enumerate() {
+                let at = format!("{at}.install[{i}]");
+                let tree = rule.to.ends_with('/');
+                check_relative(rule.to.trim_end_matches('/'))
+                    .map_err(|e| err(&format!("{at}.to"), e.to_string()))?;
+                match (&rule.from, format) {
+                    (Some(_), Format::Binary) => {
+                        return Err(err(
+                            &format!("{at}.from"),
+                            "a raw binary has no members; omit `from`".into(),
+                        ))
+                    }
+                    (None, Format::Binary) if tree => {
+                        return Err(err(
+                            &format!("{at}.to"),
+                            "a raw binary installs to a file path, not a directory".into(),
+                        ))
+                    }
+                    (None, Format::Binary) => {}
+                    (None, _) => {
+                        return Err(err(
+                            &format!("{at}.from"),
+                            "an archive rule needs the member to install".into(),
+                        ))
+                    }
+                    (Some(from), _) => {
+                        if from.ends_with('/') != tree {
+                            return Err(err(&format!("{at}"), "`from` and `to` must both be directories (ending in `/`) or both files".into()));
+                        }
+                        let f = from.trim_start_matches("./").trim_end_matches('/');
+                        if !f.is_empty() {
+                            check_relative(f)
+                                .map_err(|e| err(&format!("{at}.from"), e.to_string()))?;
+                        }
+                    }
+                }
+                if !tree {
+                    if let Some(prev) = targets.insert(rule.to.clone(), name.to_string()) {
+                        return Err(err(
+                            &format!("{at}.to"),
+                            format!("`{}` is already installed by {prev}", rule.to),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, f) in self.spec.files.iter().enumerate() {
+            let at = format!("spec.files[{i}]");
+            check_relative(&f.path).map_err(|e| err(&format!("{at}.path"), e.to_string()))?;
+            if f.content.is_some() == f.from.is_some() {
+                return Err(err(&at, "give exactly one of `content` or `from`".into()));
+            }
+            if let Some(prev) = targets.insert(f.path.clone(), "spec.files".into()) {
+                return Err(err(
+                    &format!("{at}.path"),
+                    format!("`{}` is already installed by {prev}", f.path),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifact format of a component: explicit, `.deb` for apt, or inferred from the URL.
+    pub fn format_of(&self, c: &Component) -> Format {
+        match (&c.source.format, &c.source.url) {
+            (Some(f), _) => *f,
+            (None, Some(url)) => Format::infer(url),
+            (None, None) => Format::Deb,
+        }
+    }
+}
+
+/// Replace `{version}` and `{arch}` in a URL template.
+pub fn expand(template: &str, version: &str, arch: Arch) -> String {
+    template
+        .replace("{version}", version)
+        .replace("{arch}", arch.as_str())
+}
+
+fn check_template(url: &str) -> Result<(), String> {
+    let mut rest = url;
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i..];
+        let end = tail
+            .find('}')
+            .ok_or_else(|| format!("`{url}` has an unclosed `{{`"))?;
+        let var = &tail[1..end];
+        if var != "version" && var != "arch" {
+            return Err(format!(
+                "`{{{var}}}` is not a known placeholder (use {{version}} or {{arch}})"
+            ));
+        }
+        rest = &tail[end + 1..];
+    }
+    if url.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(())
+}
+
+/// Names and versions end up in file names: keep them to a portable character set.
+fn check_name_like(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        || s.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "`{s}` may only contain letters, digits, `.`, `_`, `+` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_version(s: &str) -> Result<(), String> {
+    parse_minor(s)
+        .map(|_| ())
+        .ok_or_else(|| format!("`{s}` is not a Kubernetes version such as 1.36.4"))
+}
+
+/// `(major, minor)` of a version such as `1.36.4` or `v1.27.0-rc.1`.
+pub fn parse_minor(s: &str) -> Option<(u32, u32)> {
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let mut it = s.split(['.', '-', '+']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: kiln.dev/v1alpha1
+kind: NodeBundle
+metadata:
+  name: test
+  version: 1.0.0
+spec:
+  architectures: [amd64]
+  kubernetesVersion: "1.36.4"
+  components:
+    runc:
+      version: 1.4.3
+      source:
+        url: https://example.com/runc.{arch}
+        sha256:
+          amd64: 0000000000000000000000000000000000000000000000000000000000000000
+      install:
+        - to: bin/runc
+    containerd:
+      version: 2.3.4
+      source:
+        url: https://example.com/containerd-{version}-linux-{arch}.tar.gz
+        sha256:
+          amd64: 1111111111111111111111111111111111111111111111111111111111111111
+      install:
+        - from: bin/containerd
+          to: bin/containerd
+    cniPlugins:
+      version: 1.1.1
+      source:
+        apt:
+          package: containernetworking-plugins
+      install:
+        - from: usr/lib/cni/
+          to: cni/bin/
+"#;
+
+    fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse(text, "m.yaml")
+    }
+
+    #[test]
+    fn parses_a_good_manifest() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.spec.components.iter().len(), 3);
+        assert!(!m.has_kubelet());
+        assert_eq!(m.format_of(&m.spec.components.containerd), Format::TarGz);
+        assert_eq!(m.format_of(&m.spec.components.cni_plugins), Format::Deb);
+        assert_eq!(m.format_of(&m.spec.components.runc), Format::Binary);
+        assert_eq!(
+            expand(
+                m.spec.components.containerd.source.url.as_deref().unwrap(),
+                "2.3.4",
+                Arch::Arm64
+            ),
+            "https://example.com/containerd-2.3.4-linux-arm64.tar.gz"
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_column_and_field() {
+        let text = GOOD.replace(
+            "      install:\n        - to: bin/runc",
+            "      install:\n        - to: bin/runc\n          owner: root",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "m.yaml:19:11: spec.components.runc.install[0].owner: unknown field `owner`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = GOOD.replace("architectures: [amd64]", "architectures: amd64");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("m.yaml:8:18: spec.architectures:"), "{e}");
+        let text = GOOD.replace("architectures: [amd64]", "architectures: [sparc]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.architectures[0]: unknown variant `sparc`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = GOOD.replace("  kubernetesVersion: \"1.36.4\"\n", "");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("missing field `kubernetesVersion`"), "{e}");
+        assert!(e.starts_with("m.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn missing_digest_for_an_arch() {
+        let text = GOOD.replace("architectures: [amd64]", "architectures: [amd64, arm64]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(e, "m.yaml: spec.components.runc.source.sha256: no digest for `arm64`; every URL artifact is pinned by its sha256");
+    }
+
+    #[test]
+    fn bad_digest_is_a_parse_error() {
+        let text = GOOD.replace(
+            "amd64: 0000000000000000000000000000000000000000000000000000000000000000",
+            "amd64: 1234",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.components.runc.source.sha256") && e.contains("not a sha256 digest"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hostile_install_target_is_refused() {
+        let text = GOOD.replace("- to: bin/runc", "- to: ../../etc/runc");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.components.runc.install[0].to") && e.contains("`..`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_target_is_refused() {
+        let text = GOOD.replace("to: bin/containerd", "to: bin/runc");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("already installed by runc"), "{e}");
+    }
+
+    #[test]
+    fn unknown_placeholder_is_refused() {
+        let text = GOOD.replace("runc.{arch}", "runc.{os}");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("`{os}` is not a known placeholder"), "{e}");
+    }
+
+    #[test]
+    fn wrong_api_version() {
+        let text = GOOD.replace("kiln.dev/v1alpha1", "kiln.dev/v9");
+        assert!(parse(&text).unwrap_err().to_string().contains("apiVersion"));
+    }
+
+    #[test]
+    fn minor_versions() {
+        assert_eq!(parse_minor("1.36.4"), Some((1, 36)));
+        assert_eq!(parse_minor("v1.27.0-rc.1"), Some((1, 27)));
+        assert_eq!(parse_minor("1"), None);
+    }
+}
