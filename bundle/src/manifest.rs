@@ -379,7 +379,7 @@ impl Manifest {
                     }
                     (Some(from), _) => {
                         if from.ends_with('/') != tree {
-                            return Err(err(&format!("{at}"), "`from` and `to` must both be directories (ending in `/`) or both files".into()));
+                            return Err(err(&at, "`from` and `to` must both be directories (ending in `/`) or both files".into()));
                         }
                         let f = from.trim_start_matches("./").trim_end_matches('/');
                         if !f.is_empty() {

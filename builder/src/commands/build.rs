@@ -1,0 +1,182 @@
+//! `kiln build MANIFEST -o DIR`: one reproducible bundle per architecture, with its `.sha256` (and
+//! `.minisig` when signing).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use kiln_bundle::digest::{hash_reader, parse_sha256sum, Sha256};
+use kiln_bundle::index::{BuildInfo, EntryKind, FileRecord, Index, SBOM_PATH, SCHEMA_VERSION};
+use kiln_bundle::manifest::{Arch, Manifest};
+use kiln_bundle::mode::Mode;
+use kiln_bundle::writer::{self, sha256_path, Content};
+
+use crate::cache::Cache;
+use crate::cli::{password_from_env, BuildArgs};
+use crate::lockfile::{lock_path, Lock};
+use crate::mirror::Mirrors;
+use crate::plan::{self, Ctx};
+
+pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
+    let manifest = super::load_manifest(&a.manifest)?;
+    let archs = select_archs(&manifest, &a.archs)?;
+    let lock_file = lock_path(&a.manifest);
+    let lock = Lock::load(&lock_file)?;
+    match (&lock, a.locked) {
+        (None, true) => bail!(
+            "--locked: {} does not exist; run `kiln lock {}`",
+            lock_file.display(),
+            a.manifest.display()
+        ),
+        (Some(l), locked) => {
+            let diffs = l.disagreements(&manifest, &archs);
+            if !diffs.is_empty() {
+                let msg = format!(
+                    "{} disagrees with {}:\n  {}",
+                    lock_file.display(),
+                    a.manifest.display(),
+                    diffs.join("\n  ")
+                );
+                if locked {
+                    bail!(
+                        "--locked: {msg}\nrun `kiln lock {}` to update it",
+                        a.manifest.display()
+                    );
+                }
+                tracing::warn!("{msg}\nthe lock is ignored; run `kiln lock` to update it");
+            }
+        }
+        (None, false) => {}
+    }
+    let lock = lock.filter(|l| l.disagreements(&manifest, &archs).is_empty());
+    let password = password_from_env(a.key_password_env.as_deref())?;
+    let cache = Cache::open(cache)?;
+    let mirrors = Mirrors::parse(&a.fetch.mirrors).map_err(anyhow::Error::msg)?;
+    let ctx = Ctx::new(
+        &cache,
+        &mirrors,
+        &a.manifest,
+        a.fetch.offline,
+        a.fetch.retries,
+    );
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("cannot create output directory {}", a.output.display()))?;
+
+    for arch in archs {
+        let started = Instant::now();
+        let resolved = plan::resolve(&manifest, arch, lock.as_ref(), &ctx)?;
+        let planned = plan::install(&manifest, &resolved, &ctx)?;
+        let epoch = a.source_date_epoch.unwrap_or(0);
+        let (index, contents) = assemble(&manifest, arch, &resolved, planned, epoch);
+        let dest = a.output.join(index.file_name());
+        let (digest, fresh) = match up_to_date(&dest, &index) {
+            Some(d) => (d, false),
+            None => {
+                let w =
+                    writer::write_bundle(&a.output, &index, &contents, writer::default_workers())?;
+                (w.sha256, true)
+            }
+        };
+        if let Some(key) = &a.sign {
+            let comment = format!("kiln bundle {} sha256:{digest}", index.file_name());
+            let sig = crate::signing::sign_file(&dest, key, password.clone(), &comment)?;
+            tracing::info!("signed: {}", sig.display());
+        }
+        let state = if fresh { "built" } else { "up to date" };
+        println!(
+            "{} {state} ({} files, {}, {:.2}s)\nsha256 {digest}",
+            dest.display(),
+            index.files.len(),
+            super::human_size(std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0)),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn select_archs(m: &Manifest, wanted: &[String]) -> Result<Vec<Arch>> {
+    if wanted.is_empty() {
+        return Ok(m.spec.architectures.clone());
+    }
+    wanted
+        .iter()
+        .map(|w| {
+            let arch: Arch = w.parse().map_err(anyhow::Error::msg)?;
+            if !m.spec.architectures.contains(&arch) {
+                bail!(
+                    "--arch {arch}: the manifest does not list it (it lists {:?})",
+                    m.spec.architectures
+                );
+            }
+            Ok(arch)
+        })
+        .collect()
+}
+
+/// The index and contents of one bundle, with the SBOM added.
+pub fn assemble(
+    m: &Manifest,
+    arch: Arch,
+    resolved: &[plan::Resolved],
+    planned: Vec<plan::Planned>,
+    epoch: u64,
+) -> (Index, BTreeMap<String, Content>) {
+    let components: Vec<_> = resolved.iter().map(plan::Resolved::record).collect();
+    let sbom = crate::sbom::render(
+        &m.metadata.name,
+        &m.metadata.version,
+        arch,
+        &components,
+        epoch,
+    );
+    let mut files: Vec<FileRecord> = Vec::with_capacity(planned.len() + 1);
+    let mut contents = BTreeMap::new();
+    for p in planned {
+        contents.insert(p.record.path.clone(), p.content);
+        files.push(p.record);
+    }
+    files.push(FileRecord {
+        path: SBOM_PATH.into(),
+        kind: EntryKind::File,
+        mode: Mode::FILE,
+        size: sbom.len() as u64,
+        sha256: Some(Sha256::of(&sbom)),
+        target: None,
+        component: None,
+    });
+    contents.insert(SBOM_PATH.into(), Content::Bytes(sbom));
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let index = Index {
+        schema_version: SCHEMA_VERSION,
+        name: m.metadata.name.clone(),
+        version: m.metadata.version.clone(),
+        arch,
+        kubernetes_version: m.spec.kubernetes_version.clone(),
+        components,
+        files,
+        build: BuildInfo {
+            tool: crate::tool_version(),
+            source_date_epoch: epoch,
+            compression: format!("zstd-{}", writer::ZSTD_LEVEL),
+        },
+    };
+    (index, contents)
+}
+
+/// The digest of an existing bundle at `dest` built from exactly `index`, if it is intact: same
+/// index, and bytes matching the `.sha256` beside it. Rebuilding would give the same file.
+fn up_to_date(dest: &Path, index: &Index) -> Option<Sha256> {
+    let existing = kiln_bundle::reader::read_index(dest).ok()?;
+    if &existing != index {
+        return None;
+    }
+    let recorded = parse_sha256sum(&std::fs::read_to_string(sha256_path(dest)).ok()?).ok()?;
+    let (actual, _) = hash_reader(std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(dest).ok()?,
+    ))
+    .ok()?;
+    (actual == recorded).then_some(actual)
+}

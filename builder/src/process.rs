@@ -1,0 +1,73 @@
+//! The one way the builder runs external tools: arguments as a vector (never a shell string), stdout
+//! and stderr captured, and a failure that names the program and quotes what it printed.
+//!
+//! External tools the builder needs: `apt-get` (the `apt` source). Nothing else.
+
+use std::process::{Command, Output};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Run `cmd` to completion, capturing its output; a non-zero exit is an error with stderr attached.
+pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        let command = std::iter::once(program)
+            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(ProcessError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: tail(&out.stderr),
+        });
+    }
+    Ok(out)
+}
+
+/// The last lines of a tool's stderr, enough to explain a failure without flooding the terminal.
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(8);
+    let joined = lines[start..].join("\n  ");
+    if joined.is_empty() {
+        "(no output on stderr)".into()
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_names_the_command_and_quotes_stderr() {
+        let e = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`sh -c echo boom >&2; exit 3` failed"), "{e}");
+        assert!(e.contains("boom"), "{e}");
+        let e = run(&mut Command::new("/nonexistent/tool"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot run `/nonexistent/tool`"), "{e}");
+    }
+}
