@@ -1,1 +1,23 @@
+//! Test-only helpers shared by kiln's integration tests and benchmarks:
+//! - [`mirror`]: a local HTTP artifact server on 127.0.0.1 with fault injection;
+//! - [`standin`]: stand-in upstream artifacts (raw binaries, tar.gz releases, .debs) whose sizes
+//!   and compressibility resemble the real ones.
 
+pub mod mirror;
+pub mod standin;
+
+use std::path::PathBuf;
+
+/// The workspace root, for tests that read shipped manifests.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// sha256 hex of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -1,0 +1,99 @@
+//! Shared helpers for the `kiln` CLI tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_bundle::manifest::{expand, Manifest};
+use kiln_testkit::mirror::Mirror;
+use kiln_testkit::standin;
+
+pub const SCALE: f64 = 0.002;
+
+pub fn kiln(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_CACHE", cache)
+        .env("KILN_HTTP_BACKOFF_MS", "20")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("kiln runs")
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kiln unexpectedly succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn production_manifest() -> PathBuf {
+    kiln_testkit::workspace_root().join("manifests/k8s-1.36.yaml")
+}
+
+/// A mirror serving stand-ins for every artifact of the production manifest, both architectures.
+pub fn production_mirror() -> Mirror {
+    let m = Mirror::start();
+    for arch in ["amd64", "arm64"] {
+        for (path, body) in standin::production(arch, SCALE) {
+            m.put(&path, body);
+        }
+    }
+    m
+}
+
+/// The production manifest with each real digest replaced by the digest of the stand-in that the
+/// mirror serves at the same URL, written into `dir`.
+pub fn standin_manifest(dir: &Path, mirror: &Mirror) -> PathBuf {
+    let path = production_manifest();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let manifest = Manifest::parse(&text, "k8s-1.36.yaml").unwrap();
+    let served: std::collections::BTreeMap<String, String> = ["amd64", "arm64"]
+        .iter()
+        .flat_map(|a| standin::production(a, SCALE))
+        .map(|(p, b)| (p, kiln_testkit::sha256_hex(&b)))
+        .collect();
+    for (_, c) in manifest.spec.components.iter() {
+        for (arch, digest) in &c.source.sha256 {
+            let url = expand(c.source.url.as_deref().unwrap(), &c.version, *arch);
+            let served_path = url.replacen("https://", "/", 1);
+            let standin = served
+                .get(&served_path)
+                .unwrap_or_else(|| panic!("mirror serves {served_path}"));
+            text = text.replace(&digest.hex(), standin);
+        }
+    }
+    let _ = mirror;
+    let out = dir.join("k8s-standin.yaml");
+    std::fs::write(&out, text).unwrap();
+    out
+}
+
+pub fn mirror_args(m: &Mirror) -> Vec<String> {
+    standin::mirror_flags(&m.url())
+}
+
+/// Files in a directory, sorted, for "nothing was written" checks.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
