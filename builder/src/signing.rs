@@ -52,17 +52,35 @@ fn load_secret_key(path: &Path, password: Option<String>) -> Result<minisign::Se
         .with_context(|| format!("cannot read secret key {}", path.display()))?;
     let sk_box = minisign::SecretKeyBox::from_string(&text)
         .map_err(|e| anyhow!("{}: not a minisign secret key: {e}", path.display()))?;
-    let sk = match password {
+    let loaded = match password {
         Some(pw) => sk_box.into_secret_key(Some(pw)),
         None => sk_box.into_unencrypted_secret_key(),
+    };
+    match loaded {
+        Ok(sk) => Ok(sk),
+        Err(e) => unchecked_unencrypted_key(&text).ok_or_else(|| {
+            anyhow!(
+                "{}: cannot load the secret key (encrypted keys need --key-password-env): {e}",
+                path.display()
+            )
+        }),
     }
-    .map_err(|e| {
-        anyhow!(
-            "{}: cannot load the secret key (encrypted keys need --key-password-env): {e}",
-            path.display()
-        )
-    })?;
-    Ok(sk)
+}
+
+/// `minisign -G -W` (the C tool, 0.11 in Debian 12) writes unencrypted secret keys with an all-zero
+/// checksum, which the minisign crate rejects as corrupted. Accept exactly that shape: no KDF and a
+/// zero checksum. Anything else keeps the crate's error.
+fn unchecked_unencrypted_key(text: &str) -> Option<minisign::SecretKey> {
+    use base64::Engine as _;
+    let line = text.lines().nth(1)?.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .ok()?;
+    // sig_alg(2) kdf_alg(2) chk_alg(2) salt(32) opslimit(8) memlimit(8) keynum(8) sk(64) chk(32)
+    if bytes.len() != 158 || bytes[2..4] != [0, 0] || bytes[126..].iter().any(|b| *b != 0) {
+        return None;
+    }
+    minisign::SecretKey::from_bytes(&bytes).ok()
 }
 
 /// Sign `file`, writing `file.minisig` atomically. The trusted comment names the file and its digest.
