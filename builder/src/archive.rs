@@ -28,18 +28,10 @@ const MAX_CONTROL_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Member {
-    File {
-        sha256: Sha256,
-        size: u64,
-        mode: u32,
-    },
+    File { sha256: Sha256, size: u64, mode: u32 },
     Dir,
-    Symlink {
-        target: String,
-    },
-    Hardlink {
-        target: String,
-    },
+    Symlink { target: String },
+    Hardlink { target: String },
 }
 
 /// The members of one artifact, by normalized path, plus the Debian version for a .deb.
@@ -73,13 +65,7 @@ impl Members {
 }
 
 /// The member list of `artifact` (stored at `blob`), from the cache or by unpacking it once.
-pub fn members(
-    cache: &Cache,
-    artifact: &Sha256,
-    blob: &Path,
-    format: Format,
-    what: &str,
-) -> Result<Members> {
+pub fn members(cache: &Cache, artifact: &Sha256, blob: &Path, format: Format, what: &str) -> Result<Members> {
     let cached = cache.members_path(artifact);
     if let Ok(bytes) = std::fs::read(&cached) {
         if let Ok(m) = serde_json::from_slice::<Members>(&bytes) {
@@ -91,8 +77,7 @@ pub fn members(
             }
         }
     }
-    let m = scan(cache, blob, format)
-        .with_context(|| format!("{what}: cannot unpack {}", blob.display()))?;
+    let m = scan(cache, blob, format).with_context(|| format!("{what}: cannot unpack {}", blob.display()))?;
     kiln_bundle::atomic::write_file(&cached, &serde_json::to_vec(&m)?, 0o644)?;
     Ok(m)
 }
@@ -215,8 +200,7 @@ fn scan_tar(cache: &Cache, r: impl Read) -> Result<Members> {
             tar::EntryType::Directory => Member::Dir,
             tar::EntryType::Symlink => {
                 let target = link_name(&entry)?;
-                check_link_target(&path, &target)
-                    .map_err(|e| anyhow!("refused: hostile archive member: {e}"))?;
+                check_link_target(&path, &target).map_err(|e| anyhow!("refused: hostile archive member: {e}"))?;
                 Member::Symlink { target }
             }
             tar::EntryType::Link => {

@@ -30,8 +30,7 @@ impl Cache {
         };
         for sub in ["blobs/sha256", "members", "apt", "tmp"] {
             let d = root.join(sub);
-            fs::create_dir_all(&d)
-                .with_context(|| format!("cannot create cache directory {}", d.display()))?;
+            fs::create_dir_all(&d).with_context(|| format!("cannot create cache directory {}", d.display()))?;
         }
         Ok(Cache { root })
     }
@@ -49,9 +48,7 @@ impl Cache {
     }
 
     pub fn members_path(&self, artifact: &Sha256) -> PathBuf {
-        self.root
-            .join("members")
-            .join(format!("{}.json", artifact.hex()))
+        self.root.join("members").join(format!("{}.json", artifact.hex()))
     }
 
     pub fn apt_dir(&self) -> PathBuf {
@@ -72,8 +69,7 @@ impl Cache {
     pub fn insert(&self, mut r: impl Read) -> Result<(Sha256, u64)> {
         let tmp = self.temp()?;
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file()));
-        io::copy(&mut r, &mut w)
-            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+        io::copy(&mut r, &mut w).with_context(|| format!("cannot write {}", tmp.path().display()))?;
         let (digest, size, mut buf) = w.finish();
         buf.flush()?;
         drop(buf);

@@ -102,10 +102,7 @@ impl Lock {
                     (Some(url), _) => {
                         let url = expand(url, &c.version, *arch);
                         if url != l.source {
-                            out.push(format!(
-                                "{at}: source {url} in the manifest, {} in the lock",
-                                l.source
-                            ));
+                            out.push(format!("{at}: source {url} in the manifest, {} in the lock", l.source));
                         }
                     }
                     (None, Some(apt)) => match l.apt() {
@@ -125,13 +122,7 @@ impl Lock {
                 }
             }
         }
-        let names: Vec<&str> = m
-            .spec
-            .components
-            .iter()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let names: Vec<&str> = m.spec.components.iter().into_iter().map(|(n, _)| n).collect();
         for l in &self.artifacts {
             if !names.contains(&l.component.as_str()) || !m.spec.architectures.contains(&l.arch) {
                 out.push(format!(

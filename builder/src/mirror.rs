@@ -42,10 +42,7 @@ mod tests {
             "https://github.com/containerd/=http://m/c/".into(),
         ])
         .unwrap();
-        assert_eq!(
-            m.rewrite("https://github.com/containerd/x.tgz"),
-            "http://m/c/x.tgz"
-        );
+        assert_eq!(m.rewrite("https://github.com/containerd/x.tgz"), "http://m/c/x.tgz");
         assert_eq!(
             m.rewrite("https://github.com/opencontainers/runc"),
             "http://127.0.0.1:1/gh/opencontainers/runc"

@@ -30,17 +30,8 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
-        cache: &'a Cache,
-        mirrors: &'a Mirrors,
-        manifest_path: &Path,
-        offline: bool,
-        retries: u32,
-    ) -> Self {
-        let base = manifest_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+    pub fn new(cache: &'a Cache, mirrors: &'a Mirrors, manifest_path: &Path, offline: bool, retries: u32) -> Self {
+        let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ctx {
             cache,
             mirrors,
@@ -97,10 +88,8 @@ pub fn resolve(m: &Manifest, arch: Arch, lock: Option<&Lock>, ctx: &Ctx) -> Resu
             }
         }
     }
-    let listed =
-        Apt::new(ctx.cache.apt_dir()).candidates(&wanted, &format!("apt packages ({arch})"))?;
-    let candidates: BTreeMap<String, (String, Sha256)> =
-        wanted.into_iter().map(|(p, _)| p).zip(listed).collect();
+    let listed = Apt::new(ctx.cache.apt_dir()).candidates(&wanted, &format!("apt packages ({arch})"))?;
+    let candidates: BTreeMap<String, (String, Sha256)> = wanted.into_iter().map(|(p, _)| p).zip(listed).collect();
     m.spec
         .components
         .iter()
@@ -110,12 +99,7 @@ pub fn resolve(m: &Manifest, arch: Arch, lock: Option<&Lock>, ctx: &Ctx) -> Resu
 }
 
 /// The apt version and digest pinned by the manifest or, failing that, the lock.
-fn apt_pins(
-    c: &Component,
-    name: &str,
-    arch: Arch,
-    lock: Option<&Lock>,
-) -> (Option<String>, Option<Sha256>) {
+fn apt_pins(c: &Component, name: &str, arch: Arch, lock: Option<&Lock>) -> (Option<String>, Option<Sha256>) {
     let locked = lock.and_then(|l| l.find(name, arch));
     let version = c
         .source
@@ -123,12 +107,7 @@ fn apt_pins(
         .as_ref()
         .and_then(|a| a.version.clone())
         .or_else(|| locked.and_then(|l| l.apt()).map(|(_, v)| v.to_string()));
-    let digest = c
-        .source
-        .sha256
-        .get(&arch)
-        .copied()
-        .or_else(|| locked.map(|l| l.sha256));
+    let digest = c.source.sha256.get(&arch).copied().or_else(|| locked.map(|l| l.sha256));
     (version, digest)
 }
 
@@ -189,18 +168,14 @@ fn resolve_one(
                     *listed
                 }
             };
-            let members =
-                archive::members(ctx.cache, &digest, &ctx.cache.blob(&digest), format, &what)?;
+            let members = archive::members(ctx.cache, &digest, &ctx.cache.blob(&digest), format, &what)?;
             let resolved_version = members
                 .deb_version
                 .clone()
                 .ok_or_else(|| anyhow!("{what}: the .deb has no Version field"))?;
             if let Some(v) = &pinned {
                 if *v != resolved_version {
-                    bail!(
-                        "{what}: asked apt for {} {v} but got {resolved_version}",
-                        apt.package
-                    );
+                    bail!("{what}: asked apt for {} {v} but got {resolved_version}", apt.package);
                 }
             }
             (format!("apt:{}={resolved_version}", apt.package), digest)
@@ -231,17 +206,14 @@ fn fetch_deb(
     what: &str,
 ) -> Result<()> {
     if ctx.offline {
-        bail!(
-            "{what}: apt package {package}={version} is not in the cache and --offline was given"
-        );
+        bail!("{what}: apt package {package}={version} is not in the cache and --offline was given");
     }
     let dl = tempfile::tempdir_in(ctx.cache.tmp_dir())?;
     let deb = apt.download(package, Some(version), arch, dl.path(), what)?;
     let f = std::fs::File::open(&deb).with_context(|| format!("cannot open {}", deb.display()))?;
     let tmp = ctx.cache.temp()?;
     let mut w = kiln_bundle::digest::HashingWriter::new(tmp.as_file());
-    std::io::copy(&mut std::io::BufReader::new(f), &mut w)
-        .with_context(|| format!("cannot copy {}", deb.display()))?;
+    std::io::copy(&mut std::io::BufReader::new(f), &mut w).with_context(|| format!("cannot copy {}", deb.display()))?;
     let (actual, _, _) = w.finish();
     if actual != expected {
         return Err(crate::fetch::mismatch(
@@ -284,13 +256,7 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
         let blob = ctx.cache.blob(&r.sha256);
         if r.format == Format::Binary {
             for rule in &c.install {
-                let record = file_record(
-                    &rule.to,
-                    rule.mode.unwrap_or(Mode::EXEC),
-                    r.size,
-                    r.sha256,
-                    r.component,
-                );
+                let record = file_record(&rule.to, rule.mode.unwrap_or(Mode::EXEC), r.size, r.sha256, r.component);
                 add(
                     Planned {
                         record,
@@ -303,10 +269,7 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
         }
         let members = archive::members(ctx.cache, &r.sha256, &blob, r.format, &what)?;
         for (i, rule) in c.install.iter().enumerate() {
-            let from = rule
-                .from
-                .as_deref()
-                .expect("validated: archive rules have `from`");
+            let from = rule.from.as_deref().expect("validated: archive rules have `from`");
             let rule_at = format!("{what}: install[{i}]");
             for (to, sha256, size, member_mode) in
                 select(&members, from, &rule.to).map_err(|e| anyhow!("{rule_at}: {e}"))?
@@ -332,8 +295,7 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
             (Some(c), _) => c.clone().into_bytes(),
             (None, Some(from)) => {
                 let p = ctx.base.join(from);
-                std::fs::read(&p)
-                    .with_context(|| format!("spec.files[{i}]: cannot read {}", p.display()))?
+                std::fs::read(&p).with_context(|| format!("spec.files[{i}]: cannot read {}", p.display()))?
             }
             (None, None) => unreachable!("validated manifest"),
         };
@@ -369,20 +331,14 @@ fn file_record(path: &str, mode: Mode, size: u64, sha256: Sha256, component: &st
 }
 
 /// The files an install rule selects: `(bundle path, digest, size, member mode)`.
-fn select(
-    members: &Members,
-    from: &str,
-    to: &str,
-) -> Result<Vec<(String, Sha256, u64, u32)>, String> {
+fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256, u64, u32)>, String> {
     let from_norm = from.trim_start_matches("./").trim_end_matches('/');
     if !from.ends_with('/') {
         let (_, m) = members
             .resolve(from_norm)
             .map_err(|e| not_found(members, from_norm, &e))?;
         return match m {
-            Member::File { sha256, size, mode } => {
-                Ok(vec![(to.to_string(), *sha256, *size, *mode)])
-            }
+            Member::File { sha256, size, mode } => Ok(vec![(to.to_string(), *sha256, *size, *mode)]),
             _ => Err(format!("member `{from_norm}` is not a regular file")),
         };
     }
@@ -422,9 +378,6 @@ fn not_found(members: &Members, wanted: &str, err: &str) -> String {
     if similar.is_empty() {
         format!("{err} in the artifact")
     } else {
-        format!(
-            "{err} in the artifact (did you mean {}?)",
-            similar.join(", ")
-        )
+        format!("{err} in the artifact (did you mean {}?)", similar.join(", "))
     }
 }

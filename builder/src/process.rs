@@ -8,10 +8,7 @@ use std::process::{Command, Output};
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("cannot run `{program}`: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
     Failed {
         command: String,
@@ -65,9 +62,7 @@ mod tests {
             .to_string();
         assert!(e.contains("`sh -c echo boom >&2; exit 3` failed"), "{e}");
         assert!(e.contains("boom"), "{e}");
-        let e = run(&mut Command::new("/nonexistent/tool"))
-            .unwrap_err()
-            .to_string();
+        let e = run(&mut Command::new("/nonexistent/tool")).unwrap_err().to_string();
         assert!(e.starts_with("cannot run `/nonexistent/tool`"), "{e}");
     }
 }

@@ -6,13 +6,7 @@ use kiln_bundle::index::ComponentRecord;
 use kiln_bundle::manifest::Arch;
 use serde_json::json;
 
-pub fn render(
-    name: &str,
-    version: &str,
-    arch: Arch,
-    components: &[ComponentRecord],
-    epoch: u64,
-) -> Vec<u8> {
+pub fn render(name: &str, version: &str, arch: Arch, components: &[ComponentRecord], epoch: u64) -> Vec<u8> {
     let doc_name = format!("{name}-{version}-{arch}");
     let fingerprint: String = components
         .iter()
@@ -65,10 +59,7 @@ pub fn render(
 fn spdx_id(name: &str) -> String {
     format!(
         "SPDXRef-Package-{}",
-        name.replace(
-            |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-            "-"
-        )
+        name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-', "-")
     )
 }
 
@@ -129,8 +120,7 @@ mod tests {
             source_sha256: Sha256::of(b"x"),
             format: "deb".into(),
         }];
-        let v: serde_json::Value =
-            serde_json::from_slice(&render("n", "1", Arch::Amd64, &c, 0)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&render("n", "1", Arch::Amd64, &c, 0)).unwrap();
         assert_eq!(v["spdxVersion"], "SPDX-2.3");
         assert_eq!(
             v["packages"][0]["checksums"][0]["checksumValue"],

@@ -24,10 +24,7 @@ pub fn keygen(prefix: &Path, password: Option<String>, force: bool) -> Result<(P
     if !force {
         for p in [&sk_path, &pk_path] {
             if p.exists() {
-                bail!(
-                    "{} already exists; pass --force to overwrite it",
-                    p.display()
-                );
+                bail!("{} already exists; pass --force to overwrite it", p.display());
             }
         }
     }
@@ -48,8 +45,7 @@ pub fn keygen(prefix: &Path, password: Option<String>, force: bool) -> Result<(P
 }
 
 fn load_secret_key(path: &Path, password: Option<String>) -> Result<minisign::SecretKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read secret key {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read secret key {}", path.display()))?;
     let sk_box = minisign::SecretKeyBox::from_string(&text)
         .map_err(|e| anyhow!("{}: not a minisign secret key: {e}", path.display()))?;
     let loaded = match password {
@@ -73,9 +69,7 @@ fn load_secret_key(path: &Path, password: Option<String>) -> Result<minisign::Se
 fn unchecked_unencrypted_key(text: &str) -> Option<minisign::SecretKey> {
     use base64::Engine as _;
     let line = text.lines().nth(1)?.trim();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(line)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(line).ok()?;
     // sig_alg(2) kdf_alg(2) chk_alg(2) salt(32) opslimit(8) memlimit(8) keynum(8) sk(64) chk(32)
     if bytes.len() != 158 || bytes[2..4] != [0, 0] || bytes[126..].iter().any(|b| *b != 0) {
         return None;
@@ -84,15 +78,9 @@ fn unchecked_unencrypted_key(text: &str) -> Option<minisign::SecretKey> {
 }
 
 /// Sign `file`, writing `file.minisig` atomically. The trusted comment names the file and its digest.
-pub fn sign_file(
-    file: &Path,
-    key: &Path,
-    password: Option<String>,
-    trusted_comment: &str,
-) -> Result<PathBuf> {
+pub fn sign_file(file: &Path, key: &Path, password: Option<String>, trusted_comment: &str) -> Result<PathBuf> {
     let sk = load_secret_key(key, password)?;
-    let data =
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let data = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let sig = minisign::sign(
         None,
         &sk,

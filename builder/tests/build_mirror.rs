@@ -56,14 +56,10 @@ fn production_manifest_builds_both_architectures_through_the_mirror() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        ["runc", "containerd", "cni-plugins", "kubelet", "crictl"]
-    );
+    assert_eq!(names, ["runc", "containerd", "cni-plugins", "kubelet", "crictl"]);
     assert_eq!(json["hasKubelet"], true);
     assert_eq!(
-        json["components"][0]["source"],
-        "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64",
+        json["components"][0]["source"], "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64",
         "the index keeps the upstream URL, not the mirror"
     );
     let paths: Vec<&str> = json["files"]
@@ -88,10 +84,7 @@ fn production_manifest_builds_both_architectures_through_the_mirror() {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
     let table = ok(&kiln(&cache, &["inspect", bundle.to_str().unwrap()]));
-    assert!(
-        table.contains("node (container runtime + kubelet)"),
-        "{table}"
-    );
+    assert!(table.contains("node (container runtime + kubelet)"), "{table}");
 
     // The SBOM inside is SPDX 2.3 with every component and its digest.
     let tar = std::process::Command::new("tar")
@@ -110,10 +103,7 @@ fn production_manifest_builds_both_architectures_through_the_mirror() {
     args.push("--offline");
     let stdout = ok(&kiln(&cache, &args));
     assert!(stdout.contains("amd64.kiln.tar.zst up to date"), "{stdout}");
-    assert_eq!(
-        std::fs::metadata(&bundle).unwrap().modified().unwrap(),
-        before
-    );
+    assert_eq!(std::fs::metadata(&bundle).unwrap().modified().unwrap(), before);
 }
 
 #[test]
@@ -129,10 +119,7 @@ fn rebuilding_from_a_cold_cache_gives_the_same_bytes() {
         let mut args = build_args(manifest.to_str().unwrap(), out.to_str().unwrap(), &flags);
         args.extend(["--arch", "arm64"]);
         ok(&kiln(&cache, &args));
-        digests.push(
-            std::fs::read_to_string(out.join("k8s-node-1.36.4-1-arm64.kiln.tar.zst.sha256"))
-                .unwrap(),
-        );
+        digests.push(std::fs::read_to_string(out.join("k8s-node-1.36.4-1-arm64.kiln.tar.zst.sha256")).unwrap());
     }
     assert_eq!(digests[0], digests[1]);
 }
@@ -146,11 +133,7 @@ fn the_real_production_digests_refuse_stand_ins_and_write_nothing() {
     let flags = mirror_args(&mirror);
     let err = fails(&kiln(
         &cache,
-        &build_args(
-            production_manifest().to_str().unwrap(),
-            out.to_str().unwrap(),
-            &flags,
-        ),
+        &build_args(production_manifest().to_str().unwrap(), out.to_str().unwrap(), &flags),
     ));
     assert!(
         err.contains("component runc (amd64): digest mismatch for http://127.0.0.1:")
@@ -162,10 +145,7 @@ fn the_real_production_digests_refuse_stand_ins_and_write_nothing() {
         listing(&cache.join("blobs/sha256")).is_empty(),
         "nothing unverified enters the cache"
     );
-    assert!(
-        listing(&cache.join("tmp")).is_empty(),
-        "no partial download is left"
-    );
+    assert!(listing(&cache.join("tmp")).is_empty(), "no partial download is left");
 }
 
 #[test]
@@ -195,10 +175,7 @@ fn a_truncated_download_is_retried_then_reported() {
             && err.contains("failed after 3 attempts"),
         "{err}"
     );
-    assert!(
-        err.contains("truncated download") || err.contains("reading"),
-        "{err}"
-    );
+    assert!(err.contains("truncated download") || err.contains("reading"), "{err}");
     assert!(listing(&out2).is_empty());
 }
 
@@ -222,8 +199,7 @@ fn server_errors_are_retried_and_a_persistent_one_is_reported() {
     args.extend(["--arch", "amd64", "--retries", "1"]);
     let err = fails(&kiln(&tmp.path().join("c2"), &args));
     assert!(
-        err.contains("component kubelet (amd64)")
-            && err.contains("answered 500 Internal Server Error"),
+        err.contains("component kubelet (amd64)") && err.contains("answered 500 Internal Server Error"),
         "{err}"
     );
     assert!(listing(&out2).is_empty());
@@ -249,10 +225,9 @@ fn hostile_build(members: &[(&str, tar::EntryType, Option<&str>, &[u8])]) -> Str
         .1;
     let evil = standin::raw_tar_gz(members);
     mirror.put(path, evil.clone());
-    let text = std::fs::read_to_string(&manifest).unwrap().replace(
-        &kiln_testkit::sha256_hex(&honest),
-        &kiln_testkit::sha256_hex(&evil),
-    );
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(&kiln_testkit::sha256_hex(&honest), &kiln_testkit::sha256_hex(&evil));
     std::fs::write(&manifest, text).unwrap();
     let out = tmp.path().join("out");
     let flags = mirror_args(&mirror);
@@ -268,20 +243,10 @@ fn hostile_build(members: &[(&str, tar::EntryType, Option<&str>, &[u8])]) -> Str
 fn hostile_archive_members_are_refused() {
     let ok_members: [(&str, tar::EntryType, Option<&str>, &[u8]); 3] = [
         ("bin/containerd", tar::EntryType::Regular, None, b"c"),
-        (
-            "bin/containerd-shim-runc-v2",
-            tar::EntryType::Regular,
-            None,
-            b"s",
-        ),
+        ("bin/containerd-shim-runc-v2", tar::EntryType::Regular, None, b"s"),
         ("bin/ctr", tar::EntryType::Regular, None, b"t"),
     ];
-    let with = |extra: (
-        &'static str,
-        tar::EntryType,
-        Option<&'static str>,
-        &'static [u8],
-    )| {
+    let with = |extra: (&'static str, tar::EntryType, Option<&'static str>, &'static [u8])| {
         let mut v = ok_members.to_vec();
         v.push(extra);
         v
@@ -292,12 +257,7 @@ fn hostile_archive_members_are_refused() {
             && err.contains("refused: hostile archive member `../evil` contains `..`"),
         "{err}"
     );
-    let err = hostile_build(&with((
-        "/tmp/kiln-evil",
-        tar::EntryType::Regular,
-        None,
-        b"x",
-    )));
+    let err = hostile_build(&with(("/tmp/kiln-evil", tar::EntryType::Regular, None, b"x")));
     assert!(
         err.contains("refused: hostile archive member `/tmp/kiln-evil` is absolute"),
         "{err}"
@@ -308,20 +268,13 @@ fn hostile_archive_members_are_refused() {
         Some("../../../etc/shadow"),
         b"",
     )));
-    assert!(err.contains("refused: hostile archive member: link `bin/esc` -> `../../../etc/shadow` leaves the root"), "{err}");
-    let err = hostile_build(&with((
-        "bin/abs",
-        tar::EntryType::Symlink,
-        Some("/etc/shadow"),
-        b"",
-    )));
+    assert!(
+        err.contains("refused: hostile archive member: link `bin/esc` -> `../../../etc/shadow` leaves the root"),
+        "{err}"
+    );
+    let err = hostile_build(&with(("bin/abs", tar::EntryType::Symlink, Some("/etc/shadow"), b"")));
     assert!(err.contains("leaves the root"), "{err}");
-    let err = hostile_build(&with((
-        "bin/hard",
-        tar::EntryType::Link,
-        Some("../../etc/shadow"),
-        b"",
-    )));
+    let err = hostile_build(&with(("bin/hard", tar::EntryType::Link, Some("../../etc/shadow"), b"")));
     assert!(
         err.contains("hard link `bin/hard` -> `../../etc/shadow` leaves the root"),
         "{err}"
@@ -342,5 +295,65 @@ fn a_missing_member_names_the_rule_and_suggests_similar_ones() {
     let mut args = build_args(manifest.to_str().unwrap(), out.to_str().unwrap(), &flags);
     args.extend(["--arch", "amd64"]);
     let err = fails(&kiln(&tmp.path().join("cache"), &args));
-    assert!(err.contains("component containerd (amd64): install[2]: no member `ctr` in the artifact (did you mean bin/ctr?)"), "{err}");
+    assert!(
+        err.contains(
+            "component containerd (amd64): install[2]: no member `ctr` in the artifact (did you mean bin/ctr?)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctrl_c_while_writing_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = production_mirror();
+    // Large enough that writing takes a while; the cache is warmed first.
+    let big = kiln_testkit::standin::binary(400 << 20, 5);
+    let digest = kiln_testkit::sha256_hex(&big);
+    mirror.put("/big/kubelet", big);
+    let manifest = standin_manifest(tmp.path(), &mirror);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let start = text.find("    kubelet:").unwrap();
+    let end = text.find("    crictl:").unwrap();
+    let kubelet = format!(
+        "    kubelet:\n      version: \"1.36.4\"\n      source:\n        url: \"{}/big/kubelet\"\n        format: binary\n        sha256:\n          amd64: {digest}\n          arm64: {digest}\n      install:\n        - to: bin/kubelet\n",
+        mirror.url()
+    );
+    std::fs::write(&manifest, format!("{}{kubelet}{}", &text[..start], &text[end..])).unwrap();
+    let cache = tmp.path().join("cache");
+    let warm = tmp.path().join("warm");
+    let flags = mirror_args(&mirror);
+    let mut args = build_args(manifest.to_str().unwrap(), warm.to_str().unwrap(), &flags);
+    args.extend(["--arch", "amd64"]);
+    ok(&kiln(&cache, &args));
+
+    let out = tmp.path().join("out");
+    let mut args = build_args(manifest.to_str().unwrap(), out.to_str().unwrap(), &flags);
+    args.extend(["--arch", "amd64", "--offline"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .env("KILN_CACHE", &cache)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the temporary output file to appear, then interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !listing(&out).iter().any(|f| f.ends_with(".partial")) {
+        assert!(std::time::Instant::now() < deadline, "no temporary file appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kiln finished before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out_status = child.wait_with_output().unwrap();
+    assert!(!out_status.status.success());
+    let err = String::from_utf8_lossy(&out_status.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
 }

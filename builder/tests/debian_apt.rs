@@ -15,28 +15,18 @@ fn debian_12_manifest_builds_through_apt_reproducibly() {
         let out = tmp.path().join(format!("out{i}"));
         let stdout = ok(&kiln(
             &tmp.path().join(format!("cache{i}")),
-            &[
-                "build",
-                manifest.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
+            &["build", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()],
         ));
         assert!(
             stdout.contains("debian12-runtime-1.0.0-amd64.kiln.tar.zst built"),
             "{stdout}"
         );
-        sums.push(
-            std::fs::read_to_string(out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst.sha256"))
-                .unwrap(),
-        );
+        sums.push(std::fs::read_to_string(out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst.sha256")).unwrap());
     }
     assert_eq!(sums[0], sums[1], "two builds give the same bytes");
 
     let cache = tmp.path().join("cache0");
-    let bundle = tmp
-        .path()
-        .join("out0/debian12-runtime-1.0.0-amd64.kiln.tar.zst");
+    let bundle = tmp.path().join("out0/debian12-runtime-1.0.0-amd64.kiln.tar.zst");
     ok(&kiln(&cache, &["verify", bundle.to_str().unwrap()]));
     let table = ok(&kiln(&cache, &["inspect", bundle.to_str().unwrap()]));
     assert!(table.contains("container runtime (no kubelet)"), "{table}");
@@ -91,8 +81,7 @@ fn debian_12_manifest_builds_through_apt_reproducibly() {
         ],
     ));
     assert_eq!(
-        std::fs::read_to_string(out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst.sha256"))
-            .unwrap(),
+        std::fs::read_to_string(out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst.sha256")).unwrap(),
         sums[0]
     );
 }

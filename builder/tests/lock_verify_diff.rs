@@ -6,13 +6,7 @@ use std::path::Path;
 
 use common::*;
 
-fn build(
-    cache: &Path,
-    manifest: &Path,
-    out: &Path,
-    flags: &[String],
-    extra: &[&str],
-) -> std::process::Output {
+fn build(cache: &Path, manifest: &Path, out: &Path, flags: &[String], extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "build",
         manifest.to_str().unwrap(),
@@ -46,8 +40,7 @@ fn lock_then_locked_build_and_disagreement() {
     let stdout = ok(&kiln(&cache, &args));
     assert!(stdout.contains("10 artifacts locked"), "{stdout}");
     let lock: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("k8s-standin.yaml.lock")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(tmp.path().join("k8s-standin.yaml.lock")).unwrap()).unwrap();
     let first = &lock["artifacts"][0];
     assert_eq!(first["component"], "runc");
     assert_eq!(
@@ -56,13 +49,7 @@ fn lock_then_locked_build_and_disagreement() {
     );
     assert!(first["size"].as_u64().unwrap() > 0);
 
-    ok(&build(
-        &cache,
-        &manifest,
-        &out,
-        &flags,
-        &["--locked", "--offline"],
-    ));
+    ok(&build(&cache, &manifest, &out, &flags, &["--locked", "--offline"]));
 
     // Change a pinned version in the manifest: the lock no longer agrees.
     let text = std::fs::read_to_string(&manifest)
@@ -75,7 +62,10 @@ fn lock_then_locked_build_and_disagreement() {
         err.contains("crictl/amd64: version 1.36.1 in the manifest, 1.36.0 in the lock"),
         "{err}"
     );
-    assert!(err.contains("crictl/amd64: source https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.1/"), "{err}");
+    assert!(
+        err.contains("crictl/amd64: source https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.1/"),
+        "{err}"
+    );
     assert!(listing(&out2).is_empty());
 }
 
@@ -108,17 +98,9 @@ fn verify_reports_a_flipped_byte_and_a_wrong_outer_digest() {
     std::fs::write(&bundle, &good).unwrap();
     let err = fails(&kiln(
         &cache,
-        &[
-            "verify",
-            bundle.to_str().unwrap(),
-            "--sha256",
-            &"0".repeat(64),
-        ],
+        &["verify", bundle.to_str().unwrap(), "--sha256", &"0".repeat(64)],
     ));
-    assert!(
-        err.contains("outer digest mismatch: expected sha256 0000"),
-        "{err}"
-    );
+    assert!(err.contains("outer digest mismatch: expected sha256 0000"), "{err}");
     ok(&kiln(&cache, &["verify", bundle.to_str().unwrap()]));
 }
 
@@ -146,10 +128,7 @@ fn diff_lists_changed_added_and_removed() {
         .1;
     let new = kiln_testkit::standin::binary(5000, 99);
     mirror.put(runc_path, new.clone());
-    text = text.replace(
-        &kiln_testkit::sha256_hex(&old),
-        &kiln_testkit::sha256_hex(&new),
-    );
+    text = text.replace(&kiln_testkit::sha256_hex(&old), &kiln_testkit::sha256_hex(&new));
     let m2 = tmp.path().join("b.yaml");
     std::fs::write(&m2, text).unwrap();
     let b = tmp.path().join("b");
@@ -159,13 +138,7 @@ fn diff_lists_changed_added_and_removed() {
     let pb = b.join("k8s-node-1.36.4-2-amd64.kiln.tar.zst");
     let json: serde_json::Value = serde_json::from_str(&ok(&kiln(
         &cache,
-        &[
-            "diff",
-            "-o",
-            "json",
-            pa.to_str().unwrap(),
-            pb.to_str().unwrap(),
-        ],
+        &["diff", "-o", "json", pa.to_str().unwrap(), pb.to_str().unwrap()],
     )))
     .unwrap();
     let rows: Vec<String> = json
@@ -181,38 +154,17 @@ fn diff_lists_changed_added_and_removed() {
             )
         })
         .collect();
-    assert!(
-        rows.contains(&"component removed crictl".to_string()),
-        "{rows:?}"
-    );
-    assert!(
-        rows.contains(&"component changed runc".to_string()),
-        "{rows:?}"
-    );
-    assert!(
-        rows.contains(&"file removed bin/crictl".to_string()),
-        "{rows:?}"
-    );
-    assert!(
-        rows.contains(&"file added etc/kiln/motd".to_string()),
-        "{rows:?}"
-    );
-    assert!(
-        rows.contains(&"file changed bin/runc".to_string()),
-        "{rows:?}"
-    );
-    assert!(
-        rows.contains(&"file changed sbom.spdx.json".to_string()),
-        "{rows:?}"
-    );
+    assert!(rows.contains(&"component removed crictl".to_string()), "{rows:?}");
+    assert!(rows.contains(&"component changed runc".to_string()), "{rows:?}");
+    assert!(rows.contains(&"file removed bin/crictl".to_string()), "{rows:?}");
+    assert!(rows.contains(&"file added etc/kiln/motd".to_string()), "{rows:?}");
+    assert!(rows.contains(&"file changed bin/runc".to_string()), "{rows:?}");
+    assert!(rows.contains(&"file changed sbom.spdx.json".to_string()), "{rows:?}");
     assert!(
         !rows.iter().any(|r| r.contains("bin/kubelet")),
         "unchanged files are not listed: {rows:?}"
     );
-    let table = ok(&kiln(
-        &cache,
-        &["diff", pa.to_str().unwrap(), pa.to_str().unwrap()],
-    ));
+    let table = ok(&kiln(&cache, &["diff", pa.to_str().unwrap(), pa.to_str().unwrap()]));
     assert_eq!(table.trim(), "no differences");
 }
 
@@ -242,12 +194,6 @@ fn manifest_errors_name_file_line_column_and_field() {
     );
     assert!(!tmp.path().join("o").exists() || listing(&tmp.path().join("o")).is_empty());
 
-    let err = fails(&kiln(
-        &tmp.path().join("c"),
-        &["build", "/nonexistent/m.yaml"],
-    ));
-    assert!(
-        err.contains("cannot read manifest /nonexistent/m.yaml"),
-        "{err}"
-    );
+    let err = fails(&kiln(&tmp.path().join("c"), &["build", "/nonexistent/m.yaml"]));
+    assert!(err.contains("cannot read manifest /nonexistent/m.yaml"), "{err}");
 }

@@ -47,10 +47,7 @@ fn kiln_signs_and_minisign_verifies() {
     let key = tmp.path().join("kiln-test.key");
     let public = tmp.path().join("kiln-test.pub");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     let err = fails(&kiln(
         &tmp.path().join("cache"),
         &["keygen", "-o", prefix.to_str().unwrap()],
@@ -58,29 +55,17 @@ fn kiln_signs_and_minisign_verifies() {
     assert!(err.contains("already exists"), "{err}");
 
     let bundle = built_bundle(tmp.path(), Some(&key));
-    let out = minisign(&[
-        "-V",
-        "-p",
-        public.to_str().unwrap(),
-        "-m",
-        bundle.to_str().unwrap(),
-    ]);
+    let out = minisign(&["-V", "-p", public.to_str().unwrap(), "-m", bundle.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "minisign -V: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("kiln bundle k8s-node-1.36.4-1-amd64.kiln.tar.zst sha256:"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kiln bundle k8s-node-1.36.4-1-amd64.kiln.tar.zst sha256:"));
     ok(&kiln(
         &tmp.path().join("cache"),
-        &[
-            "verify",
-            "--key",
-            public.to_str().unwrap(),
-            bundle.to_str().unwrap(),
-        ],
+        &["verify", "--key", public.to_str().unwrap(), bundle.to_str().unwrap()],
     ));
 
     // A tampered bundle fails both verifiers.
@@ -88,23 +73,14 @@ fn kiln_signs_and_minisign_verifies() {
     let n = bytes.len() / 2;
     bytes[n] ^= 0x20;
     std::fs::write(&bundle, bytes).unwrap();
-    assert!(!minisign(&[
-        "-V",
-        "-p",
-        public.to_str().unwrap(),
-        "-m",
-        bundle.to_str().unwrap()
-    ])
-    .status
-    .success());
+    assert!(
+        !minisign(&["-V", "-p", public.to_str().unwrap(), "-m", bundle.to_str().unwrap()])
+            .status
+            .success()
+    );
     let err = fails(&kiln(
         &tmp.path().join("cache"),
-        &[
-            "verify",
-            "--key",
-            public.to_str().unwrap(),
-            bundle.to_str().unwrap(),
-        ],
+        &["verify", "--key", public.to_str().unwrap(), bundle.to_str().unwrap()],
     ));
     assert!(err.contains("signature does not verify"), "{err}");
 }
@@ -114,14 +90,7 @@ fn minisign_keys_and_signatures_work_with_kiln() {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("ms.key");
     let public = tmp.path().join("ms.pub");
-    let out = minisign(&[
-        "-G",
-        "-W",
-        "-p",
-        public.to_str().unwrap(),
-        "-s",
-        key.to_str().unwrap(),
-    ]);
+    let out = minisign(&["-G", "-W", "-p", public.to_str().unwrap(), "-s", key.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "minisign -G: {}",
@@ -130,13 +99,7 @@ fn minisign_keys_and_signatures_work_with_kiln() {
 
     // kiln signs with a key minisign generated.
     let bundle = built_bundle(tmp.path(), Some(&key));
-    let v = minisign(&[
-        "-V",
-        "-p",
-        public.to_str().unwrap(),
-        "-m",
-        bundle.to_str().unwrap(),
-    ]);
+    let v = minisign(&["-V", "-p", public.to_str().unwrap(), "-m", bundle.to_str().unwrap()]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
     // minisign signs, kiln verifies.
@@ -157,12 +120,7 @@ fn minisign_keys_and_signatures_work_with_kiln() {
     );
     ok(&kiln(
         &tmp.path().join("cache"),
-        &[
-            "verify",
-            "--key",
-            public.to_str().unwrap(),
-            bundle.to_str().unwrap(),
-        ],
+        &["verify", "--key", public.to_str().unwrap(), bundle.to_str().unwrap()],
     ));
 
     // Another key does not verify it.
@@ -229,9 +187,7 @@ fn encrypted_keys_need_their_password() {
     };
     let err = fails(&run("wrong"));
     assert!(err.contains("cannot load the secret key"), "{err}");
-    assert!(
-        !kiln_bundle::writer::minisig_path(&out_dir.join(bundle.file_name().unwrap())).exists()
-    );
+    assert!(!kiln_bundle::writer::minisig_path(&out_dir.join(bundle.file_name().unwrap())).exists());
     ok(&run("correct horse"));
     let v = minisign(&[
         "-V",

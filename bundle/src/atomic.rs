@@ -63,10 +63,7 @@ mod tests {
         write_file(&p, b"one", 0o600).unwrap();
         write_file(&p, b"two", 0o644).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,

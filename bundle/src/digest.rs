@@ -43,9 +43,7 @@ impl FromStr for Sha256 {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.strip_prefix("sha256:").unwrap_or(s);
         if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!(
-                "`{s}` is not a sha256 digest (64 lowercase hex characters)"
-            ));
+            return Err(format!("`{s}` is not a sha256 digest (64 lowercase hex characters)"));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
@@ -88,11 +86,7 @@ impl<R: Read> HashingReader<R> {
     }
 
     pub fn finish(self) -> (Sha256, u64, R) {
-        (
-            Sha256(self.hasher.finalize().into()),
-            self.count,
-            self.inner,
-        )
+        (Sha256(self.hasher.finalize().into()), self.count, self.inner)
     }
 }
 
@@ -122,11 +116,7 @@ impl<W: Write> HashingWriter<W> {
     }
 
     pub fn finish(self) -> (Sha256, u64, W) {
-        (
-            Sha256(self.hasher.finalize().into()),
-            self.count,
-            self.inner,
-        )
+        (Sha256(self.hasher.finalize().into()), self.count, self.inner)
     }
 }
 
@@ -181,11 +171,9 @@ mod tests {
     #[test]
     fn rejects_bad_hex() {
         assert!("abc".parse::<Sha256>().is_err());
-        assert!(
-            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
-                .parse::<Sha256>()
-                .is_err()
-        );
+        assert!("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+            .parse::<Sha256>()
+            .is_err());
         assert!("g".repeat(64).parse::<Sha256>().is_err());
     }
 

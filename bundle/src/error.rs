@@ -43,11 +43,7 @@ impl Error {
         }
     }
 
-    pub fn invalid(
-        origin: impl Into<String>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(origin: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
             origin: origin.into(),
             field: field.into(),

@@ -157,10 +157,7 @@ impl Index {
         }
         for pair in self.files.windows(2) {
             if pair[0].path >= pair[1].path {
-                return Err(bad(format!(
-                    "files are not sorted and unique at `{}`",
-                    pair[1].path
-                )));
+                return Err(bad(format!("files are not sorted and unique at `{}`", pair[1].path)));
             }
         }
         let dirs = self.directories();
@@ -170,18 +167,12 @@ impl Index {
                 return Err(bad(format!("lists itself as `{}`", f.path)));
             }
             if dirs.contains(f.path.as_str()) {
-                return Err(bad(format!(
-                    "`{}` is a file but also a parent directory",
-                    f.path
-                )));
+                return Err(bad(format!("`{}` is a file but also a parent directory", f.path)));
             }
             match f.kind {
                 EntryKind::File => {
                     if f.sha256.is_none() || f.target.is_some() {
-                        return Err(bad(format!(
-                            "`{}`: a file needs a sha256 and no target",
-                            f.path
-                        )));
+                        return Err(bad(format!("`{}`: a file needs a sha256 and no target", f.path)));
                     }
                 }
                 EntryKind::Symlink => {
@@ -191,10 +182,7 @@ impl Index {
                         .ok_or_else(|| bad(format!("`{}`: a symlink needs a target", f.path)))?;
                     check_link_target(&f.path, target).map_err(|e| bad(e.to_string()))?;
                     if f.sha256.is_some() || f.size != 0 {
-                        return Err(bad(format!(
-                            "`{}`: a symlink has no size or digest",
-                            f.path
-                        )));
+                        return Err(bad(format!("`{}`: a symlink has no size or digest", f.path)));
                     }
                 }
             }
@@ -250,10 +238,7 @@ pub(crate) mod tests {
         assert_eq!(back, i);
         assert!(back.file("bin/a").is_some());
         assert!(back.file("bin/c").is_none());
-        assert_eq!(
-            back.directories().into_iter().collect::<Vec<_>>(),
-            vec!["bin"]
-        );
+        assert_eq!(back.directories().into_iter().collect::<Vec<_>>(), vec!["bin"]);
     }
 
     #[test]

@@ -83,9 +83,7 @@ impl std::str::FromStr for Arch {
         match s {
             "amd64" => Ok(Arch::Amd64),
             "arm64" => Ok(Arch::Arm64),
-            _ => Err(format!(
-                "unknown architecture `{s}` (expected amd64 or arm64)"
-            )),
+            _ => Err(format!("unknown architecture `{s}` (expected amd64 or arm64)")),
         }
     }
 }
@@ -255,10 +253,7 @@ impl Manifest {
         if self.api_version != API_VERSION {
             return Err(err(
                 "apiVersion",
-                format!(
-                    "`{}` is not supported (expected `{API_VERSION}`)",
-                    self.api_version
-                ),
+                format!("`{}` is not supported (expected `{API_VERSION}`)", self.api_version),
             ));
         }
         if self.kind != KIND {
@@ -269,8 +264,7 @@ impl Manifest {
         }
         check_name_like(&self.metadata.name).map_err(|m| err("metadata.name", m))?;
         check_name_like(&self.metadata.version).map_err(|m| err("metadata.version", m))?;
-        check_version(&self.spec.kubernetes_version)
-            .map_err(|m| err("spec.kubernetesVersion", m))?;
+        check_version(&self.spec.kubernetes_version).map_err(|m| err("spec.kubernetesVersion", m))?;
         if self.spec.architectures.is_empty() {
             return Err(err(
                 "spec.architectures",
@@ -279,10 +273,7 @@ impl Manifest {
         }
         let archs: BTreeSet<_> = self.spec.architectures.iter().collect();
         if archs.len() != self.spec.architectures.len() {
-            return Err(err(
-                "spec.architectures",
-                "an architecture is listed twice".into(),
-            ));
+            return Err(err("spec.architectures", "an architecture is listed twice".into()));
         }
 
         let mut targets: BTreeMap<String, String> = BTreeMap::new();
@@ -299,17 +290,15 @@ impl Manifest {
                         "give either `url` or `apt`, not both".into(),
                     ))
                 }
-                (None, None) => {
-                    return Err(err(
-                        &format!("{at}.source"),
-                        "one of `url` or `apt` is required".into(),
-                    ))
-                }
+                (None, None) => return Err(err(&format!("{at}.source"), "one of `url` or `apt` is required".into())),
                 (Some(url), None) => {
                     check_template(url).map_err(|m| err(&format!("{at}.source.url"), m))?;
                     for arch in &self.spec.architectures {
                         if !s.sha256.contains_key(arch) {
-                            return Err(err(&format!("{at}.source.sha256"), format!("no digest for `{arch}`; every URL artifact is pinned by its sha256")));
+                            return Err(err(
+                                &format!("{at}.source.sha256"),
+                                format!("no digest for `{arch}`; every URL artifact is pinned by its sha256"),
+                            ));
                         }
                     }
                 }
@@ -326,11 +315,7 @@ impl Manifest {
                         ));
                     }
                     if let Some(v) = &apt.version {
-                        if v.is_empty()
-                            || !v
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b))
-                        {
+                        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b)) {
                             return Err(err(
                                 &format!("{at}.source.apt.version"),
                                 format!("`{v}` is not a Debian version"),
@@ -355,8 +340,7 @@ impl Manifest {
             for (i, rule) in c.install.iter().enumerate() {
                 let at = format!("{at}.install[{i}]");
                 let tree = rule.to.ends_with('/');
-                check_relative(rule.to.trim_end_matches('/'))
-                    .map_err(|e| err(&format!("{at}.to"), e.to_string()))?;
+                check_relative(rule.to.trim_end_matches('/')).map_err(|e| err(&format!("{at}.to"), e.to_string()))?;
                 match (&rule.from, format) {
                     (Some(_), Format::Binary) => {
                         return Err(err(
@@ -379,12 +363,14 @@ impl Manifest {
                     }
                     (Some(from), _) => {
                         if from.ends_with('/') != tree {
-                            return Err(err(&at, "`from` and `to` must both be directories (ending in `/`) or both files".into()));
+                            return Err(err(
+                                &at,
+                                "`from` and `to` must both be directories (ending in `/`) or both files".into(),
+                            ));
                         }
                         let f = from.trim_start_matches("./").trim_end_matches('/');
                         if !f.is_empty() {
-                            check_relative(f)
-                                .map_err(|e| err(&format!("{at}.from"), e.to_string()))?;
+                            check_relative(f).map_err(|e| err(&format!("{at}.from"), e.to_string()))?;
                         }
                     }
                 }
@@ -426,18 +412,14 @@ impl Manifest {
 
 /// Replace `{version}` and `{arch}` in a URL template.
 pub fn expand(template: &str, version: &str, arch: Arch) -> String {
-    template
-        .replace("{version}", version)
-        .replace("{arch}", arch.as_str())
+    template.replace("{version}", version).replace("{arch}", arch.as_str())
 }
 
 fn check_template(url: &str) -> Result<(), String> {
     let mut rest = url;
     while let Some(i) = rest.find('{') {
         let tail = &rest[i..];
-        let end = tail
-            .find('}')
-            .ok_or_else(|| format!("`{url}` has an unclosed `{{`"))?;
+        let end = tail.find('}').ok_or_else(|| format!("`{url}` has an unclosed `{{`"))?;
         let var = &tail[1..end];
         if var != "version" && var != "arch" {
             return Err(format!(
@@ -457,14 +439,8 @@ fn check_name_like(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 128 {
         return Err("must be 1 to 128 characters".into());
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
-        || s.starts_with(['.', '-'])
-    {
-        return Err(format!(
-            "`{s}` may only contain letters, digits, `.`, `_`, `+` and `-`"
-        ));
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) || s.starts_with(['.', '-']) {
+        return Err(format!("`{s}` may only contain letters, digits, `.`, `_`, `+` and `-`"));
     }
     Ok(())
 }
@@ -555,9 +531,7 @@ spec:
         );
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.starts_with(
-                "m.yaml:19:11: spec.components.runc.install[0].owner: unknown field `owner`"
-            ),
+            e.starts_with("m.yaml:19:11: spec.components.runc.install[0].owner: unknown field `owner`"),
             "{e}"
         );
     }
@@ -569,10 +543,7 @@ spec:
         assert!(e.starts_with("m.yaml:8:18: spec.architectures:"), "{e}");
         let text = GOOD.replace("architectures: [amd64]", "architectures: [sparc]");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(
-            e.contains("spec.architectures[0]: unknown variant `sparc`"),
-            "{e}"
-        );
+        assert!(e.contains("spec.architectures[0]: unknown variant `sparc`"), "{e}");
     }
 
     #[test]

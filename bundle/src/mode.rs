@@ -20,8 +20,8 @@ impl Mode {
         if digits.is_empty() || digits.len() > 5 {
             return Err(format!("`{s}` is not an octal file mode such as \"0755\""));
         }
-        let v = u32::from_str_radix(digits, 8)
-            .map_err(|_| format!("`{s}` is not an octal file mode such as \"0755\""))?;
+        let v =
+            u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal file mode such as \"0755\""))?;
         if v > 0o7777 {
             return Err(format!("`{s}` has bits beyond 07777"));
         }

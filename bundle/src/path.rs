@@ -55,10 +55,7 @@ pub fn normalize_member(name: &str) -> Result<Option<String>, PathError> {
     if name.starts_with('/') {
         return Err(PathError::Absolute(name.to_string()));
     }
-    let parts: Vec<&str> = name
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
+    let parts: Vec<&str> = name.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     if parts.is_empty() {
         return Ok(None);
     }
@@ -138,46 +135,22 @@ mod tests {
 
     #[test]
     fn refuses_hostile_paths() {
-        assert!(matches!(
-            check_relative("/etc/passwd"),
-            Err(PathError::Absolute(_))
-        ));
+        assert!(matches!(check_relative("/etc/passwd"), Err(PathError::Absolute(_))));
         assert!(matches!(check_relative("../x"), Err(PathError::DotDot(_))));
-        assert!(matches!(
-            check_relative("a/../../x"),
-            Err(PathError::DotDot(_))
-        ));
-        assert!(matches!(
-            check_relative("a//b"),
-            Err(PathError::NotNormal(_))
-        ));
-        assert!(matches!(
-            check_relative("./a"),
-            Err(PathError::NotNormal(_))
-        ));
+        assert!(matches!(check_relative("a/../../x"), Err(PathError::DotDot(_))));
+        assert!(matches!(check_relative("a//b"), Err(PathError::NotNormal(_))));
+        assert!(matches!(check_relative("./a"), Err(PathError::NotNormal(_))));
         assert!(matches!(check_relative("a/"), Err(PathError::NotNormal(_))));
         assert!(matches!(check_relative("a\0b"), Err(PathError::Nul(_))));
         assert!(matches!(check_relative(""), Err(PathError::Empty)));
-        assert!(matches!(
-            check_relative(&"a".repeat(2000)),
-            Err(PathError::TooLong(_))
-        ));
+        assert!(matches!(check_relative(&"a".repeat(2000)), Err(PathError::TooLong(_))));
     }
 
     #[test]
     fn normalizes_members() {
-        assert_eq!(
-            normalize_member("./bridge").unwrap().as_deref(),
-            Some("bridge")
-        );
-        assert_eq!(
-            normalize_member("bin//ctr").unwrap().as_deref(),
-            Some("bin/ctr")
-        );
-        assert_eq!(
-            normalize_member("usr/bin/").unwrap().as_deref(),
-            Some("usr/bin")
-        );
+        assert_eq!(normalize_member("./bridge").unwrap().as_deref(), Some("bridge"));
+        assert_eq!(normalize_member("bin//ctr").unwrap().as_deref(), Some("bin/ctr"));
+        assert_eq!(normalize_member("usr/bin/").unwrap().as_deref(), Some("usr/bin"));
         assert_eq!(normalize_member("./").unwrap(), None);
         assert!(normalize_member("/abs").is_err());
         assert!(normalize_member("./../x").is_err());
@@ -190,10 +163,7 @@ mod tests {
         assert!(check_link_target("a/b", "../../x").is_err());
         assert!(check_link_target("bin/x", "/usr/bin/x").is_err());
         assert!(check_link_target("x", "..").is_err());
-        assert_eq!(
-            resolve_link("bin/crictl", "../libexec/crictl"),
-            "libexec/crictl"
-        );
+        assert_eq!(resolve_link("bin/crictl", "../libexec/crictl"), "libexec/crictl");
         assert_eq!(resolve_link("a", "b"), "b");
     }
 

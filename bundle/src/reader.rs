@@ -25,10 +25,7 @@ pub struct Expect<'a> {
     /// The outer digest, from the `.sha256` beside the bundle or a trusted source.
     pub sha256: Option<Sha256>,
     /// A minisign public key and the bundle's signature.
-    pub signature: Option<(
-        &'a minisign_verify::PublicKey,
-        &'a minisign_verify::Signature,
-    )>,
+    pub signature: Option<(&'a minisign_verify::PublicKey, &'a minisign_verify::Signature)>,
 }
 
 /// Receives the members that passed the structural checks, in archive order.
@@ -128,12 +125,7 @@ pub fn verify_file(path: &Path, expect: &Expect, sink: &mut dyn Sink) -> Result<
 /// Read a bundle from `raw`, checking it against `expect` and its own index, and hand each good
 /// member to `sink`. Problems with the bundle are collected in the report; an `Err` means the sink
 /// failed (for example, the disk it writes to is full).
-pub fn read_bundle(
-    raw: impl Read,
-    origin: &str,
-    expect: &Expect,
-    sink: &mut dyn Sink,
-) -> Result<Report> {
+pub fn read_bundle(raw: impl Read, origin: &str, expect: &Expect, sink: &mut dyn Sink) -> Result<Report> {
     let mut problems = Vec::new();
     let verifier = match expect.signature {
         Some((pk, sig)) => match pk.verify_stream(sig) {
@@ -205,12 +197,7 @@ fn read_members<R: Read>(
     sink: &mut dyn Sink,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<Index>> {
-    let fatal = |problems: &mut Vec<Problem>, message: String| {
-        problems.push(Problem {
-            path: None,
-            message,
-        })
-    };
+    let fatal = |problems: &mut Vec<Problem>, message: String| problems.push(Problem { path: None, message });
     let mut archive = tar::Archive::new(decoder);
     let mut entries = match archive.entries() {
         Ok(e) => e,
@@ -243,18 +230,13 @@ fn read_members<R: Read>(
             if size > MAX_INDEX_BYTES {
                 fatal(
                     problems,
-                    format!(
-                        "{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"
-                    ),
+                    format!("{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"),
                 );
                 return Ok(None);
             }
             let mut buf = Vec::with_capacity(size as usize);
             if let Err(e) = entry.read_to_end(&mut buf) {
-                fatal(
-                    problems,
-                    format!("corrupt or truncated archive in {INDEX_NAME}: {e}"),
-                );
+                fatal(problems, format!("corrupt or truncated archive in {INDEX_NAME}: {e}"));
                 return Ok(None);
             }
             match Index::from_json(&buf, origin) {
@@ -268,11 +250,7 @@ fn read_members<R: Read>(
     };
     sink.begin(&index)?;
 
-    let dirs: BTreeSet<String> = index
-        .directories()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let dirs: BTreeSet<String> = index.directories().into_iter().map(str::to_string).collect();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for entry in entries {
         let mut entry = match entry {
@@ -329,10 +307,7 @@ fn read_members<R: Read>(
                     continue;
                 };
                 if rec.kind != EntryKind::File {
-                    problem(format!(
-                        "is a regular file but the index says {:?}",
-                        rec.kind
-                    ));
+                    problem(format!("is a regular file but the index says {:?}", rec.kind));
                     continue;
                 }
                 if mode != rec.mode {
@@ -341,10 +316,7 @@ fn read_members<R: Read>(
                     } else {
                         ""
                     };
-                    problem(format!(
-                        "{what}mode {mode} differs from the index ({})",
-                        rec.mode
-                    ));
+                    problem(format!("{what}mode {mode} differs from the index ({})", rec.mode));
                     continue;
                 }
                 let size = entry.header().size().unwrap_or(u64::MAX);
@@ -367,7 +339,9 @@ fn read_members<R: Read>(
                 }
                 let expected = rec.sha256.expect("validated index: files have digests");
                 if digest != expected {
-                    problem(format!("content does not match the index: expected sha256 {expected}, got {digest}"));
+                    problem(format!(
+                        "content does not match the index: expected sha256 {expected}, got {digest}"
+                    ));
                 }
             }
             tar::EntryType::Symlink => {
@@ -387,9 +361,7 @@ fn read_members<R: Read>(
                 }
                 sink.symlink(rec, rec.target.as_deref().unwrap_or_default())?;
             }
-            tar::EntryType::Link => {
-                problem("refused: hard links are not allowed in a bundle".into())
-            }
+            tar::EntryType::Link => problem("refused: hard links are not allowed in a bundle".into()),
             tar::EntryType::Char | tar::EntryType::Block => {
                 problem("refused: device nodes are not allowed in a bundle".into())
             }
@@ -429,10 +401,7 @@ pub fn read_index(path: &Path) -> Result<Index> {
         None => return Err(Error::bundle(origin, "the bundle is empty")),
     };
     if &*entry.path_bytes() != INDEX_NAME.as_bytes() {
-        return Err(Error::bundle(
-            origin,
-            format!("the first member is not {INDEX_NAME}"),
-        ));
+        return Err(Error::bundle(origin, format!("the first member is not {INDEX_NAME}")));
     }
     if entry.header().size().unwrap_or(u64::MAX) > MAX_INDEX_BYTES {
         return Err(Error::bundle(

@@ -9,12 +9,7 @@ pub use minisign_verify::{PublicKey, Signature};
 
 pub fn load_public_key(path: &Path) -> Result<PublicKey> {
     let text = std::fs::read_to_string(path).at(path)?;
-    parse_public_key(&text).map_err(|e| {
-        Error::Signature(format!(
-            "{}: not a minisign public key: {e}",
-            path.display()
-        ))
-    })
+    parse_public_key(&text).map_err(|e| Error::Signature(format!("{}: not a minisign public key: {e}", path.display())))
 }
 
 /// A public key as the `.pub` file's two lines, or the bare base64 line.
@@ -29,6 +24,5 @@ pub fn parse_public_key(text: &str) -> std::result::Result<PublicKey, minisign_v
 
 pub fn load_signature(path: &Path) -> Result<Signature> {
     let text = std::fs::read_to_string(path).at(path)?;
-    Signature::decode(&text)
-        .map_err(|e| Error::Signature(format!("{}: not a minisign signature: {e}", path.display())))
+    Signature::decode(&text).map_err(|e| Error::Signature(format!("{}: not a minisign signature: {e}", path.display())))
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::atomic;
 use crate::digest::{sha256sum_line, HashingWriter, Sha256};
@@ -43,6 +44,25 @@ pub fn default_workers() -> u32 {
         .max(1)
 }
 
+/// How to write a bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions<'a> {
+    /// zstd worker threads; the output is the same for any count.
+    pub workers: u32,
+    /// Checked between members: when set (by a SIGINT handler), writing stops with an error and the
+    /// temporary file is removed, so Ctrl-C leaves nothing behind.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl Default for WriteOptions<'_> {
+    fn default() -> Self {
+        WriteOptions {
+            workers: default_workers(),
+            cancel: None,
+        }
+    }
+}
+
 /// Write `index` and the files it lists into `dir/<index.file_name()>`, plus its `.sha256`.
 /// `contents` maps every regular file's path to its bytes; the caller vouches that they match the
 /// digests in the index (the builder takes them from its content-addressed cache).
@@ -50,8 +70,9 @@ pub fn write_bundle(
     dir: &Path,
     index: &Index,
     contents: &BTreeMap<String, Content>,
-    workers: u32,
+    opts: WriteOptions,
 ) -> Result<Written> {
+    let workers = opts.workers;
     let dest = dir.join(index.file_name());
     let mut tmp = atomic::temp_beside(&dest)?;
     let tmp_path = tmp.path().to_path_buf();
@@ -77,15 +98,15 @@ pub fn write_bundle(
     // Directories and files in one sorted sequence: a directory sorts before its contents.
     let dirs = index.directories();
     let mut names: Vec<(&str, Option<usize>)> = dirs.iter().map(|d| (*d, None)).collect();
-    names.extend(
-        index
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), Some(i))),
-    );
+    names.extend(index.files.iter().enumerate().map(|(i, f)| (f.path.as_str(), Some(i))));
     names.sort();
     for (path, file) in names {
+        if opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return Err(Error::bundle(
+                dest.display().to_string(),
+                "interrupted; nothing was written",
+            ));
+        }
         let Some(i) = file else {
             append(
                 &mut tar,
@@ -107,12 +128,9 @@ pub fn write_bundle(
                 tar.append_link(&mut h, path, target).at(&tmp_path)?;
             }
             EntryKind::File => {
-                let content = contents.get(path).ok_or_else(|| {
-                    Error::bundle(
-                        dest.display().to_string(),
-                        format!("no content for `{path}`"),
-                    )
-                })?;
+                let content = contents
+                    .get(path)
+                    .ok_or_else(|| Error::bundle(dest.display().to_string(), format!("no content for `{path}`")))?;
                 match content {
                     Content::Bytes(b) => {
                         check_size(path, b.len() as u64, rec.size, &dest)?;
@@ -132,16 +150,7 @@ pub fn write_bundle(
                         let len = f.metadata().at(src)?.len();
                         check_size(path, len, rec.size, &dest)?;
                         let r = BufReader::with_capacity(BUF, f);
-                        append(
-                            &mut tar,
-                            path,
-                            tar::EntryType::Regular,
-                            rec.mode,
-                            mtime,
-                            rec.size,
-                            r,
-                        )
-                        .at(src)?;
+                        append(&mut tar, path, tar::EntryType::Regular, rec.mode, mtime, rec.size, r).at(src)?;
                     }
                 }
             }
@@ -155,11 +164,7 @@ pub fn write_bundle(
     atomic::persist(tmp, &dest)?;
 
     let sum_path = sha256_path(&dest);
-    atomic::write_file(
-        &sum_path,
-        sha256sum_line(&sha256, &index.file_name()).as_bytes(),
-        0o644,
-    )?;
+    atomic::write_file(&sum_path, sha256sum_line(&sha256, &index.file_name()).as_bytes(), 0o644)?;
     Ok(Written {
         path: dest,
         sha256,

@@ -31,10 +31,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Erro
         })
     })
     .map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         let mut message = strip_location(&e.to_string());
         if !field.is_empty() && field != "." {
             message = format!("{field}: {message}");

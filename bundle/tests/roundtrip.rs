@@ -9,7 +9,7 @@ use kiln_bundle::index::{BuildInfo, EntryKind, FileRecord, Index, INDEX_NAME, SC
 use kiln_bundle::manifest::Arch;
 use kiln_bundle::mode::Mode;
 use kiln_bundle::reader::{read_bundle, verify_file, Expect, Sink, VerifyOnly};
-use kiln_bundle::writer::{write_bundle, Content};
+use kiln_bundle::writer::{write_bundle, Content, WriteOptions};
 
 fn file(path: &str, data: &[u8], mode: u32) -> (FileRecord, Content) {
     (
@@ -74,8 +74,26 @@ fn same_inputs_give_identical_bytes_whatever_the_worker_count() {
     let (index, contents) = sample();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let wa = write_bundle(a.path(), &index, &contents, 1).unwrap();
-    let wb = write_bundle(b.path(), &index, &contents, 4).unwrap();
+    let wa = write_bundle(
+        a.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 1,
+            cancel: None,
+        },
+    )
+    .unwrap();
+    let wb = write_bundle(
+        b.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 4,
+            cancel: None,
+        },
+    )
+    .unwrap();
     assert_eq!(wa.sha256, wb.sha256);
     assert_eq!(fs::read(&wa.path).unwrap(), fs::read(&wb.path).unwrap());
     let sum = fs::read_to_string(a.path().join("t-1.0-amd64.kiln.tar.zst.sha256")).unwrap();
@@ -88,7 +106,16 @@ fn same_inputs_give_identical_bytes_whatever_the_worker_count() {
 fn a_written_bundle_verifies_and_gnu_tar_agrees_on_its_layout() {
     let (index, contents) = sample();
     let dir = tempfile::tempdir().unwrap();
-    let w = write_bundle(dir.path(), &index, &contents, 2).unwrap();
+    let w = write_bundle(
+        dir.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 2,
+            cancel: None,
+        },
+    )
+    .unwrap();
     let report = verify_file(
         &w.path,
         &Expect {
@@ -106,16 +133,9 @@ fn a_written_bundle_verifies_and_gnu_tar_agrees_on_its_layout() {
         .arg(&w.path)
         .output()
         .expect("GNU tar runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = listing
-        .lines()
-        .map(|l| l.split_whitespace().nth(5).unwrap())
-        .collect();
+    let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().nth(5).unwrap()).collect();
     assert_eq!(names[0], INDEX_NAME);
     assert_eq!(
         &names[1..],
@@ -134,10 +154,7 @@ fn a_written_bundle_verifies_and_gnu_tar_agrees_on_its_layout() {
     );
     for line in listing.lines() {
         assert!(line.contains(" 0/0 "), "owner is 0/0: {line}");
-        assert!(
-            line.contains("2023-11-14"),
-            "mtime is SOURCE_DATE_EPOCH: {line}"
-        );
+        assert!(line.contains("2023-11-14"), "mtime is SOURCE_DATE_EPOCH: {line}");
     }
 }
 
@@ -145,7 +162,16 @@ fn a_written_bundle_verifies_and_gnu_tar_agrees_on_its_layout() {
 fn a_flipped_byte_anywhere_is_found() {
     let (index, contents) = sample();
     let dir = tempfile::tempdir().unwrap();
-    let w = write_bundle(dir.path(), &index, &contents, 1).unwrap();
+    let w = write_bundle(
+        dir.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 1,
+            cancel: None,
+        },
+    )
+    .unwrap();
     let good = fs::read(&w.path).unwrap();
     // Flip a byte at 300 positions spread over the compressed file: each flip must be reported, either
     // by the zstd frame checksum, a tar header check, a content digest, or the outer digest.
@@ -165,10 +191,7 @@ fn a_flipped_byte_anywhere_is_found() {
         assert!(!report.is_ok(), "flip at {pos} went unnoticed");
         // And without the outer digest, the content checks alone still catch it.
         let report = verify(&bad);
-        assert!(
-            !report.is_ok(),
-            "flip at {pos} unnoticed without the outer digest"
-        );
+        assert!(!report.is_ok(), "flip at {pos} unnoticed without the outer digest");
     }
 }
 
@@ -183,24 +206,11 @@ impl Evil {
             tar: tar::Builder::new(Vec::new()),
         };
         let json = index.to_json();
-        e.raw(
-            INDEX_NAME.as_bytes(),
-            tar::EntryType::Regular,
-            0o644,
-            &json,
-            None,
-        );
+        e.raw(INDEX_NAME.as_bytes(), tar::EntryType::Regular, 0o644, &json, None);
         e
     }
 
-    fn raw(
-        &mut self,
-        name: &[u8],
-        kind: tar::EntryType,
-        mode: u32,
-        data: &[u8],
-        link: Option<&[u8]>,
-    ) {
+    fn raw(&mut self, name: &[u8], kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&[u8]>) {
         let mut h = tar::Header::new_old();
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
         h.set_entry_type(kind);
@@ -226,11 +236,7 @@ fn one_file_index(data: &[u8], mode: u32) -> Index {
 }
 
 fn problems(bytes: &[u8]) -> Vec<String> {
-    verify(bytes)
-        .problems
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
+    verify(bytes).problems.iter().map(|p| p.to_string()).collect()
 }
 
 /// Records what reached the sink: nothing refused may ever get there.
@@ -299,13 +305,7 @@ fn escaping_symlinks_hardlinks_and_devices_are_refused() {
         b"",
         Some(b"../../../etc/shadow"),
     );
-    e.raw(
-        b"bin/hard",
-        tar::EntryType::Link,
-        0o644,
-        b"",
-        Some(b"/etc/shadow"),
-    );
+    e.raw(b"bin/hard", tar::EntryType::Link, 0o644, b"", Some(b"/etc/shadow"));
     e.raw(b"bin/null", tar::EntryType::Char, 0o666, b"", None);
     e.raw(b"bin/blk", tar::EntryType::Block, 0o666, b"", None);
     let bytes = e.finish();
@@ -349,16 +349,18 @@ fn a_setuid_bit_not_in_the_index_is_refused() {
 fn truncated_bundles_are_reported() {
     let (index, contents) = sample();
     let dir = tempfile::tempdir().unwrap();
-    let w = write_bundle(dir.path(), &index, &contents, 1).unwrap();
+    let w = write_bundle(
+        dir.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 1,
+            cancel: None,
+        },
+    )
+    .unwrap();
     let good = fs::read(&w.path).unwrap();
-    for cut in [
-        0,
-        10,
-        good.len() / 3,
-        good.len() / 2,
-        good.len() - 30,
-        good.len() - 1,
-    ] {
+    for cut in [0, 10, good.len() / 3, good.len() / 2, good.len() - 30, good.len() - 1] {
         let report = verify(&good[..cut]);
         assert!(!report.is_ok(), "cut at {cut} went unnoticed");
     }
@@ -368,7 +370,16 @@ fn truncated_bundles_are_reported() {
 fn trailing_garbage_is_reported() {
     let (index, contents) = sample();
     let dir = tempfile::tempdir().unwrap();
-    let w = write_bundle(dir.path(), &index, &contents, 1).unwrap();
+    let w = write_bundle(
+        dir.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 1,
+            cancel: None,
+        },
+    )
+    .unwrap();
     let mut bytes = fs::read(&w.path).unwrap();
     bytes.write_all(b"garbage").unwrap();
     assert!(!verify(&bytes).is_ok());
@@ -384,4 +395,23 @@ fn a_bundle_whose_first_member_is_not_the_index_is_refused() {
     let bytes = zstd::encode_all(&t.into_inner().unwrap()[..], 3).unwrap();
     assert!(problems(&bytes)[0].contains("not the index"));
     assert!(!verify(b"not zstd at all").is_ok());
+}
+
+#[test]
+fn a_cancelled_write_leaves_nothing() {
+    let (index, contents) = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let e = write_bundle(
+        dir.path(),
+        &index,
+        &contents,
+        WriteOptions {
+            workers: 1,
+            cancel: Some(&cancel),
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("interrupted"), "{e}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }

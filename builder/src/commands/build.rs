@@ -40,10 +40,7 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
                     diffs.join("\n  ")
                 );
                 if locked {
-                    bail!(
-                        "--locked: {msg}\nrun `kiln lock {}` to update it",
-                        a.manifest.display()
-                    );
+                    bail!("--locked: {msg}\nrun `kiln lock {}` to update it", a.manifest.display());
                 }
                 tracing::warn!("{msg}\nthe lock is ignored; run `kiln lock` to update it");
             }
@@ -54,13 +51,8 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
     let password = password_from_env(a.key_password_env.as_deref())?;
     let cache = Cache::open(cache)?;
     let mirrors = Mirrors::parse(&a.fetch.mirrors).map_err(anyhow::Error::msg)?;
-    let ctx = Ctx::new(
-        &cache,
-        &mirrors,
-        &a.manifest,
-        a.fetch.offline,
-        a.fetch.retries,
-    );
+    let ctx = Ctx::new(&cache, &mirrors, &a.manifest, a.fetch.offline, a.fetch.retries);
+    crate::install_signal_handlers()?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("cannot create output directory {}", a.output.display()))?;
 
@@ -74,8 +66,11 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
         let (digest, fresh) = match up_to_date(&dest, &index) {
             Some(d) => (d, false),
             None => {
-                let w =
-                    writer::write_bundle(&a.output, &index, &contents, writer::default_workers())?;
+                let opts = writer::WriteOptions {
+                    workers: writer::default_workers(),
+                    cancel: Some(crate::interrupted()),
+                };
+                let w = writer::write_bundle(&a.output, &index, &contents, opts)?;
                 (w.sha256, true)
             }
         };
@@ -124,13 +119,7 @@ pub fn assemble(
     epoch: u64,
 ) -> (Index, BTreeMap<String, Content>) {
     let components: Vec<_> = resolved.iter().map(plan::Resolved::record).collect();
-    let sbom = crate::sbom::render(
-        &m.metadata.name,
-        &m.metadata.version,
-        arch,
-        &components,
-        epoch,
-    );
+    let sbom = crate::sbom::render(&m.metadata.name, &m.metadata.version, arch, &components, epoch);
     let mut files: Vec<FileRecord> = Vec::with_capacity(planned.len() + 1);
     let mut contents = BTreeMap::new();
     for p in planned {

@@ -136,9 +136,6 @@ pub fn run(a: &DiffArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        super::table(&["KIND", "CHANGE", "NAME", "DETAIL"], &rows)
-    );
+    print!("{}", super::table(&["KIND", "CHANGE", "NAME", "DETAIL"], &rows));
     Ok(ExitCode::SUCCESS)
 }

@@ -16,24 +16,15 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
         v["hasKubelet"] = json!(index.has_kubelet());
         v["totalSize"] = json!(index.total_size());
         if !a.files {
-            v.as_object_mut()
-                .expect("index is an object")
-                .remove("files");
+            v.as_object_mut().expect("index is an object").remove("files");
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "bundle      {} {} ({})",
-        index.name, index.version, index.arch
-    );
+    println!("bundle      {} {} ({})", index.name, index.version, index.arch);
     println!("kubernetes  {}", index.kubernetes_version);
     println!("kind        {}", index.flavor());
-    println!(
-        "files       {} ({})",
-        index.files.len(),
-        human_size(index.total_size())
-    );
+    println!("files       {} ({})", index.files.len(), human_size(index.total_size()));
     println!(
         "built by    {} (SOURCE_DATE_EPOCH {})",
         index.build.tool, index.build.source_date_epoch
@@ -61,14 +52,7 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
     print!(
         "{}",
         table(
-            &[
-                "COMPONENT",
-                "VERSION",
-                "FILES",
-                "SIZE",
-                "SOURCE SHA256",
-                "SOURCE"
-            ],
+            &["COMPONENT", "VERSION", "FILES", "SIZE", "SOURCE SHA256", "SOURCE"],
             &rows
         )
     );
@@ -90,10 +74,7 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
                 ]
             })
             .collect();
-        print!(
-            "{}",
-            table(&["PATH", "MODE", "SIZE", "SHA256", "COMPONENT"], &rows)
-        );
+        print!("{}", table(&["PATH", "MODE", "SIZE", "SHA256", "COMPONENT"], &rows));
     }
     Ok(ExitCode::SUCCESS)
 }

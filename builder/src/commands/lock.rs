@@ -12,15 +12,10 @@ use crate::plan::{self, Ctx};
 
 pub fn run(a: &LockArgs, cache: Option<std::path::PathBuf>) -> Result<ExitCode> {
     let manifest = super::load_manifest(&a.manifest)?;
+    crate::install_signal_handlers()?;
     let cache = Cache::open(cache)?;
     let mirrors = Mirrors::parse(&a.fetch.mirrors).map_err(anyhow::Error::msg)?;
-    let ctx = Ctx::new(
-        &cache,
-        &mirrors,
-        &a.manifest,
-        a.fetch.offline,
-        a.fetch.retries,
-    );
+    let ctx = Ctx::new(&cache, &mirrors, &a.manifest, a.fetch.offline, a.fetch.retries);
     let mut artifacts = Vec::new();
     for arch in &manifest.spec.architectures {
         // Resolve afresh: apt versions float to the candidate unless the manifest pins them.
@@ -42,10 +37,6 @@ pub fn run(a: &LockArgs, cache: Option<std::path::PathBuf>) -> Result<ExitCode> 
     let path = lock_path(&a.manifest);
     kiln_bundle::atomic::write_file(&path, &lock.to_json(), 0o644)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
-        "{}: {} artifacts locked",
-        path.display(),
-        lock.artifacts.len()
-    );
+    println!("{}: {} artifacts locked", path.display(), lock.artifacts.len());
     Ok(ExitCode::SUCCESS)
 }

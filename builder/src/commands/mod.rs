@@ -14,8 +14,7 @@ use kiln_bundle::Manifest;
 
 /// Read and validate a manifest file; errors name the file, line, column and field.
 pub fn load_manifest(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
     Ok(Manifest::parse(&text, &path.display().to_string())?)
 }
 

@@ -14,17 +14,10 @@ use crate::cli::VerifyArgs;
 
 pub fn run(a: &VerifyArgs) -> Result<ExitCode> {
     let expected = expected_digest(&a.bundle, a.sha256.as_deref())?;
-    let key = a
-        .key
-        .as_deref()
-        .map(signature::load_public_key)
-        .transpose()?;
+    let key = a.key.as_deref().map(signature::load_public_key).transpose()?;
     let sig = match &key {
         Some(_) => {
-            let p = a
-                .signature
-                .clone()
-                .unwrap_or_else(|| minisig_path(&a.bundle));
+            let p = a.signature.clone().unwrap_or_else(|| minisig_path(&a.bundle));
             Some(signature::load_signature(&p)?)
         }
         None => None,
@@ -58,10 +51,7 @@ pub fn run(a: &VerifyArgs) -> Result<ExitCode> {
     if key.is_some() {
         println!("  signature  valid");
     }
-    println!(
-        "  files      {} verified against the index",
-        index.files.len()
-    );
+    println!("  files      {} verified against the index", index.files.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -70,12 +60,9 @@ fn expected_digest(bundle: &Path, flag: Option<&str>) -> Result<Option<Sha256>> 
         Some(s) => match s.parse::<Sha256>() {
             Ok(d) => Ok(Some(d)),
             Err(_) => {
-                let text = std::fs::read_to_string(s).with_context(|| {
-                    format!("--sha256 {s}: neither a digest nor a readable file")
-                })?;
-                Ok(Some(
-                    parse_sha256sum(&text).map_err(|e| anyhow::anyhow!("{s}: {e}"))?,
-                ))
+                let text = std::fs::read_to_string(s)
+                    .with_context(|| format!("--sha256 {s}: neither a digest nor a readable file"))?;
+                Ok(Some(parse_sha256sum(&text).map_err(|e| anyhow::anyhow!("{s}: {e}"))?))
             }
         },
         None => {

@@ -27,18 +27,11 @@ impl Apt {
     }
 
     fn command(&self, verb: &str) -> Command {
-        let tool = if verb == "show" {
-            "apt-cache"
-        } else {
-            "apt-get"
-        };
+        let tool = if verb == "show" { "apt-cache" } else { "apt-get" };
         let mut c = Command::new(tool);
         c.arg("-q")
             .arg("-o")
-            .arg(format!(
-                "Dir::State::Lists={}",
-                self.state.join("lists").display()
-            ))
+            .arg(format!("Dir::State::Lists={}", self.state.join("lists").display()))
             .arg("-o")
             .arg(format!("Dir::Cache={}", self.state.join("cache").display()))
             .arg("-o")
@@ -65,12 +58,8 @@ impl Apt {
             fs::create_dir_all(self.state.join(d))
                 .with_context(|| format!("cannot create {}", self.state.join(d).display()))?;
         }
-        tracing::info!(
-            "apt: updating kiln's package lists in {}",
-            self.state.display()
-        );
-        process::run(&mut self.command("update"))
-            .context("apt: cannot update the package lists")?;
+        tracing::info!("apt: updating kiln's package lists in {}", self.state.display());
+        process::run(&mut self.command("update")).context("apt: cannot update the package lists")?;
         if !self.has_lists() {
             bail!("apt: `apt-get update` found no package lists; check /etc/apt/sources.list");
         }
@@ -80,11 +69,7 @@ impl Apt {
     /// The version and sha256 of each `(package, version)` (an exact version, or apt's candidate) in
     /// kiln's package lists, which apt verified against the repository's signature. One `apt-cache`
     /// call answers them all; no network is used unless kiln has no lists yet or a package is missing.
-    pub fn candidates(
-        &self,
-        wanted: &[(String, Option<String>)],
-        what: &str,
-    ) -> Result<Vec<(String, Sha256)>> {
+    pub fn candidates(&self, wanted: &[(String, Option<String>)], what: &str) -> Result<Vec<(String, Sha256)>> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -106,13 +91,9 @@ impl Apt {
         let out = match show() {
             Ok(o) => o,
             Err(first) => {
-                tracing::info!(
-                    "apt: not all of {specs:?} are in kiln's lists ({first}); refreshing them"
-                );
+                tracing::info!("apt: not all of {specs:?} are in kiln's lists ({first}); refreshing them");
                 self.update()?;
-                show().map_err(|e| {
-                    anyhow!("{what}: apt does not know all of {}: {e}", specs.join(", "))
-                })?
+                show().map_err(|e| anyhow!("{what}: apt does not know all of {}: {e}", specs.join(", ")))?
             }
         };
         let text = String::from_utf8_lossy(&out.stdout);

@@ -22,8 +22,7 @@ pub fn local_path(url: &str, base: &Path) -> Option<PathBuf> {
 }
 
 pub fn fetch(path: &Path, expected: &Sha256, cache: &Cache, what: &str) -> Result<()> {
-    let src =
-        File::open(path).with_context(|| format!("{what}: cannot open {}", path.display()))?;
+    let src = File::open(path).with_context(|| format!("{what}: cannot open {}", path.display()))?;
     let tmp = cache.temp()?;
     let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file()));
     io::copy(&mut io::BufReader::with_capacity(1 << 20, src), &mut w)
@@ -32,12 +31,7 @@ pub fn fetch(path: &Path, expected: &Sha256, cache: &Cache, what: &str) -> Resul
     out.flush()?;
     drop(out);
     if &actual != expected {
-        return Err(super::mismatch(
-            what,
-            &path.display().to_string(),
-            expected,
-            &actual,
-        ));
+        return Err(super::mismatch(what, &path.display().to_string(), expected, &actual));
     }
     cache.commit(tmp, &actual)?;
     Ok(())

@@ -50,10 +50,7 @@ impl Http {
         for attempt in 0..=self.retries {
             if attempt > 0 {
                 let wait = self.backoff * 2u32.saturating_pow(attempt - 1);
-                tracing::warn!(
-                    "{what}: {last}; retrying in {wait:?} ({attempt}/{})",
-                    self.retries
-                );
+                tracing::warn!("{what}: {last}; retrying in {wait:?} ({attempt}/{})", self.retries);
                 std::thread::sleep(wait);
             }
             match self.attempt(url, expected, cache, what) {
@@ -68,20 +65,10 @@ impl Http {
         ))
     }
 
-    fn attempt(
-        &self,
-        url: &str,
-        expected: &Sha256,
-        cache: &Cache,
-        what: &str,
-    ) -> Result<(), Attempt> {
+    fn attempt(&self, url: &str, expected: &Sha256, cache: &Cache, what: &str) -> Result<(), Attempt> {
         let mut resp = match self.client.get(url).send() {
             Ok(r) => r,
-            Err(e) if e.is_builder() => {
-                return Err(Attempt::Fatal(anyhow!(
-                    "{what}: `{url}` is not a valid URL: {e}"
-                )))
-            }
+            Err(e) if e.is_builder() => return Err(Attempt::Fatal(anyhow!("{what}: `{url}` is not a valid URL: {e}"))),
             Err(e) => {
                 return Err(Attempt::Transient(format!(
                     "request to {url} failed: {}",
@@ -90,9 +77,7 @@ impl Http {
             }
         };
         let status = resp.status();
-        if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
         {
             return Err(Attempt::Transient(format!("{url} answered {status}")));
         }
@@ -105,6 +90,7 @@ impl Http {
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file()));
         let mut buf = vec![0u8; 1 << 16];
         loop {
+            crate::check_interrupted().map_err(Attempt::Fatal)?;
             let n = match resp.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -115,9 +101,8 @@ impl Http {
                     )))
                 }
             };
-            w.write_all(&buf[..n]).map_err(|e| {
-                Attempt::Fatal(anyhow!("cannot write {}: {e}", tmp.path().display()))
-            })?;
+            w.write_all(&buf[..n])
+                .map_err(|e| Attempt::Fatal(anyhow!("cannot write {}: {e}", tmp.path().display())))?;
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
@@ -133,9 +118,7 @@ impl Http {
             }
         }
         if &actual != expected {
-            return Err(Attempt::Fatal(super::mismatch(
-                what, url, expected, &actual,
-            )));
+            return Err(Attempt::Fatal(super::mismatch(what, url, expected, &actual)));
         }
         cache.commit(tmp, &actual).map_err(Attempt::Fatal)?;
         Ok(())
@@ -150,9 +133,9 @@ fn progress_bar(length: Option<u64>, what: &str) -> indicatif::ProgressBar {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
     };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+    {
         bar.set_style(style);
     }
     bar.set_message(what.to_string());

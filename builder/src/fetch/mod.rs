@@ -10,5 +10,7 @@ use kiln_bundle::digest::Sha256;
 
 /// The error for an artifact whose digest differs from the pinned one.
 pub fn mismatch(what: &str, location: &str, expected: &Sha256, actual: &Sha256) -> anyhow::Error {
-    anyhow::anyhow!("{what}: digest mismatch for {location}: expected sha256 {expected}, got {actual}; nothing was written")
+    anyhow::anyhow!(
+        "{what}: digest mismatch for {location}: expected sha256 {expected}, got {actual}; nothing was written"
+    )
 }

@@ -144,9 +144,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 match r.fault.clone() {
                     Fault::None => (200, r.body.clone(), None),
                     Fault::Status(code) => (code, Arc::new(b"injected error\n".to_vec()), None),
-                    Fault::FailFirst(n, code) if r.hits <= n => {
-                        (code, Arc::new(b"injected error\n".to_vec()), None)
-                    }
+                    Fault::FailFirst(n, code) if r.hits <= n => (code, Arc::new(b"injected error\n".to_vec()), None),
                     Fault::FailFirst(..) => (200, r.body.clone(), None),
                     Fault::Truncate(at) => (200, r.body.clone(), Some(at)),
                     Fault::TruncateFirst(n, at) if r.hits <= n => (200, r.body.clone(), Some(at)),

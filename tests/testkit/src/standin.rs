@@ -121,16 +121,8 @@ pub fn production(arch: &str, scale: f64) -> Vec<(String, Vec<u8>)> {
     let mib = |m: f64| ((m * scale * 1024.0 * 1024.0) as usize).max(64);
     let seed = if arch == "amd64" { 1 } else { 1000 };
     let containerd = tar_gz(&[
-        (
-            "bin/containerd",
-            binary(mib(CONTAINERD_MIB), seed + 1),
-            0o755,
-        ),
-        (
-            "bin/containerd-shim-runc-v2",
-            binary(mib(SHIM_MIB), seed + 2),
-            0o755,
-        ),
+        ("bin/containerd", binary(mib(CONTAINERD_MIB), seed + 1), 0o755),
+        ("bin/containerd-shim-runc-v2", binary(mib(SHIM_MIB), seed + 2), 0o755),
         ("bin/ctr", binary(mib(CTR_MIB), seed + 3), 0o755),
     ]);
     let plugins: Vec<(String, Vec<u8>, u32)> = CNI_PLUGINS
@@ -146,17 +138,33 @@ pub fn production(arch: &str, scale: f64) -> Vec<(String, Vec<u8>)> {
             )
         })
         .collect();
-    let plugin_refs: Vec<(&str, Vec<u8>, u32)> = plugins
-        .iter()
-        .map(|(p, d, m)| (p.as_str(), d.clone(), *m))
-        .collect();
+    let plugin_refs: Vec<(&str, Vec<u8>, u32)> = plugins.iter().map(|(p, d, m)| (p.as_str(), d.clone(), *m)).collect();
     let crictl = tar_gz(&[("crictl", binary(mib(CRICTL_MIB), seed + 40), 0o755)]);
     vec![
-        (format!("/dl.k8s.io/release/v1.36.4/bin/linux/{arch}/kubelet"), binary(mib(KUBELET_MIB), seed + 50)),
-        (format!("/github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-{arch}.tar.gz"), containerd),
-        (format!("/github.com/opencontainers/runc/releases/download/v1.4.3/runc.{arch}"), binary(mib(RUNC_MIB), seed + 60)),
-        (format!("/github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-{arch}-v1.9.1.tgz"), tar_gz(&plugin_refs)),
-        (format!("/github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-{arch}.tar.gz"), crictl),
+        (
+            format!("/dl.k8s.io/release/v1.36.4/bin/linux/{arch}/kubelet"),
+            binary(mib(KUBELET_MIB), seed + 50),
+        ),
+        (
+            format!("/github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-{arch}.tar.gz"),
+            containerd,
+        ),
+        (
+            format!("/github.com/opencontainers/runc/releases/download/v1.4.3/runc.{arch}"),
+            binary(mib(RUNC_MIB), seed + 60),
+        ),
+        (
+            format!(
+                "/github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-{arch}-v1.9.1.tgz"
+            ),
+            tar_gz(&plugin_refs),
+        ),
+        (
+            format!(
+                "/github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-{arch}.tar.gz"
+            ),
+            crictl,
+        ),
     ]
 }
 

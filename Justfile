@@ -1,0 +1,32 @@
+# kiln task runner. Every recipe also works without just: see scripts/.
+
+default:
+    @just --list
+
+# install the system packages the tests and benchmarks need (idempotent)
+setup:
+    scripts/setup
+
+# formatting and clippy, warnings are errors
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# the whole suite, as CI runs it
+test:
+    scripts/test
+
+# the tests that drive real tools: apt and Debian's archive, minisign
+e2e:
+    scripts/setup
+    cargo test -p kiln-builder --test debian_apt --test minisign_interop
+
+# benchmarks: kiln against its baselines, same run, figures and ratios printed
+bench:
+    scripts/bench
+
+# build the Debian 12 container-runtime bundle, then inspect and verify it
+demo:
+    cargo run --release --bin kiln -- build manifests/debian-12.yaml -o out
+    cargo run --release --bin kiln -- inspect out/debian12-runtime-1.0.0-amd64.kiln.tar.zst
+    cargo run --release --bin kiln -- verify out/debian12-runtime-1.0.0-amd64.kiln.tar.zst
