@@ -13,6 +13,7 @@ pub mod lockfile;
 pub mod mirror;
 pub mod plan;
 pub mod process;
+pub mod render;
 pub mod sbom;
 pub mod signing;
 

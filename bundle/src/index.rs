@@ -33,7 +33,21 @@ pub struct Index {
     pub components: Vec<ComponentRecord>,
     /// Every member but the index itself, sorted by path.
     pub files: Vec<FileRecord>,
+    /// Node-specific placeholders (`@kiln:NAME@`) in rendered files, substituted at first boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placeholders: Vec<PlaceholderRecord>,
     pub build: BuildInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlaceholderRecord {
+    pub name: String,
+    /// Secret values are written 0600 and never logged.
+    #[serde(default)]
+    pub secret: bool,
+    /// Bundle files that contain it, sorted.
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +201,19 @@ impl Index {
                 }
             }
         }
+        for p in &self.placeholders {
+            if !crate::placeholder::is_known(&p.name) {
+                return Err(bad(format!("unknown placeholder `{}`", p.name)));
+            }
+            for f in &p.files {
+                if self.file(f).is_none() {
+                    return Err(bad(format!(
+                        "placeholder `{}` names `{f}`, which is not in the bundle",
+                        p.name
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -223,6 +250,7 @@ pub(crate) mod tests {
                     component: None,
                 },
             ],
+            placeholders: vec![],
             build: BuildInfo {
                 tool: "kiln test".into(),
                 source_date_epoch: 0,

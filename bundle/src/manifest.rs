@@ -42,6 +42,108 @@ pub struct Spec {
     /// Extra files placed into the bundle as they are.
     #[serde(default)]
     pub files: Vec<ExtraFile>,
+    /// Node configuration compiled into the bundle; every field has a default.
+    #[serde(default)]
+    pub config: NodeConfig,
+}
+
+/// The `spec.config` section: containerd, kubelet and CNI settings rendered at build time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub containerd: ContainerdConfig,
+    #[serde(default)]
+    pub kubelet: KubeletConfig,
+    #[serde(default)]
+    pub cni: CniConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerdConfig {
+    /// The pod sandbox (pause) image, pinned.
+    #[serde(default = "default_sandbox_image")]
+    pub sandbox_image: String,
+    /// runc uses the systemd cgroup driver (and kubelet `cgroupDriver: systemd`).
+    #[serde(default = "yes")]
+    pub systemd_cgroup: bool,
+    /// CRI's `restrict_oom_score_adj`, for hosts where containerd may not lower oom_score_adj
+    /// (containers, VMs without CAP_SYS_RESOURCE).
+    #[serde(default)]
+    pub restrict_oom_score_adj: bool,
+    /// Merged into the rendered config.toml last: tables merge key by key, other values replace.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            sandbox_image: default_sandbox_image(),
+            systemd_cgroup: true,
+            restrict_oom_score_adj: false,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_sandbox_image() -> String {
+    "registry.k8s.io/pause:3.10".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeletConfig {
+    /// KubeletConfiguration (kubelet.config.k8s.io/v1beta1) fields, merged over kiln's defaults.
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Extra command-line flags, without the leading `--`; checked against the target version.
+    #[serde(default)]
+    pub flags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CniConfig {
+    /// `bridge`: kiln's bridge + host-local + portmap conflist and a loopback config; `none`: the
+    /// cluster brings its own CNI (Cilium, Calico) and kiln installs no network configuration.
+    #[serde(default)]
+    pub mode: CniMode,
+    #[serde(default = "default_subnet")]
+    pub subnet: String,
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            mode: CniMode::Bridge,
+            subnet: default_subnet(),
+            bridge: default_bridge(),
+        }
+    }
+}
+
+fn default_subnet() -> String {
+    "10.88.0.0/16".into()
+}
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniMode {
+    #[default]
+    Bridge,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -55,6 +55,7 @@ fn sample() -> (Index, BTreeMap<String, Content>) {
         kubernetes_version: "1.36.4".into(),
         components: vec![],
         files,
+        placeholders: vec![],
         build: BuildInfo {
             tool: "kiln test".into(),
             source_date_epoch: 1_700_000_000,

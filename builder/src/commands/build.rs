@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use kiln_bundle::digest::{hash_reader, parse_sha256sum, Sha256};
 use kiln_bundle::index::{BuildInfo, EntryKind, FileRecord, Index, SBOM_PATH, SCHEMA_VERSION};
+use kiln_bundle::layout::Layout;
 use kiln_bundle::manifest::{Arch, Manifest};
 use kiln_bundle::mode::Mode;
 use kiln_bundle::writer::{self, sha256_path, Content};
@@ -18,6 +19,7 @@ use crate::cli::{password_from_env, BuildArgs};
 use crate::lockfile::{lock_path, Lock};
 use crate::mirror::Mirrors;
 use crate::plan::{self, Ctx};
+use crate::render;
 
 pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
     let manifest = super::load_manifest(&a.manifest)?;
@@ -61,7 +63,7 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
         let resolved = plan::resolve(&manifest, arch, lock.as_ref(), &ctx)?;
         let planned = plan::install(&manifest, &resolved, &ctx)?;
         let epoch = a.source_date_epoch.unwrap_or(0);
-        let (index, contents) = assemble(&manifest, arch, &resolved, planned, epoch);
+        let (index, contents) = assemble(&manifest, arch, &resolved, planned, epoch)?;
         let dest = a.output.join(index.file_name());
         let (digest, fresh) = match up_to_date(&dest, &index) {
             Some(d) => (d, false),
@@ -110,32 +112,58 @@ fn select_archs(m: &Manifest, wanted: &[String]) -> Result<Vec<Arch>> {
         .collect()
 }
 
-/// The index and contents of one bundle, with the SBOM added.
+/// The index and contents of one bundle: the installed files, the rendered node configuration and
+/// the SBOM.
 pub fn assemble(
     m: &Manifest,
     arch: Arch,
     resolved: &[plan::Resolved],
     planned: Vec<plan::Planned>,
     epoch: u64,
-) -> (Index, BTreeMap<String, Content>) {
+) -> Result<(Index, BTreeMap<String, Content>)> {
     let components: Vec<_> = resolved.iter().map(plan::Resolved::record).collect();
+    let versions = render::Versions {
+        containerd: m.spec.components.containerd.version.clone(),
+        kubernetes: m
+            .spec
+            .components
+            .kubelet
+            .as_ref()
+            .map_or(m.spec.kubernetes_version.clone(), |k| k.version.clone()),
+    };
+    let (rendered, warnings) = render::render_all(m, &versions, &Layout::default())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let placeholders = render::placeholders(&rendered)?;
     let sbom = crate::sbom::render(&m.metadata.name, &m.metadata.version, arch, &components, epoch);
-    let mut files: Vec<FileRecord> = Vec::with_capacity(planned.len() + 1);
+    let mut generated: Vec<(String, Mode, Vec<u8>)> = rendered
+        .into_iter()
+        .map(|r| (r.path.to_string(), r.mode, r.text.into_bytes()))
+        .collect();
+    generated.push((SBOM_PATH.into(), Mode::FILE, sbom));
+
+    let mut files: Vec<FileRecord> = Vec::with_capacity(planned.len() + generated.len());
     let mut contents = BTreeMap::new();
     for p in planned {
         contents.insert(p.record.path.clone(), p.content);
         files.push(p.record);
     }
-    files.push(FileRecord {
-        path: SBOM_PATH.into(),
-        kind: EntryKind::File,
-        mode: Mode::FILE,
-        size: sbom.len() as u64,
-        sha256: Some(Sha256::of(&sbom)),
-        target: None,
-        component: None,
-    });
-    contents.insert(SBOM_PATH.into(), Content::Bytes(sbom));
+    for (path, mode, bytes) in generated {
+        if contents.contains_key(&path) {
+            bail!("`{path}` is rendered by kiln; an install rule or spec.files entry must not write it");
+        }
+        files.push(FileRecord {
+            path: path.clone(),
+            kind: EntryKind::File,
+            mode,
+            size: bytes.len() as u64,
+            sha256: Some(Sha256::of(&bytes)),
+            target: None,
+            component: None,
+        });
+        contents.insert(path, Content::Bytes(bytes));
+    }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let index = Index {
         schema_version: SCHEMA_VERSION,
@@ -145,13 +173,14 @@ pub fn assemble(
         kubernetes_version: m.spec.kubernetes_version.clone(),
         components,
         files,
+        placeholders,
         build: BuildInfo {
             tool: crate::tool_version(),
             source_date_epoch: epoch,
             compression: format!("zstd-{}", writer::ZSTD_LEVEL),
         },
     };
-    (index, contents)
+    Ok((index, contents))
 }
 
 /// The digest of an existing bundle at `dest` built from exactly `index`, if it is intact: same

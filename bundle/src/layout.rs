@@ -1,0 +1,56 @@
+//! Where things live on a node, and where rendered files live inside a bundle. The builder renders
+//! absolute paths from a [`Layout`]; tests render with a layout under a temporary directory.
+
+/// Absolute node paths that rendered configuration refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The active bundle: `/var/lib/kiln/current` (a symlink flipped at activation).
+    pub current: String,
+    /// Node-specific files rendered from the bundle's templates at first boot.
+    pub node: String,
+    /// containerd's persistent and state directories and socket.
+    pub containerd_root: String,
+    pub containerd_state: String,
+    pub containerd_socket: String,
+    /// The CNI configuration directory containerd reads (shared with cluster-provided CNIs).
+    pub cni_conf_dir: String,
+    /// The kubelet's own state (client certificates, kubeconfig after bootstrap).
+    pub kubelet_root: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            current: "/var/lib/kiln/current".into(),
+            node: "/var/lib/kiln/node".into(),
+            containerd_root: "/var/lib/containerd".into(),
+            containerd_state: "/run/containerd".into(),
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            kubelet_root: "/var/lib/kubelet".into(),
+        }
+    }
+}
+
+impl Layout {
+    /// The absolute path of bundle file `rel` on the node: under `node` when it is rendered at first
+    /// boot (it has placeholders), under `current` otherwise.
+    pub fn on_node(&self, rel: &str, rendered: bool) -> String {
+        format!("{}/{rel}", if rendered { &self.node } else { &self.current })
+    }
+}
+
+/// Paths of rendered configuration inside a bundle.
+pub mod files {
+    pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
+    pub const CONTAINERD_UNIT: &str = "systemd/containerd.service";
+    pub const KUBELET_CONFIG: &str = "etc/kubelet/config.yaml";
+    pub const KUBELET_UNIT: &str = "systemd/kubelet.service";
+    pub const KUBELET_BOOTSTRAP: &str = "etc/kubelet/bootstrap-kubeconfig";
+    pub const CLUSTER_CA: &str = "etc/kubernetes/pki/ca.crt";
+    pub const CNI_CONFLIST: &str = "etc/cni/net.d/10-kiln.conflist";
+    pub const CNI_LOOPBACK: &str = "etc/cni/net.d/99-loopback.conf";
+    pub const MODULES_LOAD: &str = "etc/modules-load.d/kiln.conf";
+    pub const SYSCTL: &str = "etc/sysctl.d/99-kiln.conf";
+    pub const CRICTL: &str = "etc/crictl.yaml";
+}

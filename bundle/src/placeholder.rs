@@ -1,0 +1,118 @@
+//! Node-specific placeholders: `@kiln:NAME@` in a bundle's rendered configuration, substituted at
+//! first boot. Deliberately tiny: a fixed set of names, plain text replacement, no expressions, no
+//! code execution. Every placeholder a bundle uses is listed in its index with the files it is in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `(name, secret, meaning)` of every placeholder kiln knows.
+pub const KNOWN: &[(&str, bool, &str)] = &[
+    ("node-ip", false, "the node's IP address"),
+    ("hostname", false, "the node's host name"),
+    (
+        "node-labels",
+        false,
+        "comma-separated key=value labels, including kiln.dev/bundle-version and kiln.dev/bundle-digest",
+    ),
+    ("node-taints", false, "comma-separated key=value:Effect taints"),
+    ("cluster-dns", false, "the cluster DNS service IP"),
+    ("api-server", false, "the API server URL"),
+    ("cluster-ca", false, "the cluster CA certificate (PEM)"),
+    ("bootstrap-token", true, "the kubelet's bootstrap token"),
+];
+
+const OPEN: &str = "@kiln:";
+
+pub fn is_known(name: &str) -> bool {
+    KNOWN.iter().any(|(n, _, _)| *n == name)
+}
+
+pub fn is_secret(name: &str) -> bool {
+    KNOWN.iter().any(|(n, s, _)| *n == name && *s)
+}
+
+/// `@kiln:NAME@` for a known name.
+pub fn token(name: &str) -> String {
+    debug_assert!(is_known(name), "unknown placeholder {name}");
+    format!("{OPEN}{name}@")
+}
+
+/// The placeholder names used in `text`. An `@kiln:` that does not form a known placeholder is an
+/// error, so a typo cannot slip through to a node.
+pub fn scan(text: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(OPEN) {
+        let after = &rest[i + OPEN.len()..];
+        let end = after
+            .find('@')
+            .ok_or_else(|| "unterminated `@kiln:` placeholder".to_string())?;
+        let name = &after[..end];
+        if !is_known(name) {
+            return Err(format!(
+                "unknown placeholder `@kiln:{}@`",
+                name.chars().take(40).collect::<String>()
+            ));
+        }
+        out.insert(name.to_string());
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// Replace every placeholder in `text` with its value. A placeholder without a value is an error
+/// naming it; values are inserted as they are and never re-scanned.
+pub fn substitute(text: &str, values: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + OPEN.len()..];
+        let end = after
+            .find('@')
+            .ok_or_else(|| "unterminated `@kiln:` placeholder".to_string())?;
+        let name = &after[..end];
+        let value = values
+            .get(name)
+            .ok_or_else(|| format!("no value for placeholder `{name}`"))?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_and_substitutes() {
+        let t = "--node-ip=@kiln:node-ip@ --hostname-override=@kiln:hostname@ x@y";
+        assert_eq!(
+            scan(t).unwrap().into_iter().collect::<Vec<_>>(),
+            ["hostname", "node-ip"]
+        );
+        let values = BTreeMap::from([
+            ("node-ip".to_string(), "10.0.0.5".to_string()),
+            ("hostname".to_string(), "@kiln:node-ip@".to_string()),
+        ]);
+        // A value that looks like a placeholder is inserted literally, not expanded again.
+        assert_eq!(
+            substitute(t, &values).unwrap(),
+            "--node-ip=10.0.0.5 --hostname-override=@kiln:node-ip@ x@y"
+        );
+    }
+
+    #[test]
+    fn unknown_missing_and_unterminated_are_errors() {
+        assert!(scan("@kiln:nodeip@")
+            .unwrap_err()
+            .contains("unknown placeholder `@kiln:nodeip@`"));
+        assert!(scan("@kiln:node-ip").unwrap_err().contains("unterminated"));
+        assert_eq!(
+            substitute("@kiln:node-ip@", &BTreeMap::new()).unwrap_err(),
+            "no value for placeholder `node-ip`"
+        );
+        assert!(is_secret("bootstrap-token") && !is_secret("node-ip"));
+    }
+}
