@@ -39,6 +39,20 @@ pub enum Command {
     Diff(DiffArgs),
     /// Generate a minisign key pair for signing bundles
     Keygen(KeygenArgs),
+    /// Turn dockershim-era kubelet settings into a manifest `config:` section, with a report
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Old settings: a YAML map of kubelet flags, a kubelet command line, or a kubelet unit (- for stdin)
+    pub input: PathBuf,
+    /// The Kubernetes version the new bundle targets
+    #[arg(long, value_name = "VERSION")]
+    pub kubernetes_version: String,
+    /// yaml: the config section on stdout and the report on stderr; json: both on stdout
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +177,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => commands::inspect::run(&a),
         Command::Diff(a) => commands::diff::run(&a),
         Command::Keygen(a) => commands::keygen::run(&a),
+        Command::Migrate(a) => commands::migrate::run(&a),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod fetch;
 pub mod lockfile;
+pub mod migrate;
 pub mod mirror;
 pub mod plan;
 pub mod process;

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod inspect;
 pub mod keygen;
 pub mod lock;
+pub mod migrate;
 pub mod verify;
 
 use std::path::Path;

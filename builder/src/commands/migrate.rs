@@ -1,0 +1,47 @@
+//! `kiln migrate INPUT --kubernetes-version V`: the manifest `config:` section on stdout, the
+//! per-flag report on stderr (or both as JSON with `-o json`).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{MigrateArgs, OutputFormat};
+use crate::migrate;
+
+pub fn run(a: &MigrateArgs) -> Result<ExitCode> {
+    let origin = a.input.display().to_string();
+    let text = if origin == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(&a.input).with_context(|| format!("cannot read {origin}"))?
+    };
+    let old = migrate::parse(&text, &origin).map_err(anyhow::Error::msg)?;
+    let m = migrate::migrate(&old, &a.kubernetes_version).map_err(anyhow::Error::msg)?;
+    if a.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"config": m.config["config"], "report": m.rows}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# kiln migrate: paste under `spec:` of a manifest for Kubernetes {}",
+        a.kubernetes_version
+    );
+    let yaml = serde_saphyr::to_string(&m.config)?;
+    print!("{}{}", yaml, if yaml.ends_with('\n') { "" } else { "\n" });
+    let rows: Vec<Vec<String>> = m
+        .rows
+        .iter()
+        .map(|r| {
+            let value = if r.value.is_empty() {
+                "\"\"".to_string()
+            } else {
+                r.value.clone()
+            };
+            vec![r.flag.clone(), value, r.outcome.to_string(), r.detail.clone()]
+        })
+        .collect();
+    eprint!("{}", super::table(&["FLAG", "VALUE", "RESULT", "DETAIL"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
