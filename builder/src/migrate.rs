@@ -204,13 +204,12 @@ fn parse_unit(text: &str) -> OldSettings {
                         }
                     }
                 }
-                "After" | "Requires" | "Wants" | "BindsTo" | "Requisite" | "PartOf" => {
+                "After" | "Requires" | "Wants" | "BindsTo" | "Requisite" | "PartOf"
                     if value
                         .split_whitespace()
-                        .any(|u| u == "docker.service" || u == "docker.socket")
-                    {
-                        docker_deps.push(format!("{}={}", key.trim(), value.trim()));
-                    }
+                        .any(|u| u == "docker.service" || u == "docker.socket") =>
+                {
+                    docker_deps.push(format!("{}={}", key.trim(), value.trim()));
                 }
                 _ => {}
             }
