@@ -4,6 +4,7 @@
 //!   and compressibility resemble the real ones.
 
 pub mod mirror;
+pub mod oci;
 pub mod standin;
 
 use std::path::PathBuf;
