@@ -17,7 +17,7 @@ pub mod placeholder;
 pub mod reader;
 pub mod signature;
 pub mod writer;
-mod yaml;
+pub mod yaml;
 
 pub use digest::Sha256;
 pub use error::{Error, Result};

@@ -161,6 +161,8 @@ pub fn write_bundle(
     let (sha256, size, mut buf) = sink.finish();
     buf.flush().at(&tmp_path)?;
     drop(buf);
+    // Temporary files are created 0600; a bundle is for everyone to read.
+    std::fs::set_permissions(&tmp_path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).at(&tmp_path)?;
     atomic::persist(tmp, &dest)?;
 
     let sum_path = sha256_path(&dest);

@@ -1,0 +1,534 @@
+//! Activation, in steps, each crash-safe and idempotent:
+//!
+//! 1. `config`: gather the node configuration (see [`crate::datasource`]);
+//! 2. `verify-unpack`: find the baked bundle, verify its outer digest, signature and every file
+//!    while unpacking it into `/var/lib/kiln/bundles/<version>.partial`, fsynced;
+//! 3. `rename`: rename it to `<version>` (skipped when that directory holds the same index);
+//! 4. `render`: substitute the node's values into the bundle's templates, into
+//!    `/var/lib/kiln/rendered/<version>.<config digest>` (secrets 0600);
+//! 5. `flip`: point `/var/lib/kiln/node` and `/var/lib/kiln/current` at them, by atomic renames;
+//! 6. `install`: units, CNI configuration, sysctl and modules-load files, crictl.yaml, tool links
+//!    and `write_files`, each written only if it differs;
+//! 7. `kernel`: load the modules and apply the sysctls;
+//! 8. `swap`: refuse to go on if swap is on and the kubelet does not allow it;
+//! 9. `services`: daemon-reload, then enable and start (or restart, if their units changed)
+//!    containerd, then kubelet;
+//! 10. `health`: containerd answers on its socket; kubelet's healthz answers `ok`;
+//! 11. `state`: write `/var/lib/kiln/state.json`.
+//!
+//! A run killed at any point leaves a state the next run finishes from. A re-run with the same
+//! bundle and configuration, with the services up, changes nothing. When a previously active
+//! bundle exists and the new one fails its health check, the links flip back and the old services
+//! restart.
+
+pub mod install;
+pub mod unpack;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_bundle::digest::{parse_sha256sum, Sha256};
+use kiln_bundle::index::Index;
+use kiln_bundle::reader::{read_bundle, Expect};
+use kiln_bundle::signature;
+use kiln_bundle::writer::{minisig_path, sha256_path};
+
+use crate::config::NodeConfig;
+use crate::datasource::{self, Endpoints};
+use crate::state::{BundleId, State, StepTiming};
+use crate::system::System;
+
+pub const BAKED: &str = "usr/lib/kiln/bundles";
+pub const BUNDLES: &str = "var/lib/kiln/bundles";
+pub const RENDERED: &str = "var/lib/kiln/rendered";
+pub const CURRENT: &str = "var/lib/kiln/current";
+pub const NODE: &str = "var/lib/kiln/node";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Config,
+    VerifyUnpack,
+    Rename,
+    Render,
+    Flip,
+    Install,
+    Kernel,
+    Swap,
+    Services,
+    Health,
+    State,
+}
+
+impl Step {
+    pub const ALL: [Step; 11] = [
+        Step::Config,
+        Step::VerifyUnpack,
+        Step::Rename,
+        Step::Render,
+        Step::Flip,
+        Step::Install,
+        Step::Kernel,
+        Step::Swap,
+        Step::Services,
+        Step::Health,
+        Step::State,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Config => "config",
+            Step::VerifyUnpack => "verify-unpack",
+            Step::Rename => "rename",
+            Step::Render => "render",
+            Step::Flip => "flip",
+            Step::Install => "install",
+            Step::Kernel => "kernel",
+            Step::Swap => "swap",
+            Step::Services => "services",
+            Step::Health => "health",
+            Step::State => "state",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+pub struct Options {
+    pub endpoints: Endpoints,
+    pub health_timeout: Duration,
+    /// Stop right after this step, as if the process were killed there (crash-safety tests).
+    pub stop_after: Option<Step>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            endpoints: Endpoints::default(),
+            health_timeout: Duration::from_secs(60),
+            stop_after: None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was already in place; nothing was changed.
+    AlreadyActive {
+        version: String,
+    },
+    Activated {
+        version: String,
+    },
+    /// Stopped by `stop_after`.
+    Stopped {
+        after: Step,
+    },
+}
+
+struct Timer {
+    steps: Vec<StepTiming>,
+    started: Instant,
+    stop_after: Option<Step>,
+}
+
+impl Timer {
+    /// Record `step` as done; true when the run must stop here.
+    fn done(&mut self, step: Step) -> bool {
+        self.steps.push(StepTiming {
+            step: step.name().into(),
+            ms: self.started.elapsed().as_secs_f64() * 1000.0,
+        });
+        self.started = Instant::now();
+        self.stop_after == Some(step)
+    }
+}
+
+/// The single bundle baked into the image.
+pub fn find_bundle(root: &Path) -> Result<PathBuf> {
+    let dir = root.join(BAKED);
+    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("no baked bundle: cannot read /{BAKED}"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".kiln.tar.zst"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no bundle in /{BAKED}: the image was built without one"),
+        n => bail!("{n} bundles in /{BAKED}; an image carries exactly one"),
+    }
+}
+
+fn bundle_id(root: &Path, path: &Path) -> Result<BundleId> {
+    let md = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let shown = format!("/{}", path.strip_prefix(root).unwrap_or(path).display());
+    Ok(BundleId {
+        path: shown,
+        size: md.size(),
+        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+    })
+}
+
+/// Activate the baked bundle under `root`.
+pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome> {
+    let mut t = Timer {
+        steps: Vec::new(),
+        started: Instant::now(),
+        stop_after: opts.stop_after,
+    };
+    let state_before = State::load(root)?;
+
+    let cfg = datasource::gather(root, &opts.endpoints, sys)?;
+    let bundle = find_bundle(root)?;
+    let id = bundle_id(root, &bundle)?;
+    let config_digest = cfg.digest();
+    if let Some(version) = already_active(root, &state_before, &id, &config_digest, sys) {
+        return Ok(Outcome::AlreadyActive { version });
+    }
+    if t.done(Step::Config) {
+        return Ok(Outcome::Stopped { after: Step::Config });
+    }
+
+    // Verify and unpack in one pass.
+    let index = kiln_bundle::reader::read_index(&bundle)?;
+    let version = index.version.clone();
+    check_version_name(&version)?;
+    let bundles = root.join(BUNDLES);
+    fs::create_dir_all(&bundles).with_context(|| format!("cannot create {}", bundles.display()))?;
+    let dest = bundles.join(&version);
+    let partial = bundles.join(format!("{version}.partial"));
+    remove_if_exists(&partial)?;
+    let expected = read_expected_digest(&bundle)?;
+    let reuse = fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
+        .ok()
+        .and_then(|b| Index::from_json(&b, "").ok())
+        .is_some_and(|i| i == index)
+        && state_before.as_ref().is_some_and(|s| s.digest == expected.hex());
+    if !reuse {
+        verify_unpack(&bundle, &partial, expected, &cfg)?;
+    }
+    if t.done(Step::VerifyUnpack) {
+        return Ok(Outcome::Stopped {
+            after: Step::VerifyUnpack,
+        });
+    }
+    if !reuse {
+        remove_if_exists(&dest)?;
+        fs::rename(&partial, &dest)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
+        kiln_bundle::atomic::sync_dir(&bundles)?;
+    }
+    if t.done(Step::Rename) {
+        return Ok(Outcome::Stopped { after: Step::Rename });
+    }
+
+    let rendered_name = format!("{version}.{}", &config_digest[..12]);
+    install::render(root, &dest, &index, &cfg, &rendered_name, &expected)?;
+    if t.done(Step::Render) {
+        return Ok(Outcome::Stopped { after: Step::Render });
+    }
+
+    let previous = links(root);
+    flip(
+        root,
+        &format!("bundles/{version}"),
+        &format!("rendered/{rendered_name}"),
+    )?;
+    if t.done(Step::Flip) {
+        return Ok(Outcome::Stopped { after: Step::Flip });
+    }
+
+    let changed = install::install(root, &index, &cfg)?;
+    if t.done(Step::Install) {
+        return Ok(Outcome::Stopped { after: Step::Install });
+    }
+    install::kernel(root, sys)?;
+    if t.done(Step::Kernel) {
+        return Ok(Outcome::Stopped { after: Step::Kernel });
+    }
+    if index.has_kubelet() {
+        install::check_swap(root)?;
+    }
+    if t.done(Step::Swap) {
+        return Ok(Outcome::Stopped { after: Step::Swap });
+    }
+    let version_changed = previous
+        .as_ref()
+        .is_some_and(|(cur, _)| *cur != format!("bundles/{version}"));
+    services(sys, &index, changed || version_changed)?;
+    if t.done(Step::Services) {
+        return Ok(Outcome::Stopped { after: Step::Services });
+    }
+
+    let health = health(root, sys, &index, opts.health_timeout);
+    let mut state = State {
+        version: version.clone(),
+        digest: expected.hex(),
+        bundle: id,
+        config_digest,
+        rendered: rendered_name,
+        result: "ok".into(),
+        error: None,
+        previous: state_before
+            .as_ref()
+            .filter(|s| s.result == "ok" && s.version != version)
+            .map(|s| (s.version.clone(), s.rendered.clone())),
+        steps: Vec::new(),
+        sources: cfg.sources.clone(),
+    };
+    if let Err(e) = health {
+        let msg = format!("{e:#}");
+        state.result = "failed".into();
+        state.error = Some(msg.clone());
+        let rolled = rollback(root, sys, &state_before, &version)?;
+        t.done(Step::Health);
+        state.steps = t.steps;
+        state.write(root)?;
+        match rolled {
+            Some(prev) => bail!("bundle {version} failed its health check ({msg}); rolled back to {prev}"),
+            None => bail!("bundle {version} failed its health check: {msg}"),
+        }
+    }
+    if t.done(Step::Health) {
+        return Ok(Outcome::Stopped { after: Step::Health });
+    }
+    t.done(Step::State);
+    state.steps = t.steps;
+    state.write(root)?;
+    Ok(Outcome::Activated { version })
+}
+
+fn check_version_name(version: &str) -> Result<()> {
+    if version.is_empty() || version.contains('/') || version.starts_with('.') || version.ends_with(".partial") {
+        bail!("the bundle's version `{version}` cannot name a directory");
+    }
+    Ok(())
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display())),
+        Ok(_) => fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+fn read_expected_digest(bundle: &Path) -> Result<Sha256> {
+    let p = sha256_path(bundle);
+    let text = fs::read_to_string(&p)
+        .with_context(|| format!("cannot read {} (the bundle's digest is baked beside it)", p.display()))?;
+    parse_sha256sum(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
+}
+
+fn verify_unpack(bundle: &Path, partial: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
+    let key = cfg
+        .node
+        .bundle_public_key
+        .as_deref()
+        .map(|k| signature::parse_public_key(k).map_err(|e| anyhow!("bundlePublicKey: not a minisign public key: {e}")))
+        .transpose()?;
+    let sig = match &key {
+        Some(_) => Some(signature::load_signature(&minisig_path(bundle))?),
+        None => None,
+    };
+    let expect = Expect {
+        sha256: Some(expected),
+        signature: key.as_ref().zip(sig.as_ref()),
+    };
+    let mut sink = unpack::Unpack::new(partial)?;
+    let f = fs::File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
+    let report = read_bundle(
+        std::io::BufReader::with_capacity(1 << 20, f),
+        &bundle.display().to_string(),
+        &expect,
+        &mut sink,
+    );
+    let outcome = report.map_err(anyhow::Error::from).and_then(|r| {
+        r.into_result(&bundle.display().to_string())
+            .map_err(anyhow::Error::from)
+    });
+    if let Err(e) = outcome {
+        let _ = fs::remove_dir_all(partial);
+        return Err(e.context(format!("refusing bundle {}", bundle.display())));
+    }
+    sink.finish()?;
+    Ok(())
+}
+
+/// The current targets of the `current` and `node` links.
+fn links(root: &Path) -> Option<(String, String)> {
+    let cur = fs::read_link(root.join(CURRENT)).ok()?;
+    let node = fs::read_link(root.join(NODE)).ok()?;
+    Some((cur.to_string_lossy().into_owned(), node.to_string_lossy().into_owned()))
+}
+
+/// Point `node` and `current` at new targets (relative to /var/lib/kiln), each by an atomic rename.
+pub fn flip(root: &Path, current: &str, node: &str) -> Result<()> {
+    for (link, target) in [(NODE, node), (CURRENT, current)] {
+        let path = root.join(link);
+        if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
+            continue;
+        }
+        let tmp = root.join(format!("{link}.new"));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot flip {}", path.display()))?;
+    }
+    kiln_bundle::atomic::sync_dir(&root.join("var/lib/kiln"))?;
+    Ok(())
+}
+
+fn already_active(
+    root: &Path,
+    state: &Option<State>,
+    id: &BundleId,
+    config_digest: &str,
+    sys: &mut dyn System,
+) -> Option<String> {
+    let s = state.as_ref()?;
+    if s.result != "ok" || &s.bundle != id || s.config_digest != config_digest {
+        return None;
+    }
+    let (cur, node) = links(root)?;
+    if cur != format!("bundles/{}", s.version) || node != format!("rendered/{}", s.rendered) {
+        return None;
+    }
+    if !root.join(CURRENT).join(kiln_bundle::index::INDEX_NAME).is_file() {
+        return None;
+    }
+    let kubelet = root.join(CURRENT).join("bin/kubelet").exists();
+    if !sys.is_active("containerd.service") || (kubelet && !sys.is_active("kubelet.service")) {
+        return None;
+    }
+    Some(s.version.clone())
+}
+
+fn services(sys: &mut dyn System, index: &Index, restart: bool) -> Result<()> {
+    sys.daemon_reload()?;
+    let mut units = vec!["containerd.service"];
+    if index.has_kubelet() {
+        units.push("kubelet.service");
+    }
+    for unit in units {
+        sys.enable(unit)?;
+        if sys.is_active(unit) {
+            if restart {
+                sys.restart(unit)?;
+            }
+        } else {
+            sys.start(unit)?;
+        }
+    }
+    Ok(())
+}
+
+fn health(root: &Path, sys: &mut dyn System, index: &Index, timeout: Duration) -> Result<()> {
+    sys.containerd_healthy(&root.join("run/containerd/containerd.sock"), timeout)?;
+    if index.has_kubelet() {
+        sys.kubelet_healthy(timeout)?;
+    }
+    Ok(())
+}
+
+/// Flip back to the previously active bundle, if there is one, and restart its services.
+fn rollback(root: &Path, sys: &mut dyn System, before: &Option<State>, failed: &str) -> Result<Option<String>> {
+    let Some(prev) = before.as_ref().filter(|s| s.result == "ok" && s.version != failed) else {
+        return Ok(None);
+    };
+    let dir = root.join(BUNDLES).join(&prev.version);
+    let rendered = root.join(RENDERED).join(&prev.rendered);
+    if !dir.is_dir() || !rendered.is_dir() {
+        return Ok(None);
+    }
+    flip(
+        root,
+        &format!("bundles/{}", prev.version),
+        &format!("rendered/{}", prev.rendered),
+    )?;
+    let index = Index::from_json(
+        &fs::read(dir.join(kiln_bundle::index::INDEX_NAME))?,
+        &dir.display().to_string(),
+    )?;
+    install::install_units(root, &index)?;
+    services(sys, &index, true)?;
+    Ok(Some(prev.version.clone()))
+}
+
+/// Values for the bundle's placeholders from the node configuration.
+pub fn placeholder_values(
+    root: &Path,
+    index: &Index,
+    cfg: &NodeConfig,
+    digest: &Sha256,
+) -> Result<BTreeMap<String, String>> {
+    let n = &cfg.node;
+    let mut v = BTreeMap::new();
+    let needed: Vec<&str> = index.placeholders.iter().map(|p| p.name.as_str()).collect();
+    if needed.is_empty() {
+        return Ok(v);
+    }
+    let missing = n.missing_for_kubelet();
+    if !missing.is_empty() {
+        bail!(
+            "the node configuration lacks {} (needed by the bundle's kubelet); sources read: {}",
+            missing.join(", "),
+            if cfg.sources.is_empty() {
+                "none".to_string()
+            } else {
+                cfg.sources.join(", ")
+            }
+        );
+    }
+    let node_ip = match n.node_ip.as_deref() {
+        None | Some("auto") => default_route_address()?,
+        Some(ip) => ip
+            .parse::<std::net::IpAddr>()
+            .map(|a| a.to_string())
+            .map_err(|_| anyhow!("nodeIP `{ip}` is not an IP address or `auto`"))?,
+    };
+    let hostname = match &n.hostname {
+        Some(h) => h.clone(),
+        None => fs::read_to_string(root.join("etc/hostname"))
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow!("no hostname: set it in user data (hostname/fqdn) or kiln.hostname"))?,
+    };
+    let mut labels = n.labels.clone();
+    labels.insert("kiln.dev/bundle-version".into(), index.version.clone());
+    labels.insert("kiln.dev/bundle-digest".into(), digest.short());
+    v.insert("node-ip".into(), node_ip);
+    v.insert("hostname".into(), hostname);
+    v.insert(
+        "node-labels".into(),
+        labels
+            .iter()
+            .map(|(k, val)| format!("{k}={val}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    v.insert("node-taints".into(), n.taints.clone().unwrap_or_default().join(","));
+    v.insert("cluster-dns".into(), n.cluster_dns.clone().unwrap_or_default());
+    v.insert("api-server".into(), n.api_server.clone().unwrap_or_default());
+    v.insert(
+        "cluster-ca".into(),
+        n.cluster_ca.clone().unwrap_or_default().trim_end().to_string(),
+    );
+    v.insert("bootstrap-token".into(), n.bootstrap_token.clone().unwrap_or_default());
+    Ok(v)
+}
+
+/// The source address of the default route (no packet is sent).
+fn default_route_address() -> Result<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").context("nodeIP auto: cannot open a socket")?;
+    s.connect("192.0.2.1:9")
+        .context("nodeIP auto: no default route; set nodeIP")?;
+    Ok(s.local_addr()?.ip().to_string())
+}

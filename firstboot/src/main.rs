@@ -1,0 +1,194 @@
+//! `kiln-firstboot`: argument parsing and the one-line failure; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_firstboot::activate::{self, Options, Outcome, Step};
+use kiln_firstboot::datasource::Endpoints;
+use kiln_firstboot::state::State;
+use kiln_firstboot::system::{Host, Recording, System};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln-firstboot",
+    version,
+    about = "Verify and activate the node's kiln bundle"
+)]
+struct Cli {
+    /// The root of the node's filesystem
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Activate the baked bundle (the default)
+    Run(RunArgs),
+    /// Show what is active and the last result
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// IMDS endpoint (EC2's by default)
+    #[arg(long, default_value = "http://169.254.169.254")]
+    imds_endpoint: String,
+    /// kubelet health endpoint
+    #[arg(long, default_value = "http://127.0.0.1:10248/healthz")]
+    kubelet_healthz: String,
+    /// Seconds to wait for containerd and kubelet to become healthy
+    #[arg(long, default_value_t = 120)]
+    health_timeout: u64,
+    /// `host` manages the running system; `record` only records what it would do (activating into
+    /// an image's root, or tests)
+    #[arg(long, value_enum, default_value_t = SystemKind::Host)]
+    system: SystemKind,
+    /// Stop right after this step, as if killed there (crash-safety testing)
+    #[arg(long, hide = true)]
+    stop_after: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+enum SystemKind {
+    #[default]
+    Host,
+    Record,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // No timestamps: journald adds its own.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.command {
+        Some(Command::Status { output }) => status(&cli.root, output),
+        Some(Command::Run(args)) => run(&cli.root, &args),
+        None => run(
+            &cli.root,
+            &RunArgs {
+                imds_endpoint: "http://169.254.169.254".into(),
+                kubelet_healthz: "http://127.0.0.1:10248/healthz".into(),
+                health_timeout: 120,
+                ..Default::default()
+            },
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line for the journal and the console: what failed, and what to do.
+            eprintln!("kiln-firstboot: FAILED: {e:#}; the node was not activated (see `kiln-firstboot status`)");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let stop_after = match &a.stop_after {
+        Some(s) => Some(Step::parse(s).ok_or_else(|| anyhow::anyhow!("--stop-after: unknown step `{s}`"))?),
+        None => None,
+    };
+    let opts = Options {
+        endpoints: Endpoints {
+            imds: a.imds_endpoint.clone(),
+            ..Default::default()
+        },
+        health_timeout: Duration::from_secs(a.health_timeout),
+        stop_after,
+    };
+    let mut host = Host {
+        kubelet_healthz: a.kubelet_healthz.clone(),
+    };
+    let mut rec = Recording::new(root);
+    // A recording system keeps its services "active" across runs in a file under the root.
+    rec.active = std::fs::read_to_string(root.join("run/kiln-recorded-active"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    let sys: &mut dyn System = match a.system {
+        SystemKind::Host => &mut host,
+        SystemKind::Record => &mut rec,
+    };
+    let outcome = activate::run(root, sys, &opts);
+    if a.system == SystemKind::Record {
+        let active: Vec<String> = rec.active.iter().cloned().collect();
+        let _ = std::fs::create_dir_all(root.join("run"));
+        std::fs::write(root.join("run/kiln-recorded-active"), active.join("\n"))?;
+        let mut log = std::fs::read_to_string(root.join("run/kiln-recorded-calls")).unwrap_or_default();
+        for c in &rec.calls {
+            log.push_str(c);
+            log.push('\n');
+        }
+        std::fs::write(root.join("run/kiln-recorded-calls"), log)?;
+    }
+    match outcome? {
+        Outcome::AlreadyActive { version } => tracing::info!("bundle {version} is already active; nothing to do"),
+        Outcome::Activated { version } => tracing::info!("bundle {version} activated"),
+        Outcome::Stopped { after } => tracing::warn!("stopped after step {}", after.name()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(root: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
+    let Some(s) = State::load(root)? else {
+        anyhow::bail!(
+            "no activation has run yet ({} does not exist)",
+            root.join(kiln_firstboot::state::STATE).display()
+        );
+    };
+    if output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("version   {}", s.version);
+    println!("digest    {}", s.digest);
+    println!("result    {}", s.result);
+    if let Some(e) = &s.error {
+        println!("error     {e}");
+    }
+    if let Some((v, _)) = &s.previous {
+        println!("previous  {v}");
+    }
+    println!(
+        "sources   {}",
+        if s.sources.is_empty() {
+            "none".to_string()
+        } else {
+            s.sources.join(", ")
+        }
+    );
+    let total: f64 = s.steps.iter().map(|t| t.ms).sum();
+    println!(
+        "steps     {}",
+        s.steps
+            .iter()
+            .map(|t| format!("{} {:.1}ms", t.step, t.ms))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("total     {total:.1}ms");
+    Ok(if s.result == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

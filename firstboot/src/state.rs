@@ -1,0 +1,70 @@
+//! `/var/lib/kiln/state.json`: what is active, from which bundle and configuration, how long each
+//! step took, and the last result.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const STATE: &str = "var/lib/kiln/state.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleId {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepTiming {
+    pub step: String,
+    pub ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub version: String,
+    /// sha256 of the bundle file.
+    pub digest: String,
+    pub bundle: BundleId,
+    pub config_digest: String,
+    /// The rendered directory's name under /var/lib/kiln/rendered.
+    pub rendered: String,
+    /// `ok` or `failed`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version and rendered directory that were active before, for rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<(String, String)>,
+    pub steps: Vec<StepTiming>,
+    /// The configuration sources that were read.
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+impl State {
+    pub fn load(root: &Path) -> Result<Option<State>> {
+        let p = root.join(STATE);
+        match std::fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| anyhow!("{}: {e}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    pub fn write(&self, root: &Path) -> Result<()> {
+        let p = root.join(STATE);
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        std::fs::create_dir_all(p.parent().expect("state has a parent"))
+            .with_context(|| format!("cannot create {}", p.display()))?;
+        kiln_bundle::atomic::write_file(&p, &bytes, 0o644)?;
+        Ok(())
+    }
+}

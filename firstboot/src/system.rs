@@ -1,0 +1,212 @@
+//! Privileged operations behind a trait: systemd, kernel modules, sysctl, mounting the cidata
+//! filesystem and the health probes. [`Host`] does them for real (`systemctl`, `modprobe`,
+//! `sysctl`, `mount`); [`Recording`] records them, for tests and for activating into a root that is
+//! not the running system (`--root` while building an image).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub trait System {
+    fn daemon_reload(&mut self) -> Result<()>;
+    fn enable(&mut self, unit: &str) -> Result<()>;
+    fn start(&mut self, unit: &str) -> Result<()>;
+    fn restart(&mut self, unit: &str) -> Result<()>;
+    fn is_active(&mut self, unit: &str) -> bool;
+    fn load_module(&mut self, name: &str) -> Result<()>;
+    fn apply_sysctl(&mut self, file: &Path) -> Result<()>;
+    /// Mount a filesystem labelled cidata/CIDATA read-only and return where, if there is one.
+    fn mount_cidata(&mut self, root: &Path) -> Result<Option<PathBuf>>;
+    /// containerd answers on its socket.
+    fn containerd_healthy(&mut self, socket: &Path, timeout: Duration) -> Result<()>;
+    /// kubelet's healthz answers `ok`.
+    fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()>;
+}
+
+/// Run a command, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        bail!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The running machine. External tools: systemctl, modprobe, sysctl, blkid, mount.
+pub struct Host {
+    pub kubelet_healthz: String,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            kubelet_healthz: "http://127.0.0.1:10248/healthz".into(),
+        }
+    }
+}
+
+impl System for Host {
+    fn daemon_reload(&mut self) -> Result<()> {
+        run(Command::new("systemctl").arg("daemon-reload")).map(drop)
+    }
+    fn enable(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["enable", unit])).map(drop)
+    }
+    fn start(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["start", unit])).map(drop)
+    }
+    fn restart(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["restart", unit])).map(drop)
+    }
+    fn is_active(&mut self, unit: &str) -> bool {
+        Command::new("systemctl")
+            .args(["is-active", "--quiet", unit])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+    fn load_module(&mut self, name: &str) -> Result<()> {
+        run(Command::new("modprobe").arg(name)).map(drop)
+    }
+    fn apply_sysctl(&mut self, file: &Path) -> Result<()> {
+        run(Command::new("sysctl").arg("-p").arg(file)).map(drop)
+    }
+    fn mount_cidata(&mut self, _root: &Path) -> Result<Option<PathBuf>> {
+        for label in ["cidata", "CIDATA"] {
+            let Ok(dev) = run(Command::new("blkid").args(["-L", label])) else {
+                continue;
+            };
+            let dev = dev.trim();
+            if dev.is_empty() {
+                continue;
+            }
+            let dir = PathBuf::from("/run/kiln/cidata");
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            run(Command::new("mount").args(["-o", "ro"]).arg(dev).arg(&dir))?;
+            return Ok(Some(dir));
+        }
+        Ok(None)
+    }
+    fn containerd_healthy(&mut self, socket: &Path, timeout: Duration) -> Result<()> {
+        poll(timeout, || {
+            std::os::unix::net::UnixStream::connect(socket)
+                .map(drop)
+                .map_err(|e| anyhow!("{}: {e}", socket.display()))
+        })
+    }
+    fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let http = crate::net::Http::new(Duration::from_secs(2), 0);
+        let url = self.kubelet_healthz.clone();
+        poll(timeout, || {
+            let body = http.request("GET", &url, &[]).map_err(|e| anyhow!("{e}"))?;
+            if body.trim_ascii() == b"ok" {
+                Ok(())
+            } else {
+                Err(anyhow!("{url} answered {:?}", String::from_utf8_lossy(&body)))
+            }
+        })
+    }
+}
+
+/// Retry `check` until it succeeds or `timeout` passes; the last error explains the failure.
+pub fn poll(timeout: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e.context(format!("not healthy after {timeout:?}"))),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Records every call; services become active when started. Health answers are configurable.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub calls: Vec<String>,
+    pub active: BTreeSet<String>,
+    /// Bundle versions (read from the `current` link) whose services fail their health check.
+    pub unhealthy_versions: BTreeSet<String>,
+    pub root: PathBuf,
+    /// A directory to mount as the cidata filesystem.
+    pub cidata: Option<PathBuf>,
+}
+
+impl Recording {
+    pub fn new(root: &Path) -> Recording {
+        Recording {
+            root: root.to_path_buf(),
+            ..Default::default()
+        }
+    }
+
+    fn current_version(&self) -> String {
+        std::fs::read_link(self.root.join(crate::activate::CURRENT))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default()
+    }
+}
+
+impl System for Recording {
+    fn daemon_reload(&mut self) -> Result<()> {
+        self.calls.push("daemon-reload".into());
+        Ok(())
+    }
+    fn enable(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("enable {unit}"));
+        Ok(())
+    }
+    fn start(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("start {unit}"));
+        self.active.insert(unit.into());
+        Ok(())
+    }
+    fn restart(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("restart {unit}"));
+        self.active.insert(unit.into());
+        Ok(())
+    }
+    fn is_active(&mut self, unit: &str) -> bool {
+        self.active.contains(unit)
+    }
+    fn load_module(&mut self, name: &str) -> Result<()> {
+        self.calls.push(format!("modprobe {name}"));
+        Ok(())
+    }
+    fn apply_sysctl(&mut self, file: &Path) -> Result<()> {
+        self.calls.push(format!(
+            "sysctl -p /{}",
+            file.strip_prefix(&self.root).unwrap_or(file).display()
+        ));
+        Ok(())
+    }
+    fn mount_cidata(&mut self, _root: &Path) -> Result<Option<PathBuf>> {
+        Ok(self.cidata.clone())
+    }
+    fn containerd_healthy(&mut self, _socket: &Path, _timeout: Duration) -> Result<()> {
+        let v = self.current_version();
+        self.calls.push(format!("health containerd ({v})"));
+        if self.unhealthy_versions.contains(&v) {
+            bail!("containerd of bundle {v} does not answer on its socket");
+        }
+        Ok(())
+    }
+    fn kubelet_healthy(&mut self, _timeout: Duration) -> Result<()> {
+        let v = self.current_version();
+        self.calls.push(format!("health kubelet ({v})"));
+        if self.unhealthy_versions.contains(&v) {
+            bail!("kubelet of bundle {v} is not healthy");
+        }
+        Ok(())
+    }
+}
