@@ -111,6 +111,21 @@ impl<R: Read> Read for RawTap<'_, R> {
     }
 }
 
+/// Remembers the first read error, so a failure while the sink reads is reported as a problem of
+/// the archive rather than of the sink.
+struct ReadTrap<R> {
+    inner: R,
+    error: Option<String>,
+}
+
+impl<R: Read> Read for ReadTrap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.error.get_or_insert_with(|| e.to_string());
+        })
+    }
+}
+
 /// Verify a bundle file; see [`read_bundle`].
 pub fn verify_file(path: &Path, expect: &Expect, sink: &mut dyn Sink) -> Result<Report> {
     let f = File::open(path).at(path)?;
@@ -324,10 +339,18 @@ fn read_members<R: Read>(
                     problem(format!("is {size} bytes but the index says {}", rec.size));
                     continue;
                 }
-                let mut hr = HashingReader::new(&mut entry);
+                let mut hr = HashingReader::new(ReadTrap {
+                    inner: &mut entry,
+                    error: None,
+                });
                 let sunk = sink.file(rec, &mut hr);
                 let drained = io::copy(&mut hr, &mut io::sink());
-                let (digest, count, _) = hr.finish();
+                let (digest, count, trap) = hr.finish();
+                // A read error inside the sink is the archive's fault, not the sink's.
+                if let Some(e) = trap.error {
+                    problem(format!("corrupt or truncated archive: {e}"));
+                    return Ok(Some(index));
+                }
                 sunk?;
                 if let Err(e) = drained {
                     problem(format!("corrupt or truncated archive: {e}"));
