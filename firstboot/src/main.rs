@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_firstboot::activate::{self, Options, Outcome, Step};
+use kiln_firstboot::activate::{self, Options, Outcome, Phase, Step};
 use kiln_firstboot::datasource::Endpoints;
 use kiln_firstboot::state::State;
 use kiln_firstboot::system::{Host, Recording, System};
@@ -59,6 +59,17 @@ struct RunArgs {
     /// Stop right after this step, as if killed there (crash-safety testing)
     #[arg(long, hide = true)]
     stop_after: Option<String>,
+    /// `activate` queues the services and defers health checks to `health` (as the boot units do)
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    phase: PhaseArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+enum PhaseArg {
+    #[default]
+    All,
+    Activate,
+    Health,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
@@ -113,6 +124,11 @@ fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
         },
         health_timeout: Duration::from_secs(a.health_timeout),
         stop_after,
+        phase: match a.phase {
+            PhaseArg::All => Phase::All,
+            PhaseArg::Activate => Phase::Activate,
+            PhaseArg::Health => Phase::Health,
+        },
     };
     let mut host = Host {
         kubelet_healthz: a.kubelet_healthz.clone(),

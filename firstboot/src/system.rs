@@ -14,6 +14,8 @@ pub trait System {
     fn daemon_reload(&mut self) -> Result<()>;
     fn enable(&mut self, unit: &str) -> Result<()>;
     fn start(&mut self, unit: &str) -> Result<()>;
+    /// Queue a start without waiting for it (the unit may be ordered after the caller).
+    fn queue_start(&mut self, unit: &str) -> Result<()>;
     fn restart(&mut self, unit: &str) -> Result<()>;
     fn is_active(&mut self, unit: &str) -> bool;
     fn load_module(&mut self, name: &str) -> Result<()>;
@@ -64,6 +66,9 @@ impl System for Host {
     }
     fn start(&mut self, unit: &str) -> Result<()> {
         run(Command::new("systemctl").args(["start", unit])).map(drop)
+    }
+    fn queue_start(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["start", "--no-block", unit])).map(drop)
     }
     fn restart(&mut self, unit: &str) -> Result<()> {
         run(Command::new("systemctl").args(["restart", unit])).map(drop)
@@ -168,6 +173,11 @@ impl System for Recording {
     }
     fn start(&mut self, unit: &str) -> Result<()> {
         self.calls.push(format!("start {unit}"));
+        self.active.insert(unit.into());
+        Ok(())
+    }
+    fn queue_start(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("queue-start {unit}"));
         self.active.insert(unit.into());
         Ok(())
     }

@@ -104,6 +104,18 @@ pub struct Options {
     pub health_timeout: Duration,
     /// Stop right after this step, as if the process were killed there (crash-safety tests).
     pub stop_after: Option<Step>,
+    pub phase: Phase,
+}
+
+/// At boot, systemd orders containerd and kubelet after `kiln-firstboot.service`, so activation
+/// cannot wait for them: it queues their start and exits, and `kiln-firstboot-health.service`
+/// (ordered after them) checks their health and rolls back. Run by hand, both phases run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    All,
+    Activate,
+    Health,
 }
 
 impl Default for Options {
@@ -112,6 +124,7 @@ impl Default for Options {
             endpoints: Endpoints::default(),
             health_timeout: Duration::from_secs(60),
             stop_after: None,
+            phase: Phase::All,
         }
     }
 }
@@ -178,6 +191,9 @@ fn bundle_id(root: &Path, path: &Path) -> Result<BundleId> {
 
 /// Activate the baked bundle under `root`.
 pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome> {
+    if opts.phase == Phase::Health {
+        return health_phase(root, sys, opts);
+    }
     let mut t = Timer {
         steps: Vec::new(),
         started: Instant::now(),
@@ -262,12 +278,11 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     let version_changed = previous
         .as_ref()
         .is_some_and(|(cur, _)| *cur != format!("bundles/{version}"));
-    services(sys, &index, changed || version_changed)?;
+    services(sys, &index, changed || version_changed, opts.phase == Phase::Activate)?;
     if t.done(Step::Services) {
         return Ok(Outcome::Stopped { after: Step::Services });
     }
 
-    let health = health(root, sys, &index, opts.health_timeout);
     let mut state = State {
         version: version.clone(),
         digest: expected.hex(),
@@ -283,6 +298,15 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         steps: Vec::new(),
         sources: cfg.sources.clone(),
     };
+    if opts.phase == Phase::Activate {
+        // kiln-firstboot-health.service finishes the job once the services have started.
+        state.result = "pending-health".into();
+        t.done(Step::State);
+        state.steps = t.steps;
+        state.write(root)?;
+        return Ok(Outcome::Activated { version });
+    }
+    let health = health(root, sys, &index, opts.health_timeout);
     if let Err(e) = health {
         let msg = format!("{e:#}");
         state.result = "failed".into();
@@ -410,7 +434,7 @@ fn already_active(
     Some(s.version.clone())
 }
 
-fn services(sys: &mut dyn System, index: &Index, restart: bool) -> Result<()> {
+fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool) -> Result<()> {
     sys.daemon_reload()?;
     let mut units = vec!["containerd.service"];
     if index.has_kubelet() {
@@ -422,11 +446,68 @@ fn services(sys: &mut dyn System, index: &Index, restart: bool) -> Result<()> {
             if restart {
                 sys.restart(unit)?;
             }
+        } else if queue_only {
+            sys.queue_start(unit)?;
         } else {
             sys.start(unit)?;
         }
     }
     Ok(())
+}
+
+/// The second half of a boot-time activation: health checks on the services the first half
+/// queued, then the final state (and a rollback on failure).
+fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome> {
+    let started = Instant::now();
+    let mut state =
+        State::load(root)?.ok_or_else(|| anyhow!("no activation to check: {} does not exist", crate::state::STATE))?;
+    if state.result == "ok" {
+        return Ok(Outcome::AlreadyActive { version: state.version });
+    }
+    if state.result != "pending-health" {
+        bail!(
+            "the last activation of {} ended `{}`; nothing to check",
+            state.version,
+            state.result
+        );
+    }
+    let dir = root.join(CURRENT);
+    let index = Index::from_json(
+        &fs::read(dir.join(kiln_bundle::index::INDEX_NAME))?,
+        &dir.display().to_string(),
+    )?;
+    let result = health(root, sys, &index, opts.health_timeout);
+    state.steps.push(StepTiming {
+        step: Step::Health.name().into(),
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+    });
+    let before = state.previous.as_ref().map(|(v, r)| State {
+        version: v.clone(),
+        rendered: r.clone(),
+        result: "ok".into(),
+        ..state.clone()
+    });
+    match result {
+        Ok(()) => {
+            state.result = "ok".into();
+            state.write(root)?;
+            Ok(Outcome::Activated { version: state.version })
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            state.result = "failed".into();
+            state.error = Some(msg.clone());
+            let rolled = rollback(root, sys, &before, &state.version)?;
+            state.write(root)?;
+            match rolled {
+                Some(prev) => bail!(
+                    "bundle {} failed its health check ({msg}); rolled back to {prev}",
+                    state.version
+                ),
+                None => bail!("bundle {} failed its health check: {msg}", state.version),
+            }
+        }
+    }
 }
 
 fn health(root: &Path, sys: &mut dyn System, index: &Index, timeout: Duration) -> Result<()> {
@@ -457,7 +538,7 @@ fn rollback(root: &Path, sys: &mut dyn System, before: &Option<State>, failed: &
         &dir.display().to_string(),
     )?;
     install::install_units(root, &index)?;
-    services(sys, &index, true)?;
+    services(sys, &index, true, false)?;
     Ok(Some(prev.version.clone()))
 }
 
