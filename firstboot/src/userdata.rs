@@ -316,7 +316,8 @@ fn part(
             let text = String::from_utf8(bytes).map_err(|_| invalid(at, "cloud-config is not UTF-8"))?;
             cloud_config(&text, at, out)
         }
-        "application/x-kiln-node+yaml" => {
+        // make-mime can only write text/ types, so text/x-kiln-node+yaml is accepted too.
+        "application/x-kiln-node+yaml" | "text/x-kiln-node+yaml" => {
             let text = String::from_utf8(bytes).map_err(|_| invalid(at, "the node section is not UTF-8"))?;
             let section: NodeSection = kiln_bundle::yaml::from_str(&text, at)?;
             out.add(at, section);

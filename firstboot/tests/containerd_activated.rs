@@ -1,0 +1,60 @@
+//! The bundle's own containerd (Debian's, through apt) starts from the tree kiln-firstboot
+//! activated, with the rendered config (node paths redirected into the test root), and runs a
+//! container with the bundle's runc. Needs apt, root and busybox-static (scripts/setup).
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use kiln_testkit::containerd::{redirect, Containerd};
+
+#[test]
+fn bundle_containerd_runs_a_container_from_the_activated_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read_to_string(kiln_testkit::workspace_root().join("manifests/debian-12.yaml")).unwrap();
+    // This VM lacks CAP_SYS_RESOURCE and systemd is not PID 1 here.
+    text.push_str("  config:\n    containerd:\n      restrictOomScoreAdj: true\n      systemdCgroup: false\n");
+    let m = tmp.path().join("debian-12.yaml");
+    std::fs::write(&m, text).unwrap();
+    let out = tmp.path().join("out");
+    let cache = tmp.path().join("cache");
+    let args = [
+        "kiln",
+        "--cache",
+        cache.to_str().unwrap(),
+        "build",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    kiln_builder::cli::run(kiln_builder::cli::Cli::parse_from(args)).expect("the Debian bundle builds");
+    let bundle = out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst");
+
+    let root = node_root(tmp.path(), &bundle);
+    let mut sys = kiln_firstboot::system::Recording::new(&root);
+    let outcome = kiln_firstboot::activate::run(&root, &mut sys, &Default::default()).unwrap();
+    assert_eq!(
+        outcome,
+        kiln_firstboot::activate::Outcome::Activated {
+            version: "1.0.0".into()
+        }
+    );
+    assert!(root.join("etc/cni/net.d/10-kiln.conflist").is_file());
+
+    let current = root.join("var/lib/kiln/current");
+    let rendered = std::fs::read_to_string(current.join("etc/containerd/config.toml")).unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, redirect(&rendered, &root)).unwrap();
+    let bin = current.join("bin");
+    let daemon = Containerd::start(
+        &bin,
+        &config,
+        &root.join("run/containerd/containerd.sock"),
+        &tmp.path().join("containerd.log"),
+    );
+    assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
+    assert_eq!(
+        daemon.run_echo(tmp.path(), &bin.join("runc"), "activated by kiln-firstboot"),
+        "activated by kiln-firstboot"
+    );
+}
