@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc;
 
 use crate::digest::{HashingReader, Sha256};
 use crate::error::{Error, IoContext, Result};
@@ -111,21 +112,6 @@ impl<R: Read> Read for RawTap<'_, R> {
     }
 }
 
-/// Remembers the first read error, so a failure while the sink reads is reported as a problem of
-/// the archive rather than of the sink.
-struct ReadTrap<R> {
-    inner: R,
-    error: Option<String>,
-}
-
-impl<R: Read> Read for ReadTrap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            self.error.get_or_insert_with(|| e.to_string());
-        })
-    }
-}
-
 /// Verify a bundle file; see [`read_bundle`].
 pub fn verify_file(path: &Path, expect: &Expect, sink: &mut dyn Sink) -> Result<Report> {
     let f = File::open(path).at(path)?;
@@ -140,7 +126,158 @@ pub fn verify_file(path: &Path, expect: &Expect, sink: &mut dyn Sink) -> Result<
 /// Read a bundle from `raw`, checking it against `expect` and its own index, and hand each good
 /// member to `sink`. Problems with the bundle are collected in the report; an `Err` means the sink
 /// failed (for example, the disk it writes to is full).
-pub fn read_bundle(raw: impl Read, origin: &str, expect: &Expect, sink: &mut dyn Sink) -> Result<Report> {
+///
+/// Two threads share the work, as `zstd -dc | tar -x` does: one reads the raw bytes (outer digest,
+/// signature), decompresses and checks each member's header against the index; the caller's thread
+/// hashes each member's content and feeds the sink. Memory stays bounded: a few 1 MiB chunks are in
+/// flight at a time.
+pub fn read_bundle(raw: impl Read + Send, origin: &str, expect: &Expect, sink: &mut dyn Sink) -> Result<Report> {
+    let (tx, rx) = mpsc::sync_channel::<Msg>(CHUNKS_IN_FLIGHT);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || produce(raw, origin, expect, tx, free_rx));
+        let mut problems = Vec::new();
+        let consumed = consume(&rx, &free_tx, sink, &mut problems);
+        // Whatever happened, let the producer finish: it stops when the receiver is gone.
+        drop(rx);
+        let tail = producer.join().expect("the bundle reader thread does not panic");
+        let index = consumed?;
+        problems.extend(tail.problems);
+        Ok(Report {
+            index,
+            problems,
+            sha256: tail.sha256,
+            size: tail.size,
+        })
+    })
+}
+
+const CHUNK: usize = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// From the decoding thread to the caller's thread, in archive order.
+enum Msg {
+    Begin(Box<Index>),
+    Dir(String),
+    Symlink(usize),
+    /// File `index.files[i]` follows as chunks, then `EndFile` or `ReadError`.
+    File(usize),
+    Chunk(Vec<u8>),
+    EndFile,
+    ReadError(String),
+    Problem(Problem),
+}
+
+struct Tail {
+    problems: Vec<Problem>,
+    sha256: Sha256,
+    size: u64,
+}
+
+fn consume(
+    rx: &mpsc::Receiver<Msg>,
+    free: &mpsc::Sender<Vec<u8>>,
+    sink: &mut dyn Sink,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<Index>> {
+    let mut index: Option<Index> = None;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Begin(i) => {
+                sink.begin(&i)?;
+                index = Some(*i);
+            }
+            Msg::Dir(p) => sink.dir(&p)?,
+            Msg::Symlink(i) => {
+                let rec = &index.as_ref().expect("index first").files[i];
+                sink.symlink(rec, rec.target.as_deref().unwrap_or_default())?;
+            }
+            Msg::File(i) => {
+                let rec = &index.as_ref().expect("index first").files[i];
+                let mut hr = HashingReader::new(Chunks {
+                    rx,
+                    free,
+                    current: Vec::new(),
+                    pos: 0,
+                    done: false,
+                    error: None,
+                });
+                let sunk = sink.file(rec, &mut hr);
+                let drained = io::copy(&mut hr, &mut io::sink());
+                let (digest, count, chunks) = hr.finish();
+                let problem = |message: String| Problem {
+                    path: Some(rec.path.clone()),
+                    message,
+                };
+                // A read error inside the sink is the archive's fault, not the sink's.
+                if let Some(e) = chunks.error {
+                    problems.push(problem(format!("corrupt or truncated archive: {e}")));
+                    continue;
+                }
+                sunk?;
+                if let Err(e) = drained {
+                    problems.push(problem(format!("corrupt or truncated archive: {e}")));
+                } else if count != rec.size {
+                    problems.push(problem(format!("truncated: {count} of {} bytes", rec.size)));
+                } else if Some(digest) != rec.sha256 {
+                    let expected = rec.sha256.expect("validated index: files have digests");
+                    problems.push(problem(format!(
+                        "content does not match the index: expected sha256 {expected}, got {digest}"
+                    )));
+                }
+            }
+            Msg::Problem(p) => problems.push(p),
+            Msg::Chunk(_) | Msg::EndFile | Msg::ReadError(_) => unreachable!("chunks only follow File"),
+        }
+    }
+    Ok(index)
+}
+
+/// The content of one member, as the decoding thread sends it.
+struct Chunks<'a> {
+    rx: &'a mpsc::Receiver<Msg>,
+    free: &'a mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+    error: Option<String>,
+}
+
+impl Read for Chunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Chunk(c)) => {
+                    let old = std::mem::replace(&mut self.current, c);
+                    let _ = self.free.send(old);
+                    self.pos = 0;
+                }
+                Ok(Msg::ReadError(e)) => {
+                    self.done = true;
+                    self.error = Some(e.clone());
+                    return Err(io::Error::other(e));
+                }
+                Ok(Msg::EndFile) | Err(_) => self.done = true,
+                Ok(_) => unreachable!("a member's content ends with EndFile or ReadError"),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn produce(
+    raw: impl Read,
+    origin: &str,
+    expect: &Expect,
+    tx: mpsc::SyncSender<Msg>,
+    free: mpsc::Receiver<Vec<u8>>,
+) -> Tail {
     let mut problems = Vec::new();
     let verifier = match expect.signature {
         Some((pk, sig)) => match pk.verify_stream(sig) {
@@ -155,22 +292,19 @@ pub fn read_bundle(raw: impl Read, origin: &str, expect: &Expect, sink: &mut dyn
         },
         None => None,
     };
-    let has_verifier = verifier.is_some();
     let mut tap = RawTap {
         inner: HashingReader::new(raw),
         verifier,
     };
-
-    let index = match zstd::stream::read::Decoder::new(&mut tap) {
-        Ok(decoder) => read_members(decoder, origin, sink, &mut problems)?,
+    match zstd::stream::read::Decoder::new(&mut tap) {
+        Ok(decoder) => read_members(decoder, origin, &tx, &free),
         Err(e) => {
-            problems.push(Problem {
+            let _ = tx.send(Msg::Problem(Problem {
                 path: None,
                 message: format!("cannot start zstd decoding: {e}"),
-            });
-            None
+            }));
         }
-    };
+    }
     // Hash whatever the decoder did not need, so the digest covers the whole file.
     if let Err(e) = io::copy(&mut tap, &mut io::sink()) {
         problems.push(Problem {
@@ -195,75 +329,64 @@ pub fn read_bundle(raw: impl Read, origin: &str, expect: &Expect, sink: &mut dyn
                 message: format!("signature does not verify: {e}"),
             });
         }
-    } else if expect.signature.is_some() && !has_verifier {
-        // Already reported above.
     }
-    Ok(Report {
-        index,
-        problems,
-        sha256,
-        size,
-    })
+    Tail { problems, sha256, size }
 }
 
-fn read_members<R: Read>(
-    decoder: R,
-    origin: &str,
-    sink: &mut dyn Sink,
-    problems: &mut Vec<Problem>,
-) -> Result<Option<Index>> {
-    let fatal = |problems: &mut Vec<Problem>, message: String| problems.push(Problem { path: None, message });
+/// Decode the members, check each header against the index, and send the good ones on. Returns
+/// early (the caller's thread is gone) when a send fails.
+fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, free: &mpsc::Receiver<Vec<u8>>) {
+    let send = |m: Msg| tx.send(m).is_ok();
+    let fatal = |message: String| send(Msg::Problem(Problem { path: None, message }));
     let mut archive = tar::Archive::new(decoder);
     let mut entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
-            fatal(problems, format!("not a tar stream: {e}"));
-            return Ok(None);
+            fatal(format!("not a tar stream: {e}"));
+            return;
         }
     };
 
     // The index comes first.
     let index = match entries.next() {
         None => {
-            fatal(problems, "the bundle is empty".into());
-            return Ok(None);
+            fatal("the bundle is empty".into());
+            return;
         }
         Some(Err(e)) => {
-            fatal(problems, format!("corrupt or truncated archive: {e}"));
-            return Ok(None);
+            fatal(format!("corrupt or truncated archive: {e}"));
+            return;
         }
         Some(Ok(mut entry)) => {
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             if name != INDEX_NAME || entry.header().entry_type() != tar::EntryType::Regular {
-                fatal(
-                    problems,
-                    format!("the first member is `{name}`, not the index {INDEX_NAME}"),
-                );
-                return Ok(None);
+                fatal(format!("the first member is `{name}`, not the index {INDEX_NAME}"));
+                return;
             }
             let size = entry.header().size().unwrap_or(u64::MAX);
             if size > MAX_INDEX_BYTES {
-                fatal(
-                    problems,
-                    format!("{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"),
-                );
-                return Ok(None);
+                fatal(format!(
+                    "{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"
+                ));
+                return;
             }
             let mut buf = Vec::with_capacity(size as usize);
             if let Err(e) = entry.read_to_end(&mut buf) {
-                fatal(problems, format!("corrupt or truncated archive in {INDEX_NAME}: {e}"));
-                return Ok(None);
+                fatal(format!("corrupt or truncated archive in {INDEX_NAME}: {e}"));
+                return;
             }
             match Index::from_json(&buf, origin) {
                 Ok(i) => i,
                 Err(e) => {
-                    fatal(problems, e.to_string());
-                    return Ok(None);
+                    fatal(e.to_string());
+                    return;
                 }
             }
         }
     };
-    sink.begin(&index)?;
+    if !send(Msg::Begin(Box::new(index.clone()))) {
+        return;
+    }
 
     let dirs: BTreeSet<String> = index.directories().into_iter().map(str::to_string).collect();
     let mut seen: BTreeSet<String> = BTreeSet::new();
@@ -271,17 +394,20 @@ fn read_members<R: Read>(
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                fatal(problems, format!("corrupt or truncated archive: {e}"));
-                return Ok(Some(index));
+                fatal(format!("corrupt or truncated archive: {e}"));
+                return;
             }
         };
         let raw_name = entry.path_bytes().into_owned();
         let kind = entry.header().entry_type();
         let Ok(name) = String::from_utf8(raw_name.clone()) else {
-            problems.push(Problem {
+            let p = Problem {
                 path: Some(String::from_utf8_lossy(&raw_name).into_owned()),
                 message: "the name is not UTF-8".into(),
-            });
+            };
+            if !send(Msg::Problem(p)) {
+                return;
+            }
             continue;
         };
         let path = if kind == tar::EntryType::Directory {
@@ -289,100 +415,97 @@ fn read_members<R: Read>(
         } else {
             name.clone()
         };
-        let mut problem = |message: String| {
-            problems.push(Problem {
+        let problem = |message: String| {
+            send(Msg::Problem(Problem {
                 path: Some(name.clone()),
                 message,
-            })
+            }))
         };
         if let Err(e) = check_relative(&path) {
-            problem(format!("refused: {e}"));
+            if !problem(format!("refused: {e}")) {
+                return;
+            }
             continue;
         }
         if !seen.insert(path.clone()) {
-            problem("appears more than once".into());
+            if !problem("appears more than once".into()) {
+                return;
+            }
             continue;
         }
         let mode = Mode(entry.header().mode().unwrap_or(0) & 0o7777);
-        match kind {
+        let ok = match kind {
             tar::EntryType::Directory => {
                 if !dirs.contains(&path) {
-                    problem("directory is not in the index".into());
-                    continue;
+                    problem("directory is not in the index".into())
+                } else if mode != Mode::DIR {
+                    problem(format!("directory mode {mode} is not {}", Mode::DIR))
+                } else {
+                    send(Msg::Dir(path))
                 }
-                if mode != Mode::DIR {
-                    problem(format!("directory mode {mode} is not {}", Mode::DIR));
-                    continue;
-                }
-                sink.dir(&path)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let Some(rec) = index.file(&path) else {
-                    problem("is not in the index".into());
-                    continue;
-                };
-                if rec.kind != EntryKind::File {
-                    problem(format!("is a regular file but the index says {:?}", rec.kind));
-                    continue;
-                }
-                if mode != rec.mode {
-                    let what = if mode.is_setid() && !rec.mode.is_setid() {
-                        "setuid/setgid bit not in the index: "
-                    } else {
-                        ""
-                    };
-                    problem(format!("{what}mode {mode} differs from the index ({})", rec.mode));
-                    continue;
-                }
-                let size = entry.header().size().unwrap_or(u64::MAX);
-                if size != rec.size {
-                    problem(format!("is {size} bytes but the index says {}", rec.size));
-                    continue;
-                }
-                let mut hr = HashingReader::new(ReadTrap {
-                    inner: &mut entry,
-                    error: None,
-                });
-                let sunk = sink.file(rec, &mut hr);
-                let drained = io::copy(&mut hr, &mut io::sink());
-                let (digest, count, trap) = hr.finish();
-                // A read error inside the sink is the archive's fault, not the sink's.
-                if let Some(e) = trap.error {
-                    problem(format!("corrupt or truncated archive: {e}"));
-                    return Ok(Some(index));
-                }
-                sunk?;
-                if let Err(e) = drained {
-                    problem(format!("corrupt or truncated archive: {e}"));
-                    return Ok(Some(index));
-                }
-                if count != rec.size {
-                    problem(format!("truncated: {count} of {} bytes", rec.size));
-                    return Ok(Some(index));
-                }
-                let expected = rec.sha256.expect("validated index: files have digests");
-                if digest != expected {
-                    problem(format!(
-                        "content does not match the index: expected sha256 {expected}, got {digest}"
-                    ));
+                let found = index.files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok();
+                match found.map(|i| (i, &index.files[i])) {
+                    None => problem("is not in the index".into()),
+                    Some((_, rec)) if rec.kind != EntryKind::File => {
+                        problem(format!("is a regular file but the index says {:?}", rec.kind))
+                    }
+                    Some((_, rec)) if mode != rec.mode => {
+                        let what = if mode.is_setid() && !rec.mode.is_setid() {
+                            "setuid/setgid bit not in the index: "
+                        } else {
+                            ""
+                        };
+                        problem(format!("{what}mode {mode} differs from the index ({})", rec.mode))
+                    }
+                    Some((_, rec)) if entry.header().size().unwrap_or(u64::MAX) != rec.size => problem(format!(
+                        "is {} bytes but the index says {}",
+                        entry.header().size().unwrap_or(u64::MAX),
+                        rec.size
+                    )),
+                    Some((i, _)) => {
+                        if !send(Msg::File(i)) {
+                            return;
+                        }
+                        loop {
+                            let mut buf = free.try_recv().unwrap_or_default();
+                            buf.resize(CHUNK, 0);
+                            match read_full(&mut entry, &mut buf) {
+                                Ok(0) => break send(Msg::EndFile),
+                                Ok(n) => {
+                                    buf.truncate(n);
+                                    if !send(Msg::Chunk(buf)) {
+                                        return;
+                                    }
+                                }
+                                Err(e) => {
+                                    send(Msg::ReadError(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             }
             tar::EntryType::Symlink => {
-                let Some(rec) = index.file(&path) else {
-                    problem("is not in the index".into());
-                    continue;
-                };
+                let found = index.files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok();
                 let target = entry
                     .link_name_bytes()
                     .map(|b| String::from_utf8_lossy(&b).into_owned());
-                if rec.kind != EntryKind::Symlink || target.as_deref() != rec.target.as_deref() {
-                    problem(format!(
-                        "symlink to {:?} does not match the index",
-                        target.unwrap_or_default()
-                    ));
-                    continue;
+                match found {
+                    None => problem("is not in the index".into()),
+                    Some(i)
+                        if index.files[i].kind != EntryKind::Symlink
+                            || target.as_deref() != index.files[i].target.as_deref() =>
+                    {
+                        problem(format!(
+                            "symlink to {:?} does not match the index",
+                            target.unwrap_or_default()
+                        ))
+                    }
+                    Some(i) => send(Msg::Symlink(i)),
                 }
-                sink.symlink(rec, rec.target.as_deref().unwrap_or_default())?;
             }
             tar::EntryType::Link => problem("refused: hard links are not allowed in a bundle".into()),
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -390,25 +513,41 @@ fn read_members<R: Read>(
             }
             tar::EntryType::Fifo => problem("refused: FIFOs are not allowed in a bundle".into()),
             other => problem(format!("refused: unsupported member type {other:?}")),
+        };
+        if !ok {
+            return;
         }
     }
     for f in &index.files {
         if !seen.contains(&f.path) {
-            problems.push(Problem {
+            let p = Problem {
                 path: Some(f.path.clone()),
                 message: "is in the index but missing from the archive".into(),
-            });
+            };
+            if !send(Msg::Problem(p)) {
+                return;
+            }
         }
     }
     // The rest of the decompressed stream is tar padding; reading it checks the zstd frame checksum.
     let mut rest = archive.into_inner();
     if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
-        problems.push(Problem {
-            path: None,
-            message: format!("corrupt compressed stream after the last member: {e}"),
-        });
+        fatal(format!("corrupt compressed stream after the last member: {e}"));
     }
-    Ok(Some(index))
+}
+
+/// Fill `buf` as far as the reader allows; 0 only at the end.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Read only the index of a bundle (its first member), without verifying the rest.

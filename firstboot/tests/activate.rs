@@ -395,3 +395,23 @@ fn write_files_cannot_leave_the_root() {
     );
     assert!(!outside.join("pwned").exists());
 }
+
+#[test]
+fn the_kubelet_health_probe_wants_ok_from_healthz() {
+    use kiln_firstboot::system::{Host, System};
+    let m = Mirror::start();
+    m.put("/healthz", b"ok".to_vec());
+    m.put("/sick", b"[-]ping failed".to_vec());
+    let mut host = Host {
+        kubelet_healthz: format!("{}/healthz", m.url()),
+    };
+    host.kubelet_healthy(std::time::Duration::from_secs(2)).unwrap();
+    let mut sick = Host {
+        kubelet_healthz: format!("{}/sick", m.url()),
+    };
+    let e = sick.kubelet_healthy(std::time::Duration::from_millis(300)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("not healthy after") && format!("{e:#}").contains("ping failed"),
+        "{e:#}"
+    );
+}

@@ -53,6 +53,20 @@ fn bundle_containerd_runs_a_container_from_the_activated_tree() {
         &tmp.path().join("containerd.log"),
     );
     assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
+    // The real health probe kiln-firstboot uses on a node answers for this containerd.
+    use kiln_firstboot::system::System;
+    let mut host = kiln_firstboot::system::Host::default();
+    host.containerd_healthy(
+        &root.join("run/containerd/containerd.sock"),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(host
+        .containerd_healthy(
+            &root.join("run/containerd/nothing.sock"),
+            std::time::Duration::from_millis(300)
+        )
+        .is_err());
     assert_eq!(
         daemon.run_echo(tmp.path(), &bin.join("runc"), "activated by kiln-firstboot"),
         "activated by kiln-firstboot"

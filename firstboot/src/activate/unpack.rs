@@ -6,30 +6,54 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use kiln_bundle::error::{Error, IoContext, Result};
 use kiln_bundle::index::{FileRecord, Index, INDEX_NAME};
 use kiln_bundle::reader::Sink;
 
+/// The channel to the fsync thread, and the thread.
+type Syncer = (mpsc::Sender<(PathBuf, File)>, std::thread::JoinHandle<Result<()>>);
+
 pub struct Unpack {
     dir: PathBuf,
     dirs: Vec<PathBuf>,
     buf: Vec<u8>,
+    /// Files are fsynced on a second thread while the next ones are written.
+    syncer: Option<Syncer>,
 }
 
 impl Unpack {
     /// Stage into `dir`, which must not exist yet.
     pub fn new(dir: &Path) -> Result<Unpack> {
         fs::create_dir(dir).at(dir)?;
+        let (tx, rx) = mpsc::channel::<(PathBuf, File)>();
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut first = Ok(());
+            for (path, f) in rx {
+                if first.is_ok() {
+                    first = f.sync_all().at(&path);
+                }
+            }
+            first
+        });
         Ok(Unpack {
             dir: dir.to_path_buf(),
             dirs: vec![dir.to_path_buf()],
             buf: vec![0; 1 << 20],
+            syncer: Some((tx, handle)),
         })
     }
 
-    /// fsync every directory written, innermost first, so the tree survives a crash once renamed.
-    pub fn finish(self) -> Result<()> {
+    /// Wait for every file's fsync, then fsync every directory written, innermost first, so the
+    /// tree survives a crash once renamed.
+    pub fn finish(mut self) -> Result<()> {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            handle
+                .join()
+                .map_err(|_| Error::bundle(self.dir.display().to_string(), "the fsync thread panicked"))??;
+        }
         for d in self.dirs.iter().rev() {
             File::open(d).and_then(|f| f.sync_all()).at(d)?;
         }
@@ -79,7 +103,10 @@ impl Sink for Unpack {
         }
         // The mode is set after the content, so a setuid bit never sits on a half-written file.
         f.set_permissions(fs::Permissions::from_mode(rec.mode.0)).at(&p)?;
-        f.sync_all().at(&p)
+        match &self.syncer {
+            Some((tx, _)) if tx.send((p.clone(), f)).is_ok() => Ok(()),
+            _ => Err(Error::bundle(p.display().to_string(), "the fsync thread stopped")),
+        }
     }
 
     fn symlink(&mut self, rec: &FileRecord, target: &str) -> Result<()> {

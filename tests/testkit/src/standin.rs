@@ -177,3 +177,32 @@ pub fn mirror_flags(base: &str) -> Vec<String> {
         format!("https://github.com/={base}/github.com/"),
     ]
 }
+
+/// Serve the production artifacts for `arch` at `scale` on `mirror`, and write a copy of the
+/// production manifest into `dir` whose digests are those of the stand-ins. Returns its path.
+pub fn production_manifest(
+    dir: &std::path::Path,
+    mirror: &crate::mirror::Mirror,
+    arch: &str,
+    scale: f64,
+) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(crate::workspace_root().join("manifests/k8s-1.36.yaml")).unwrap();
+    let manifest = kiln_bundle::Manifest::parse(&text, "k8s-1.36.yaml").unwrap();
+    let served: std::collections::BTreeMap<String, Vec<u8>> = production(arch, scale).into_iter().collect();
+    for (_, c) in manifest.spec.components.iter() {
+        for (a, digest) in &c.source.sha256 {
+            let url = kiln_bundle::manifest::expand(c.source.url.as_deref().unwrap(), &c.version, *a);
+            let path = url.replacen("https://", "/", 1);
+            if let Some(body) = served.get(&path) {
+                text = text.replace(&digest.hex(), &crate::sha256_hex(body));
+                mirror.put(&path, body.clone());
+            }
+        }
+    }
+    if arch == "amd64" {
+        text = text.replace("architectures: [amd64, arm64]", "architectures: [amd64]");
+    }
+    let out = dir.join(format!("k8s-standin-{arch}.yaml"));
+    std::fs::write(&out, text).unwrap();
+    out
+}

@@ -23,21 +23,7 @@ fn main() {
 
     eprintln!("bench: generating stand-in artifacts at full scale ...");
     let mirror = Mirror::start();
-    let artifacts = standin::production("amd64", 1.0);
-    let mut manifest = std::fs::read_to_string(kiln_testkit::workspace_root().join("manifests/k8s-1.36.yaml")).unwrap();
-    let real = kiln_bundle_digests(&manifest);
-    for (path, body) in &artifacts {
-        let url = format!("https:/{path}");
-        let (_, real_digest) = real
-            .iter()
-            .find(|(u, _)| *u == url)
-            .unwrap_or_else(|| panic!("manifest has {url}"));
-        manifest = manifest.replace(real_digest.as_str(), &kiln_testkit::sha256_hex(body));
-        mirror.put(path, body.clone());
-    }
-    drop(artifacts);
-    let m = root.join("k8s-bench.yaml");
-    std::fs::write(&m, manifest).unwrap();
+    let m = standin::production_manifest(root, &mirror, "amd64", 1.0);
     let cache = root.join("cache");
     let out = root.join("out");
     let mut build = vec![
@@ -123,23 +109,6 @@ fn main() {
         kiln_rss as f64 / 1024.0
     );
     println!("  no-op rebuild                            {noop_secs:8.3} s   (target < 1)");
-}
-
-/// `(upstream URL, digest hex)` for the amd64 artifacts of the production manifest.
-fn kiln_bundle_digests(text: &str) -> Vec<(String, String)> {
-    let m = kiln_bundle::Manifest::parse(text, "k8s-1.36.yaml").unwrap();
-    m.spec
-        .components
-        .iter()
-        .into_iter()
-        .map(|(_, c)| {
-            let arch = kiln_bundle::Arch::Amd64;
-            (
-                kiln_bundle::manifest::expand(c.source.url.as_deref().unwrap(), &c.version, arch),
-                c.source.sha256[&arch].hex(),
-            )
-        })
-        .collect()
 }
 
 fn run(cmd: &mut Command) -> String {
