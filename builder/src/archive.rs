@@ -18,10 +18,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 
-/// Most bytes one artifact may unpack to.
-pub const MAX_UNPACKED_BYTES: u64 = 8 << 30;
-/// Most members one artifact may have.
-pub const MAX_MEMBERS: usize = 200_000;
+/// Bounds on what one artifact may unpack to. A decompression bomb trips them with an error that
+/// names the limit, instead of filling the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes, in all.
+    pub max_bytes: u64,
+    /// Most bytes per compressed byte; applies above `ratio_floor`.
+    pub max_ratio: u64,
+    /// Unpacked sizes up to this are always allowed, whatever the ratio.
+    pub ratio_floor: u64,
+    pub max_members: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Release binaries compress 3:1, text 10:1; 250:1 is only reached by padding and bombs.
+        Limits {
+            max_bytes: 8 << 30,
+            max_ratio: 250,
+            ratio_floor: 64 << 20,
+            max_members: 200_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The byte bound for an artifact of `compressed` bytes, and how to name it.
+    fn bound(&self, compressed: u64) -> (u64, String) {
+        let by_ratio = compressed.saturating_mul(self.max_ratio).max(self.ratio_floor);
+        if by_ratio < self.max_bytes {
+            (
+                by_ratio,
+                format!(
+                    "{by_ratio} bytes ({}:1 of the {compressed}-byte artifact)",
+                    self.max_ratio
+                ),
+            )
+        } else {
+            (self.max_bytes, format!("{} bytes", self.max_bytes))
+        }
+    }
+}
 /// Largest control member of a .deb.
 const MAX_CONTROL_BYTES: u64 = 1 << 20;
 
@@ -77,27 +115,38 @@ pub fn members(cache: &Cache, artifact: &Sha256, blob: &Path, format: Format, wh
             }
         }
     }
-    let m = scan(cache, blob, format).with_context(|| format!("{what}: cannot unpack {}", blob.display()))?;
+    let m = scan(cache, blob, format, Limits::default())
+        .with_context(|| format!("{what}: cannot unpack {}", blob.display()))?;
     kiln_bundle::atomic::write_file(&cached, &serde_json::to_vec(&m)?, 0o644)?;
     Ok(m)
 }
 
-/// Unpack an artifact's members into the cache.
-pub fn scan(cache: &Cache, blob: &Path, format: Format) -> Result<Members> {
-    let f = BufReader::with_capacity(
-        1 << 20,
-        File::open(blob).with_context(|| format!("cannot open {}", blob.display()))?,
-    );
+/// Unpack an artifact's members into the cache, within `limits`.
+pub fn scan(cache: &Cache, blob: &Path, format: Format, limits: Limits) -> Result<Members> {
+    let file = File::open(blob).with_context(|| format!("cannot open {}", blob.display()))?;
+    let (bound, what) = limits.bound(file.metadata().map(|m| m.len()).unwrap_or(0));
+    let f = BufReader::with_capacity(1 << 20, file);
+    let lim = Limit {
+        bound,
+        what,
+        members: limits.max_members,
+    };
     match format {
         Format::Binary => Ok(Members::default()),
-        Format::TarGz => scan_tar(cache, flate2::read::MultiGzDecoder::new(f)),
-        Format::TarZst => scan_tar(cache, zstd::stream::read::Decoder::with_buffer(f)?),
-        Format::Deb => scan_deb(cache, f),
+        Format::TarGz => scan_tar(cache, flate2::read::MultiGzDecoder::new(f), &lim),
+        Format::TarZst => scan_tar(cache, zstd::stream::read::Decoder::with_buffer(f)?, &lim),
+        Format::Deb => scan_deb(cache, f, &lim),
     }
 }
 
+struct Limit {
+    bound: u64,
+    what: String,
+    members: usize,
+}
+
 /// A `.deb` is an `ar` archive of `debian-binary`, `control.tar.*` and `data.tar.*`.
-fn scan_deb(cache: &Cache, r: impl Read) -> Result<Members> {
+fn scan_deb(cache: &Cache, r: impl Read, lim: &Limit) -> Result<Members> {
     let mut ar = ar::Archive::new(r);
     let mut control = None;
     let mut data = None;
@@ -107,7 +156,7 @@ fn scan_deb(cache: &Cache, r: impl Read) -> Result<Members> {
         if let Some(kind) = name.strip_prefix("control.tar") {
             control = Some(read_control(decompress(kind, entry)?)?);
         } else if let Some(kind) = name.strip_prefix("data.tar") {
-            data = Some(scan_tar(cache, decompress(kind, entry)?)?);
+            data = Some(scan_tar(cache, decompress(kind, entry)?, lim)?);
         }
     }
     let mut members = data.ok_or_else(|| anyhow!("not a .deb: no data.tar member"))?;
@@ -156,31 +205,37 @@ fn read_control(r: impl Read) -> Result<BTreeMap<String, String>> {
 }
 
 /// Counts bytes, failing past the unpacked-size bound.
-struct Bounded<R> {
+struct Bounded<'a, R> {
     inner: R,
     total: u64,
+    lim: &'a Limit,
 }
 
-impl<R: Read> Read for Bounded<R> {
+impl<R: Read> Read for Bounded<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.total += n as u64;
-        if self.total > MAX_UNPACKED_BYTES {
+        if self.total > self.lim.bound {
             return Err(io::Error::other(format!(
-                "the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+                "the archive unpacks to more than the limit of {}",
+                self.lim.what
             )));
         }
         Ok(n)
     }
 }
 
-fn scan_tar(cache: &Cache, r: impl Read) -> Result<Members> {
-    let mut tar = tar::Archive::new(Bounded { inner: r, total: 0 });
+fn scan_tar(cache: &Cache, r: impl Read, lim: &Limit) -> Result<Members> {
+    let mut tar = tar::Archive::new(Bounded {
+        inner: r,
+        total: 0,
+        lim,
+    });
     let mut out = Members::default();
     for entry in tar.entries().context("not a tar archive")? {
-        let entry = entry.context("corrupt or truncated tar archive")?;
-        if out.members.len() >= MAX_MEMBERS {
-            bail!("the archive has more than {MAX_MEMBERS} members");
+        let entry = entry.map_err(|e| anyhow!("corrupt or truncated tar archive: {e}"))?;
+        if out.members.len() >= lim.members {
+            bail!("the archive has more than the limit of {} members", lim.members);
         }
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = match normalize_member(&raw) {
@@ -228,4 +283,62 @@ fn link_name<R: Read>(entry: &tar::Entry<R>) -> Result<String> {
         .link_name_bytes()
         .ok_or_else(|| anyhow!("a link member has no target"))?;
     Ok(String::from_utf8_lossy(&t).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_zst(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut t = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            t.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        zstd::encode_all(&t.into_inner().unwrap()[..], 19).unwrap()
+    }
+
+    #[test]
+    fn a_decompression_bomb_trips_the_ratio_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(dir.path().join("cache"))).unwrap();
+        let bomb = tar_zst(&[("bin/x", vec![0u8; 32 << 20])]);
+        let blob = dir.path().join("bomb.tar.zst");
+        std::fs::write(&blob, &bomb).unwrap();
+        let limits = Limits {
+            ratio_floor: 1 << 20,
+            ..Limits::default()
+        };
+        let e = format!("{:#}", scan(&cache, &blob, Format::TarZst, limits).unwrap_err());
+        assert!(
+            e.contains("unpacks to more than the limit of") && e.contains(":1 of the"),
+            "{e}"
+        );
+        // The same archive within the default limits unpacks.
+        scan(&cache, &blob, Format::TarZst, Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn too_many_members_is_an_error_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(dir.path().join("cache"))).unwrap();
+        let members: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("f{i}"), vec![1])).collect();
+        let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let blob = dir.path().join("many.tar.zst");
+        std::fs::write(&blob, tar_zst(&refs)).unwrap();
+        let e = scan(
+            &cache,
+            &blob,
+            Format::TarZst,
+            Limits {
+                max_members: 10,
+                ..Limits::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("more than the limit of 10 members"), "{e}");
+    }
 }

@@ -162,7 +162,8 @@ enum Msg {
     Symlink(usize),
     /// File `index.files[i]` follows as chunks, then `EndFile` or `ReadError`.
     File(usize),
-    Chunk(Vec<u8>),
+    /// A full-size buffer and how many of its bytes are content.
+    Chunk(Vec<u8>, usize),
     EndFile,
     ReadError(String),
     Problem(Problem),
@@ -198,6 +199,7 @@ fn consume(
                     rx,
                     free,
                     current: Vec::new(),
+                    len: 0,
                     pos: 0,
                     done: false,
                     error: None,
@@ -227,7 +229,7 @@ fn consume(
                 }
             }
             Msg::Problem(p) => problems.push(p),
-            Msg::Chunk(_) | Msg::EndFile | Msg::ReadError(_) => unreachable!("chunks only follow File"),
+            Msg::Chunk(..) | Msg::EndFile | Msg::ReadError(_) => unreachable!("chunks only follow File"),
         }
     }
     Ok(index)
@@ -238,6 +240,7 @@ struct Chunks<'a> {
     rx: &'a mpsc::Receiver<Msg>,
     free: &'a mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
+    len: usize,
     pos: usize,
     done: bool,
     error: Option<String>,
@@ -245,14 +248,17 @@ struct Chunks<'a> {
 
 impl Read for Chunks<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
+        while self.pos == self.len {
             if self.done {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Msg::Chunk(c)) => {
+                Ok(Msg::Chunk(c, len)) => {
                     let old = std::mem::replace(&mut self.current, c);
-                    let _ = self.free.send(old);
+                    if !old.is_empty() {
+                        let _ = self.free.send(old);
+                    }
+                    self.len = len;
                     self.pos = 0;
                 }
                 Ok(Msg::ReadError(e)) => {
@@ -264,7 +270,7 @@ impl Read for Chunks<'_> {
                 Ok(_) => unreachable!("a member's content ends with EndFile or ReadError"),
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
+        let n = buf.len().min(self.len - self.pos);
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -469,13 +475,12 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
                             return;
                         }
                         loop {
-                            let mut buf = free.try_recv().unwrap_or_default();
-                            buf.resize(CHUNK, 0);
+                            // Buffers keep their full size; a fresh one is calloc'ed, a returned one reused.
+                            let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
                             match read_full(&mut entry, &mut buf) {
                                 Ok(0) => break send(Msg::EndFile),
                                 Ok(n) => {
-                                    buf.truncate(n);
-                                    if !send(Msg::Chunk(buf)) {
+                                    if !send(Msg::Chunk(buf, n)) {
                                         return;
                                     }
                                 }
@@ -529,12 +534,24 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
             }
         }
     }
-    // The rest of the decompressed stream is tar padding; reading it checks the zstd frame checksum.
-    let mut rest = archive.into_inner();
-    if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
-        fatal(format!("corrupt compressed stream after the last member: {e}"));
+    // The rest of the decompressed stream is tar padding (a few KiB); reading it checks the zstd
+    // frame checksum. More than that is refused rather than decompressed without end.
+    let mut rest = archive.into_inner().take(MAX_TRAILING_BYTES + 1);
+    match io::copy(&mut rest, &mut io::sink()) {
+        Err(e) => {
+            fatal(format!("corrupt compressed stream after the last member: {e}"));
+        }
+        Ok(n) if n > MAX_TRAILING_BYTES => {
+            fatal(format!(
+                "more than the limit of {MAX_TRAILING_BYTES} bytes of data after the last member"
+            ));
+        }
+        Ok(_) => {}
     }
 }
+
+/// Most decompressed bytes after the tar end marker (tar pads to 10 KiB records).
+pub const MAX_TRAILING_BYTES: u64 = 1 << 20;
 
 /// Fill `buf` as far as the reader allows; 0 only at the end.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

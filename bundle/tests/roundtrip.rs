@@ -416,3 +416,17 @@ fn a_cancelled_write_leaves_nothing() {
     assert!(e.to_string().contains("interrupted"), "{e}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_bomb_after_the_last_member_trips_the_trailing_limit() {
+    let index = one_file_index(b"x", 0o755);
+    let mut e = Evil::new(&index);
+    e.raw(b"bin/", tar::EntryType::Directory, 0o755, b"", None);
+    e.raw(b"bin/x", tar::EntryType::Regular, 0o755, b"x", None);
+    let mut tar = e.tar.into_inner().unwrap();
+    tar.extend(std::iter::repeat_n(0u8, 4 << 20));
+    let bytes = zstd::encode_all(&tar[..], 3).unwrap();
+    assert!(bytes.len() < 64 << 10, "a small file that decompresses to megabytes");
+    let p = problems(&bytes);
+    assert_eq!(p, ["more than the limit of 1048576 bytes of data after the last member"]);
+}
