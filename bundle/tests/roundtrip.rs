@@ -428,5 +428,8 @@ fn a_bomb_after_the_last_member_trips_the_trailing_limit() {
     let bytes = zstd::encode_all(&tar[..], 3).unwrap();
     assert!(bytes.len() < 64 << 10, "a small file that decompresses to megabytes");
     let p = problems(&bytes);
-    assert_eq!(p, ["more than the limit of 1048576 bytes of data after the last member"]);
+    assert_eq!(
+        p,
+        ["more than the limit of 1048576 bytes of data after the last member"]
+    );
 }

@@ -106,9 +106,12 @@ fn decode(bytes: &[u8], origin: &str, out: &mut NodeConfig, depth: u32) -> Resul
     if head.starts_with("#cloud-config") {
         return cloud_config(&text, origin, out);
     }
-    if head.len() >= 12
-        && (head[..12].eq_ignore_ascii_case("content-type") || head[..12].eq_ignore_ascii_case("mime-version"))
-    {
+    let starts = |word: &[u8]| {
+        head.as_bytes()
+            .get(..word.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(word))
+    };
+    if starts(b"content-type") || starts(b"mime-version") {
         return mime(&text, origin, out, depth);
     }
     if head.starts_with("#!") || head.is_empty() {
@@ -391,6 +394,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unsupported encoding `rot13`"), "{e}");
+    }
+
+    #[test]
+    fn fuzz_regression_non_ascii_after_a_prefix() {
+        // Found by the user_data fuzz target: slicing at byte 12 inside a multi-byte character.
+        let data = base64::engine::general_purpose::STANDARD
+            .decode("I2Nsb3VkLWNvburq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urqZmlnCmhvDXRuYW1lOiB3b3JrZXItNgo=")
+            .unwrap();
+        assert!(run(&data).is_err());
+        assert!(run("apiServ\u{e9}\u{e9}\u{e9}o/ud-co".as_bytes()).is_err());
     }
 
     #[test]
