@@ -21,6 +21,10 @@ e2e:
     scripts/setup
     cargo test -p kiln-builder --test debian_apt --test minisign_interop
 
+# fuzz every parser for SECONDS per target (cargo-fuzz; CI runs 60)
+fuzz seconds="600":
+    scripts/fuzz {{seconds}}
+
 # benchmarks: kiln against its baselines, same run, figures and ratios printed
 bench:
     scripts/bench
