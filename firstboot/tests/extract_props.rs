@@ -30,12 +30,25 @@ struct Member {
 }
 
 fn name() -> impl Strategy<Value = String> {
-    (any::<bool>(), prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "..", ".", ""]), 1..4))
+    (
+        any::<bool>(),
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "..", ".", ""]), 1..4),
+    )
         .prop_map(|(abs, parts)| format!("{}{}", if abs { "/" } else { "" }, parts.join("/")))
 }
 
 fn target() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["a", "b", "../a", "../../outside", "../../outside/x", "/tmp", "c/a", "."]).prop_map(String::from)
+    prop::sample::select(vec![
+        "a",
+        "b",
+        "../a",
+        "../../outside",
+        "../../outside/x",
+        "/tmp",
+        "c/a",
+        ".",
+    ])
+    .prop_map(String::from)
 }
 
 fn member() -> impl Strategy<Value = Member> {
@@ -45,8 +58,18 @@ fn member() -> impl Strategy<Value = Member> {
         target().prop_map(Kind::Symlink),
         target().prop_map(Kind::Hardlink),
     ];
-    (name(), kind, prop::sample::select(vec![0o644u32, 0o755, 0o4755, 0o777]), any::<bool>())
-        .prop_map(|(name, kind, mode, indexed)| Member { name, kind, mode, indexed })
+    (
+        name(),
+        kind,
+        prop::sample::select(vec![0o644u32, 0o755, 0o4755, 0o777]),
+        any::<bool>(),
+    )
+        .prop_map(|(name, kind, mode, indexed)| Member {
+            name,
+            kind,
+            mode,
+            indexed,
+        })
 }
 
 fn bundle(members: &[Member]) -> Vec<u8> {
@@ -54,8 +77,24 @@ fn bundle(members: &[Member]) -> Vec<u8> {
         .iter()
         .filter(|m| m.indexed)
         .filter_map(|m| match &m.kind {
-            Kind::File(d) => Some(FileRecord { path: m.name.clone(), kind: EntryKind::File, mode: Mode(m.mode), size: d.len() as u64, sha256: Some(Sha256::of(d)), target: None, component: None }),
-            Kind::Symlink(t) => Some(FileRecord { path: m.name.clone(), kind: EntryKind::Symlink, mode: Mode(0o777), size: 0, sha256: None, target: Some(t.clone()), component: None }),
+            Kind::File(d) => Some(FileRecord {
+                path: m.name.clone(),
+                kind: EntryKind::File,
+                mode: Mode(m.mode),
+                size: d.len() as u64,
+                sha256: Some(Sha256::of(d)),
+                target: None,
+                component: None,
+            }),
+            Kind::Symlink(t) => Some(FileRecord {
+                path: m.name.clone(),
+                kind: EntryKind::Symlink,
+                mode: Mode(0o777),
+                size: 0,
+                sha256: None,
+                target: Some(t.clone()),
+                component: None,
+            }),
             _ => None,
         })
         .collect();
@@ -70,7 +109,11 @@ fn bundle(members: &[Member]) -> Vec<u8> {
         components: vec![],
         files,
         placeholders: vec![],
-        build: BuildInfo { tool: "t".into(), source_date_epoch: 0, compression: "zstd-3".into() },
+        build: BuildInfo {
+            tool: "t".into(),
+            source_date_epoch: 0,
+            compression: "zstd-3".into(),
+        },
     };
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
@@ -93,7 +136,13 @@ fn bundle(members: &[Member]) -> Vec<u8> {
     for m in members {
         match &m.kind {
             Kind::File(d) => add(&m.name, tar::EntryType::Regular, m.mode, d, None),
-            Kind::Dir => add(&format!("{}/", m.name.trim_end_matches('/')), tar::EntryType::Directory, 0o755, b"", None),
+            Kind::Dir => add(
+                &format!("{}/", m.name.trim_end_matches('/')),
+                tar::EntryType::Directory,
+                0o755,
+                b"",
+                None,
+            ),
             Kind::Symlink(t) => add(&m.name, tar::EntryType::Symlink, 0o777, b"", Some(t)),
             Kind::Hardlink(t) => add(&m.name, tar::EntryType::Link, 0o644, b"", Some(t)),
         }
@@ -105,7 +154,10 @@ fn bundle(members: &[Member]) -> Vec<u8> {
 fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, bool)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let md = std::fs::symlink_metadata(e.path()).unwrap();
-        out.push((e.path().strip_prefix(base).unwrap().display().to_string(), md.file_type().is_symlink()));
+        out.push((
+            e.path().strip_prefix(base).unwrap().display().to_string(),
+            md.file_type().is_symlink(),
+        ));
         if md.is_dir() {
             walk(&e.path(), base, out);
         }
@@ -159,9 +211,24 @@ proptest! {
 fn the_generator_can_produce_a_valid_tree_with_a_link() {
     // Keeps the property above from passing only because everything is refused.
     let members = vec![
-        Member { name: "a".into(), kind: Kind::Dir, mode: 0o755, indexed: false },
-        Member { name: "a/x".into(), kind: Kind::File(b"x".to_vec()), mode: 0o644, indexed: true },
-        Member { name: "a/l".into(), kind: Kind::Symlink("x".into()), mode: 0o777, indexed: true },
+        Member {
+            name: "a".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            indexed: false,
+        },
+        Member {
+            name: "a/x".into(),
+            kind: Kind::File(b"x".to_vec()),
+            mode: 0o644,
+            indexed: true,
+        },
+        Member {
+            name: "a/l".into(),
+            kind: Kind::Symlink("x".into()),
+            mode: 0o777,
+            indexed: true,
+        },
     ];
     let sandbox = tempfile::tempdir().unwrap();
     let stage = sandbox.path().join("stage");

@@ -61,6 +61,17 @@ impl Unpack {
     }
 }
 
+impl Drop for Unpack {
+    /// An unpack that was abandoned (a bad bundle) still waits for its fsync thread, so no thread
+    /// outlives the staging directory it writes to.
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
 impl Sink for Unpack {
     fn begin(&mut self, index: &Index) -> Result<()> {
         // The index itself is kept, so a later run can tell which bundle this directory holds.

@@ -1,0 +1,239 @@
+//! Cordon, drain and uncordon. Planning is [`crate::plan`]; this module talks to the API: it
+//! evicts concurrently through the Eviction API (or deletes with `--disable-eviction`), retries 429s
+//! with backoff until the deadline, reports at once a PodDisruptionBudget that can never allow the
+//! eviction, and waits for each pod to be gone (same name and UID).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::plan::{plan, Decision, DrainOptions, Plan, PodRef};
+
+#[derive(Debug, Clone)]
+pub struct DrainArgs {
+    pub options: DrainOptions,
+    pub grace_period: Option<i64>,
+    pub timeout: Duration,
+    /// Longest any one pod may take, eviction and deletion together.
+    pub pod_timeout: Option<Duration>,
+    pub pod_selector: Option<String>,
+    pub disable_eviction: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub node: String,
+    pub evicted: Vec<Decision>,
+    pub skipped: Vec<Decision>,
+    /// Pods still there, and why.
+    pub blocked: Vec<Decision>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.blocked.is_empty()
+    }
+}
+
+pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let value = if unschedulable {
+        json!(true)
+    } else {
+        serde_json::Value::Null
+    };
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": value}})),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot {} node {node}",
+                if unschedulable { "cordon" } else { "uncordon" }
+            )
+        })?;
+    Ok(())
+}
+
+pub async fn pods_on(client: &Client, node: &str, selector: Option<&str>) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    Ok(pods
+        .list(&lp)
+        .await
+        .with_context(|| format!("cannot list the pods on {node}"))?
+        .items)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Plan the drain of `node` (no changes).
+pub async fn plan_node(client: &Client, node: &str, a: &DrainArgs) -> Result<Plan> {
+    let pods = pods_on(client, node, a.pod_selector.as_deref()).await?;
+    Ok(plan(&pods, &a.options, unix_now()))
+}
+
+/// Cordon `node` and evict what the plan says. The report lists every pod's outcome; the caller
+/// exits non-zero unless it is ok.
+pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<Report> {
+    let mut report = Report {
+        node: node.to_string(),
+        ..Default::default()
+    };
+    let p = plan_node(client, node, a).await?;
+    report.skipped = p.skipped.clone();
+    if a.dry_run {
+        report.evicted = p.evict;
+        report.blocked = p.errors;
+        return Ok(report);
+    }
+    set_unschedulable(client, node, true).await?;
+    if !p.errors.is_empty() {
+        // As kubectl does: nothing is evicted while some pod needs a flag.
+        report.blocked = p.errors;
+        return Ok(report);
+    }
+    let deadline = Instant::now() + a.timeout;
+    let results = join_all(p.evict.iter().map(|d| evict_one(client, d, a, deadline, progress))).await;
+    for (d, r) in p.evict.into_iter().zip(results) {
+        match r {
+            Ok(()) => report.evicted.push(d),
+            Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
+        }
+    }
+    Ok(report)
+}
+
+/// Evict (or delete) one pod and wait for it to be gone; `Err` says why it is still there.
+async fn evict_one(
+    client: &Client,
+    d: &Decision,
+    a: &DrainArgs,
+    deadline: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), String> {
+    let pod = &d.pod;
+    let deadline = a
+        .pod_timeout
+        .map(|t| deadline.min(Instant::now() + t))
+        .unwrap_or(deadline);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let dp = DeleteParams {
+        grace_period_seconds: a.grace_period.map(|g| g as u32),
+        ..Default::default()
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = if a.disable_eviction {
+            api.delete(&pod.name, &dp).await.map(|_| ())
+        } else {
+            api.evict(
+                &pod.name,
+                &EvictParams {
+                    delete_options: Some(dp.clone()),
+                    post_options: PostParams::default(),
+                },
+            )
+            .await
+            .map(|_| ())
+        };
+        match result {
+            Ok(()) => break,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                if let Some(pdb) = hopeless_pdb(client, pod).await {
+                    return Err(format!("blocked by PodDisruptionBudget {pdb}: it allows no disruption and every pod it covers is on this node"));
+                }
+                if Instant::now() + backoff > deadline {
+                    return Err(format!("eviction refused until the timeout: {}", s.message));
+                }
+                progress(&format!(
+                    "{pod}: eviction refused ({}); retrying in {backoff:?}",
+                    s.message
+                ));
+            }
+            Err(e) => {
+                if Instant::now() + backoff > deadline {
+                    return Err(format!("eviction failed until the timeout: {e}"));
+                }
+                progress(&format!("{pod}: {e}; retrying in {backoff:?}"));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    progress(&format!("{pod}: evicted, waiting for it to terminate"));
+    // Gone means: not found, or a new pod with the same name (another UID).
+    loop {
+        match api.get_opt(&pod.name).await {
+            Ok(None) => break,
+            Ok(Some(p)) if p.metadata.uid.as_deref() != Some(pod.uid.as_str()) => break,
+            Ok(Some(_)) | Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            return Err("evicted but still terminating at the timeout".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(&format!("{pod}: gone"));
+    Ok(())
+}
+
+/// A PDB covering `pod` that can never allow its eviction while this node drains: no disruption
+/// allowed and every healthy pod it covers is on the same node (so no replacement can become healthy
+/// elsewhere before the drain finishes). The PDB's name, if so.
+async fn hopeless_pdb(client: &Client, pod: &PodRef) -> Option<String> {
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &pod.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let this = pods.get_opt(&pod.name).await.ok()??;
+    let node = this.spec.as_ref()?.node_name.clone()?;
+    let labels = this.metadata.labels.clone().unwrap_or_default();
+    for pdb in pdbs.list(&ListParams::default()).await.ok()?.items {
+        let sel = pdb
+            .spec
+            .as_ref()?
+            .selector
+            .as_ref()?
+            .match_labels
+            .clone()
+            .unwrap_or_default();
+        if sel.is_empty() || !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        if pdb.status.as_ref().and_then(|s| s.disruptions_allowed).unwrap_or(0) > 0 {
+            continue;
+        }
+        let selector = sel
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let covered = pods.list(&ListParams::default().labels(&selector)).await.ok()?.items;
+        let elsewhere = covered
+            .iter()
+            .any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.as_str()));
+        if !elsewhere {
+            return pdb.metadata.name.clone();
+        }
+    }
+    None
+}

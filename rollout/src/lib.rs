@@ -1,0 +1,27 @@
+//! kubectl-kiln: the Kubernetes side of replacing nodes. Planning is pure ([`plan`]); [`drain`]
+//! and [`status`] talk to the API through kube-rs.
+
+pub mod drain;
+pub mod plan;
+pub mod status;
+
+use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// A client configured as kubectl would be: `--kubeconfig`, else `KUBECONFIG`, else ~/.kube/config,
+/// with `--context`.
+pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Client> {
+    let kc = match kubeconfig {
+        Some(p) => Kubeconfig::read_from(p).with_context(|| format!("cannot read kubeconfig {}", p.display()))?,
+        None => Kubeconfig::read().context("cannot read a kubeconfig (KUBECONFIG or ~/.kube/config)")?,
+    };
+    let opts = KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .context("invalid kubeconfig")?;
+    Client::try_from(config).context("cannot create the Kubernetes client")
+}

@@ -1,0 +1,835 @@
+//! A Kubernetes API simulator for kiln's tests: an HTTP server on 127.0.0.1 serving the parts of
+//! the API that `kubectl drain`, `kubectl cordon`, `kubectl get nodes` and `kubectl kiln` use:
+//! discovery, nodes, pods (list by field and label selector, get, graceful delete, watch), the
+//! `pods/eviction` subresource with PodDisruptionBudget accounting as the disruption controller does
+//! it, DaemonSets and ReplicaSets for owner references, and fault injection. Every eviction is
+//! recorded; [`Sim::violations`] lists any PDB that was ever violated and any DaemonSet or mirror pod
+//! that was evicted.
+
+mod http;
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use http::{chunk, read_request, respond, start_chunked, Request};
+
+/// Injected failures.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Added to every response.
+    pub latency: Duration,
+    /// Every Nth request (1-based count) answers 500; 0 = never.
+    pub error_every: u64,
+    /// Every Nth eviction answers 429 regardless of PDBs; 0 = never.
+    pub throttle_every: u64,
+    /// Watches are closed after this long (clients must re-watch).
+    pub drop_watch_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    /// `evicted` or `blocked` (429).
+    pub outcome: String,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    nodes: BTreeMap<String, Value>,
+    pods: BTreeMap<(String, String), Value>,
+    pdbs: BTreeMap<(String, String), Value>,
+    daemonsets: BTreeMap<(String, String), Value>,
+    replicasets: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, kind, type, object) for watches.
+    events: Vec<(u64, &'static str, &'static str, Value)>,
+    /// Pods being deleted: when their grace period ends.
+    terminating: BTreeMap<(String, String), Instant>,
+    evictions: Vec<Eviction>,
+    violations: Vec<String>,
+    requests: u64,
+    eviction_requests: u64,
+    faults: Faults,
+    log: Vec<String>,
+}
+
+pub struct Sim {
+    addr: SocketAddr,
+    state: Arc<(Mutex<State>, Condvar)>,
+    stop: Arc<AtomicBool>,
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+fn labels_match(obj: &Value, selector: &str) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim().trim_end_matches('=')].as_str() == Some(v.trim().trim_start_matches('='))
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
+}
+
+fn fields_match(pod: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v, neg) = match term.split_once("!=") {
+            Some((k, v)) => (k, v, true),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((k, v)) => (k, v, false),
+                None => return true,
+            },
+        };
+        let actual = match k.trim() {
+            "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or(""),
+            "metadata.name" => pod["metadata"]["name"].as_str().unwrap_or(""),
+            "metadata.namespace" => pod["metadata"]["namespace"].as_str().unwrap_or(""),
+            "status.phase" => pod["status"]["phase"].as_str().unwrap_or(""),
+            _ => return true,
+        };
+        (actual == v.trim()) != neg
+    })
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+impl State {
+    fn bump(&mut self, kind: &'static str, ty: &'static str, obj: &mut Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.events.push((self.rv, kind, ty, obj.clone()));
+    }
+
+    /// PDB status as the disruption controller computes it: healthy pods are matching, Ready and not
+    /// terminating; allowed = healthy - minAvailable, or maxUnavailable - (expected - healthy).
+    fn pdb_allowed(&self, pdb: &Value) -> (i64, i64, i64) {
+        let ns = pdb["metadata"]["namespace"].as_str().unwrap_or("default");
+        let sel = &pdb["spec"]["selector"]["matchLabels"];
+        let matching: Vec<&Value> = self
+            .pods
+            .iter()
+            .filter(|((pns, _), p)| {
+                pns == ns
+                    && sel
+                        .as_object()
+                        .is_some_and(|m| m.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
+            })
+            .map(|(_, p)| p)
+            .collect();
+        let expected = matching.len() as i64;
+        let healthy = matching
+            .iter()
+            .filter(|p| is_ready(p) && p["metadata"]["deletionTimestamp"].is_null())
+            .count() as i64;
+        let allowed = if let Some(min) = pdb["spec"]["minAvailable"].as_i64() {
+            healthy - min
+        } else if let Some(max) = pdb["spec"]["maxUnavailable"].as_i64() {
+            max - (expected - healthy)
+        } else {
+            healthy
+        };
+        (allowed.max(0), healthy, expected)
+    }
+
+    fn pdbs_for(&self, pod: &Value) -> Vec<Value> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        self.pdbs
+            .iter()
+            .filter(|((pns, _), pdb)| {
+                pns == ns
+                    && pdb["spec"]["selector"]["matchLabels"]
+                        .as_object()
+                        .is_some_and(|m| m.iter().all(|(k, v)| pod["metadata"]["labels"][k] == *v))
+            })
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    fn with_pdb_status(&self, pdb: &Value) -> Value {
+        let (allowed, healthy, expected) = self.pdb_allowed(pdb);
+        let mut p = pdb.clone();
+        p["status"] = json!({"disruptionsAllowed": allowed, "currentHealthy": healthy, "expectedPods": expected, "observedGeneration": 1});
+        p
+    }
+
+    fn begin_delete(&mut self, ns: &str, name: &str, grace: Option<i64>) -> Option<Value> {
+        let key = (ns.to_string(), name.to_string());
+        let mut pod = self.pods.get(&key)?.clone();
+        if pod["metadata"]["deletionTimestamp"].is_null() {
+            let g = grace
+                .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+                .max(0);
+            pod["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            pod["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+            self.terminating
+                .insert(key.clone(), Instant::now() + Duration::from_millis((g as u64) * 1000));
+            self.bump("Pod", "MODIFIED", &mut pod);
+            self.pods.insert(key, pod.clone());
+        }
+        Some(pod)
+    }
+
+    /// Remove pods whose grace period has passed.
+    fn reap(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .terminating
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &due {
+            self.terminating.remove(k);
+            if let Some(mut p) = self.pods.remove(k) {
+                self.bump("Pod", "DELETED", &mut p);
+            }
+        }
+        !due.is_empty()
+    }
+}
+
+impl Sim {
+    /// Start the simulator on 127.0.0.1 (a free port).
+    pub fn start() -> Sim {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    let s = s.clone();
+                    let st = st.clone();
+                    std::thread::spawn(move || serve(c, &s, &st));
+                }
+            }
+        });
+        // The reaper ends graceful deletions on time and wakes watchers.
+        let (s, st) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+                let (lock, cv) = &*s;
+                if lock.lock().unwrap().reap() {
+                    cv.notify_all();
+                }
+            }
+        });
+        Sim { addr, state, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig for this simulator.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\nusers:\n- name: sim\n  user:\n    token: sim\n",
+            self.url()
+        )
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (lock, cv) = &*self.state;
+        let r = f(&mut lock.lock().unwrap());
+        cv.notify_all();
+        r
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.with(|s| s.faults = faults);
+    }
+
+    /// Add a Ready node with the given labels and kubelet/runtime versions.
+    pub fn add_node(&self, name: &str, labels: &[(&str, &str)], kubelet: &str, runtime: &str) {
+        let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let mut node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": format!("uid-node-{name}"), "labels": labels, "creationTimestamp": now_rfc3339()},
+            "spec": {},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
+                "nodeInfo": {"kubeletVersion": kubelet, "containerRuntimeVersion": runtime, "kubeProxyVersion": "", "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0", "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": name}]
+            }
+        });
+        self.with(|s| {
+            s.bump("Node", "ADDED", &mut node);
+            s.nodes.insert(name.to_string(), node);
+        });
+    }
+
+    pub fn set_node_ready(&self, name: &str, ready: bool) {
+        self.with(|s| {
+            if let Some(mut n) = s.nodes.get(name).cloned() {
+                n["status"]["conditions"][0]["status"] = json!(if ready { "True" } else { "False" });
+                s.bump("Node", "MODIFIED", &mut n);
+                s.nodes.insert(name.to_string(), n);
+            }
+        });
+    }
+
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.with(|s| s.nodes.get(name).cloned())
+    }
+
+    /// Add a Running, Ready pod. `owner` is `("DaemonSet"|"ReplicaSet", name)`; `mirror` marks a static
+    /// pod; `empty_dir` gives it an emptyDir volume; `grace` is its termination grace period.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str)>,
+        mirror: bool,
+        empty_dir: bool,
+        grace: i64,
+    ) {
+        let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let mut meta = json!({"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "labels": labels, "creationTimestamp": now_rfc3339()});
+        if let Some((kind, oname)) = owner {
+            let api = "apps/v1";
+            meta["ownerReferences"] = json!([{"apiVersion": api, "kind": kind, "name": oname, "uid": format!("uid-{kind}-{oname}"), "controller": true}]);
+        }
+        if mirror {
+            meta["annotations"] = json!({"kubernetes.io/config.mirror": "hash", "kubernetes.io/config.source": "file"});
+        }
+        let volumes = if empty_dir {
+            json!([{"name": "scratch", "emptyDir": {}}])
+        } else {
+            json!([])
+        };
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}], "volumes": volumes, "terminationGracePeriodSeconds": grace},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        self.with(|s| {
+            if let Some((kind, oname)) = owner {
+                let obj = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": oname, "namespace": ns, "uid": format!("uid-{kind}-{oname}")}, "spec": {}, "status": {}});
+                let key = (ns.to_string(), oname.to_string());
+                if kind == "DaemonSet" {
+                    s.daemonsets.insert(key, obj);
+                } else {
+                    s.replicasets.insert(key, obj);
+                }
+            }
+            s.bump("Pod", "ADDED", &mut pod);
+            s.pods.insert((ns.to_string(), name.to_string()), pod);
+        });
+    }
+
+    /// A PodDisruptionBudget on `matchLabels` with `minAvailable` or `maxUnavailable`.
+    pub fn add_pdb(
+        &self,
+        ns: &str,
+        name: &str,
+        match_labels: &[(&str, &str)],
+        min_available: Option<i64>,
+        max_unavailable: Option<i64>,
+    ) {
+        let ml: serde_json::Map<String, Value> = match_labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let mut spec = json!({"selector": {"matchLabels": ml}});
+        if let Some(m) = min_available {
+            spec["minAvailable"] = json!(m);
+        }
+        if let Some(m) = max_unavailable {
+            spec["maxUnavailable"] = json!(m);
+        }
+        let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": ns, "uid": format!("uid-pdb-{name}")}, "spec": spec});
+        self.with(|s| {
+            s.pdbs.insert((ns.to_string(), name.to_string()), pdb);
+        });
+    }
+
+    pub fn pods_on(&self, node: &str) -> Vec<String> {
+        self.with(|s| {
+            s.pods
+                .iter()
+                .filter(|(_, p)| p["spec"]["nodeName"] == node)
+                .map(|((ns, n), _)| format!("{ns}/{n}"))
+                .collect()
+        })
+    }
+
+    pub fn evictions(&self) -> Vec<Eviction> {
+        self.with(|s| s.evictions.clone())
+    }
+
+    /// Every invariant broken so far: a PDB violated by an eviction, a DaemonSet or mirror pod evicted.
+    pub fn violations(&self) -> Vec<String> {
+        self.with(|s| s.violations.clone())
+    }
+
+    /// Requests served, as `METHOD path -> status`.
+    pub fn log(&self) -> Vec<String> {
+        self.with(|s| s.log.clone())
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        self.state.1.notify_all();
+    }
+}
+
+fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBool) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut w = conn;
+    while let Some(req) = read_request(&mut reader) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (latency, fail) = {
+            let mut s = state.0.lock().unwrap();
+            s.requests += 1;
+            (
+                s.faults.latency,
+                s.faults.error_every > 0 && s.requests % s.faults.error_every == 0,
+            )
+        };
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        if fail && !req.query.contains_key("watch") {
+            let body = status(500, "InternalError", "injected fault").to_string();
+            state
+                .0
+                .lock()
+                .unwrap()
+                .log
+                .push(format!("{} {} -> 500", req.method, req.path));
+            if respond(&mut w, 500, body.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        if req.query.get("watch").is_some_and(|v| v == "1" || v == "true") {
+            watch(&mut w, &req, state, stop);
+            return;
+        }
+        let (code, body) = {
+            let mut s = state.0.lock().unwrap();
+            let r = route(&mut s, &req);
+            s.log.push(format!("{} {} -> {}", req.method, req.path, r.0));
+            r
+        };
+        state.1.notify_all();
+        if respond(&mut w, code, body.to_string().as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBool) {
+    let kind = if req.path.ends_with("/nodes") { "Node" } else { "Pod" };
+    let field = req.query.get("fieldSelector").cloned().unwrap_or_default();
+    let label = req.query.get("labelSelector").cloned().unwrap_or_default();
+    let mut since: u64 = req
+        .query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (lock, cv) = &**state;
+    let (drop_after, start_rv) = {
+        let s = lock.lock().unwrap();
+        (s.faults.drop_watch_after, s.rv)
+    };
+    if since == 0 {
+        since = start_rv;
+    }
+    if start_chunked(w).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    let timeout = req
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(300));
+    loop {
+        if stop.load(Ordering::SeqCst)
+            || started.elapsed() > timeout
+            || drop_after.is_some_and(|d| started.elapsed() > d)
+        {
+            let _ = chunk(w, b"");
+            return;
+        }
+        let batch: Vec<Value> = {
+            let s = lock.lock().unwrap();
+            let (s, _) = cv.wait_timeout(s, Duration::from_millis(200)).unwrap();
+            let from = since;
+            let out: Vec<Value> = s
+                .events
+                .iter()
+                .filter(|(rv, k, _, o)| {
+                    *rv > from && *k == kind && labels_match(o, &label) && (kind != "Pod" || fields_match(o, &field))
+                })
+                .map(|(_, _, ty, o)| json!({"type": ty, "object": o}))
+                .collect();
+            since = s.rv;
+            out
+        };
+        for ev in batch {
+            let mut line = ev.to_string().into_bytes();
+            line.push(b'\n');
+            if chunk(w, &line).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn list(kind: &str, items: Vec<Value>, rv: u64) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+}
+
+fn api_resources(group_version: &str, resources: Value) -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+/// A meta.k8s.io/v1 Table of nodes, with the columns and STATUS text kube-apiserver prints.
+fn node_table(nodes: &[Value]) -> Value {
+    let rows: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let ready = n["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True");
+            let mut status = match ready {
+                Some(true) => "Ready".to_string(),
+                Some(false) => "NotReady".to_string(),
+                None => "Unknown".to_string(),
+            };
+            if n["spec"]["unschedulable"] == true {
+                status.push_str(",SchedulingDisabled");
+            }
+            let roles: Vec<String> = n["metadata"]["labels"]
+                .as_object()
+                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect())
+                .unwrap_or_default();
+            let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+            let ip = n["status"]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["type"] == "InternalIP")).map(|a| a["address"].clone()).unwrap_or(json!("<none>"));
+            let info = &n["status"]["nodeInfo"];
+            json!({"cells": [n["metadata"]["name"], status, roles, "1m", info["kubeletVersion"], ip, "<none>", info["osImage"], info["kernelVersion"], info["containerRuntimeVersion"]],
+                   "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": n["metadata"]}})
+        })
+        .collect();
+    let col = |name: &str, priority: i64| json!({"name": name, "type": "string", "format": "", "description": "", "priority": priority});
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
+           "columnDefinitions": [col("Name", 0), col("Status", 0), col("Roles", 0), col("Age", 0), col("Version", 0), col("Internal-IP", 1), col("External-IP", 1), col("OS-Image", 1), col("Kernel-Version", 1), col("Container-Runtime", 1)],
+           "rows": rows})
+}
+
+fn wants_table(req: &Request) -> bool {
+    req.headers.get("accept").is_some_and(|a| a.contains("as=Table"))
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+fn route(s: &mut State, req: &Request) -> (u16, Value) {
+    let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let m = req.method.as_str();
+    let label = req.query.get("labelSelector").cloned().unwrap_or_default();
+    let field = req.query.get("fieldSelector").cloned().unwrap_or_default();
+    match (m, parts.as_slice()) {
+        ("GET", ["version"]) => (
+            200,
+            json!({"major": "1", "minor": "36", "gitVersion": "v1.36.4", "platform": "linux/amd64"}),
+        ),
+        ("GET", ["api"]) => (
+            200,
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        ("GET", ["apis"]) => {
+            let group = |name: &str| json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}], "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}});
+            (
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group("apps"), group("policy")]}),
+            )
+        }
+        ("GET", ["api", "v1"]) => (
+            200,
+            api_resources(
+                "v1",
+                json!([
+                    {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node", "verbs": ["delete", "get", "list", "patch", "update", "watch"], "shortNames": ["no"]},
+                    {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": ["delete", "get", "list", "patch", "watch"], "shortNames": ["po"]},
+                    {"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]},
+                    {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace", "verbs": ["get", "list"]}
+                ]),
+            ),
+        ),
+        ("GET", ["apis", "policy", "v1"]) => (
+            200,
+            api_resources(
+                "policy/v1",
+                json!([{"name": "poddisruptionbudgets", "singularName": "poddisruptionbudget", "namespaced": true, "kind": "PodDisruptionBudget", "verbs": ["get", "list"], "shortNames": ["pdb"]}]),
+            ),
+        ),
+        ("GET", ["apis", "apps", "v1"]) => (
+            200,
+            api_resources(
+                "apps/v1",
+                json!([
+                    {"name": "daemonsets", "singularName": "daemonset", "namespaced": true, "kind": "DaemonSet", "verbs": ["get", "list"]},
+                    {"name": "replicasets", "singularName": "replicaset", "namespaced": true, "kind": "ReplicaSet", "verbs": ["get", "list"]}
+                ]),
+            ),
+        ),
+        ("GET", ["api", "v1", "nodes"]) => {
+            let items: Vec<Value> = s.nodes.values().filter(|n| labels_match(n, &label)).cloned().collect();
+            if wants_table(req) {
+                (200, node_table(&items))
+            } else {
+                (200, list("Node", items, s.rv))
+            }
+        }
+        ("GET", ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
+            Some(n) if wants_table(req) => (200, node_table(std::slice::from_ref(n))),
+            Some(n) => (200, n.clone()),
+            None => (404, status(404, "NotFound", &format!("nodes \"{name}\" not found"))),
+        },
+        ("PATCH", ["api", "v1", "nodes", name]) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
+                return (422, status(422, "Invalid", "the patch is not JSON"));
+            };
+            let Some(mut n) = s.nodes.get(*name).cloned() else {
+                return (404, status(404, "NotFound", &format!("nodes \"{name}\" not found")));
+            };
+            merge(&mut n, &patch);
+            s.bump("Node", "MODIFIED", &mut n);
+            s.nodes.insert(name.to_string(), n.clone());
+            (200, n)
+        }
+        ("DELETE", ["api", "v1", "nodes", name]) => match s.nodes.remove(*name) {
+            Some(mut n) => {
+                s.bump("Node", "DELETED", &mut n);
+                (200, status(200, "", "deleted"))
+            }
+            None => (404, status(404, "NotFound", &format!("nodes \"{name}\" not found"))),
+        },
+        ("GET", ["api", "v1", "pods"]) => {
+            let items = s
+                .pods
+                .values()
+                .filter(|p| labels_match(p, &label) && fields_match(p, &field))
+                .cloned()
+                .collect();
+            (200, list("Pod", items, s.rv))
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
+            let items = s
+                .pods
+                .iter()
+                .filter(|((pns, _), p)| pns == ns && labels_match(p, &label) && fields_match(p, &field))
+                .map(|(_, p)| p.clone())
+                .collect();
+            (200, list("Pod", items, s.rv))
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => match s.pods.get(&(ns.to_string(), name.to_string()))
+        {
+            Some(p) => (200, p.clone()),
+            None => (404, status(404, "NotFound", &format!("pods \"{name}\" not found"))),
+        },
+        ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let grace = serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| b["gracePeriodSeconds"].as_i64())
+                .or_else(|| req.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+            match s.begin_delete(ns, name, grace) {
+                Some(p) => (200, p),
+                None => (404, status(404, "NotFound", &format!("pods \"{name}\" not found"))),
+            }
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => evict(s, ns, name, &req.body),
+        ("GET", ["apis", "policy", "v1", "poddisruptionbudgets"]) => {
+            let items = s.pdbs.values().map(|p| s.with_pdb_status(p)).collect();
+            (200, list("PodDisruptionBudget", items, s.rv))
+        }
+        ("GET", ["apis", "policy", "v1", "namespaces", ns, "poddisruptionbudgets"]) => {
+            let items = s
+                .pdbs
+                .iter()
+                .filter(|((pns, _), _)| pns == ns)
+                .map(|(_, p)| s.with_pdb_status(p))
+                .collect();
+            (200, list("PodDisruptionBudget", items, s.rv))
+        }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "daemonsets", name]) => {
+            match s.daemonsets.get(&(ns.to_string(), name.to_string())) {
+                Some(d) => (200, d.clone()),
+                None => (
+                    404,
+                    status(404, "NotFound", &format!("daemonsets.apps \"{name}\" not found")),
+                ),
+            }
+        }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "replicasets", name]) => {
+            match s.replicasets.get(&(ns.to_string(), name.to_string())) {
+                Some(d) => (200, d.clone()),
+                None => (
+                    404,
+                    status(404, "NotFound", &format!("replicasets.apps \"{name}\" not found")),
+                ),
+            }
+        }
+        _ => (
+            404,
+            status(
+                404,
+                "NotFound",
+                &format!(
+                    "the server could not find the requested resource ({} {})",
+                    req.method, req.path
+                ),
+            ),
+        ),
+    }
+}
+
+fn evict(s: &mut State, ns: &str, name: &str, body: &[u8]) -> (u16, Value) {
+    s.eviction_requests += 1;
+    let key = (ns.to_string(), name.to_string());
+    let Some(pod) = s.pods.get(&key).cloned() else {
+        return (404, status(404, "NotFound", &format!("pods \"{name}\" not found")));
+    };
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+    let record = |s: &mut State, outcome: &str| {
+        s.evictions.push(Eviction {
+            namespace: ns.into(),
+            pod: name.into(),
+            node: node.clone(),
+            outcome: outcome.into(),
+        })
+    };
+    if s.faults.throttle_every > 0 && s.eviction_requests % s.faults.throttle_every == 0 {
+        record(s, "blocked");
+        return (429, status(429, "TooManyRequests", "injected: too many requests"));
+    }
+    // A pod already being deleted is evicted again without PDB accounting, as the API server does.
+    if pod["metadata"]["deletionTimestamp"].is_null() {
+        for pdb in s.pdbs_for(&pod) {
+            let (allowed, _, _) = s.pdb_allowed(&pdb);
+            if allowed == 0 {
+                record(s, "blocked");
+                let pname = pdb["metadata"]["name"].as_str().unwrap_or("");
+                let mut st = status(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+                st["details"] = json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pname} needs {} healthy pods and has {} currently", pdb["spec"]["minAvailable"].as_i64().unwrap_or(0), s.pdb_allowed(&pdb).1)}]});
+                return (429, st);
+            }
+        }
+        // Invariants: DaemonSet and mirror pods must never be evicted by a drain.
+        let owner = pod["metadata"]["ownerReferences"][0]["kind"].as_str().unwrap_or("");
+        if owner == "DaemonSet" {
+            s.violations.push(format!("DaemonSet pod {ns}/{name} was evicted"));
+        }
+        if !pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+            s.violations.push(format!("mirror pod {ns}/{name} was evicted"));
+        }
+    }
+    let grace = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|b| b["deleteOptions"]["gracePeriodSeconds"].as_i64());
+    s.begin_delete(ns, name, grace);
+    record(s, "evicted");
+    // After the eviction, every PDB must still hold.
+    for pdb in s.pdbs.values() {
+        let (_, healthy, expected) = s.pdb_allowed(pdb);
+        if let Some(min) = pdb["spec"]["minAvailable"].as_i64() {
+            if healthy < min {
+                s.violations.push(format!(
+                    "PDB {} violated: {healthy} healthy < minAvailable {min}",
+                    pdb["metadata"]["name"]
+                ));
+            }
+        }
+        if let Some(max) = pdb["spec"]["maxUnavailable"].as_i64() {
+            if expected - healthy > max {
+                s.violations.push(format!(
+                    "PDB {} violated: {} unavailable > maxUnavailable {max}",
+                    pdb["metadata"]["name"],
+                    expected - healthy
+                ));
+            }
+        }
+    }
+    (201, status(201, "", "evicted"))
+}
