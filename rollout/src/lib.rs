@@ -20,8 +20,11 @@ pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>)
         context: context.map(String::from),
         ..Default::default()
     };
-    let config = Config::from_custom_kubeconfig(kc, &opts)
+    let mut config = Config::from_custom_kubeconfig(kc, &opts)
         .await
         .context("invalid kubeconfig")?;
+    // kiln retries evictions itself: a 429 from a PodDisruptionBudget is a signal it inspects (to spot
+    // a budget that can never allow the eviction), not something to retry blindly inside the client.
+    config.default_retry = false;
     Client::try_from(config).context("cannot create the Kubernetes client")
 }

@@ -93,8 +93,9 @@ pub fn plan(pods: &[Pod], o: &DrainOptions, now: i64) -> Plan {
             if o.ignore_daemonsets {
                 plan.skipped.push(decide("DaemonSet-managed"));
             } else {
-                plan.errors
-                    .push(decide("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets)"));
+                plan.errors.push(decide(
+                    "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)",
+                ));
             }
             continue;
         }
@@ -103,8 +104,9 @@ pub fn plan(pods: &[Pod], o: &DrainOptions, now: i64) -> Plan {
             if o.force {
                 warnings.push("deleting Pods that declare no controller");
             } else {
-                plan.errors
-                    .push(decide("cannot delete Pods that declare no controller (use --force)"));
+                plan.errors.push(decide(
+                    "cannot delete Pods that declare no controller (use --force to override)",
+                ));
                 continue;
             }
         }
@@ -118,7 +120,7 @@ pub fn plan(pods: &[Pod], o: &DrainOptions, now: i64) -> Plan {
                 warnings.push("deleting Pods with local storage");
             } else {
                 plan.errors.push(decide(
-                    "cannot delete Pods with local storage (use --delete-emptydir-data)",
+                    "cannot delete Pods with local storage (use --delete-emptydir-data to override)",
                 ));
                 continue;
             }

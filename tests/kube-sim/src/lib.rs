@@ -196,7 +196,10 @@ impl State {
     fn with_pdb_status(&self, pdb: &Value) -> Value {
         let (allowed, healthy, expected) = self.pdb_allowed(pdb);
         let mut p = pdb.clone();
-        p["status"] = json!({"disruptionsAllowed": allowed, "currentHealthy": healthy, "expectedPods": expected, "observedGeneration": 1});
+        let desired = pdb["spec"]["minAvailable"]
+            .as_i64()
+            .unwrap_or_else(|| expected - pdb["spec"]["maxUnavailable"].as_i64().unwrap_or(0));
+        p["status"] = json!({"disruptionsAllowed": allowed, "currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected, "observedGeneration": 1});
         p
     }
 

@@ -1,0 +1,259 @@
+//! `kubectl kiln` against the simulator: the same drain semantics as kubectl, plus what kubectl
+//! does not do: immediate detection of a PDB that can never allow the eviction, a JSON report,
+//! an honest exit code, and PDBs held under injected faults.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kiln_kube_sim::Faults;
+
+fn report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))[0].clone()
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["pod"]["namespace"].as_str().unwrap(),
+                d["pod"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn drain_follows_kubectl_rules_and_reports() {
+    let c = Cluster::new();
+    mixed(&c);
+    // Without flags: refused, nothing evicted, non-zero exit.
+    let out = c.kiln(&["drain", "node-a", "-o", "json"]);
+    assert!(!out.status.success());
+    let r = report(&out);
+    assert_eq!(
+        names(&r["blocked"]),
+        ["default/bare", "default/cache-1", "kube-system/proxy-a"]
+    );
+    assert_eq!(names(&r["skipped"]), ["kube-system/etcd-node-a"]);
+    assert!(c.sim.evictions().is_empty());
+
+    // Dry run with flags: the plan, no changes.
+    let out = c.kiln(&[
+        "drain",
+        "node-a",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    let r = report(&out);
+    assert_eq!(
+        names(&r["evicted"]),
+        ["default/bare", "default/cache-1", "default/web-1", "default/web-2"]
+    );
+    assert!(c.sim.evictions().is_empty());
+
+    let out = c.kiln(&[
+        "drain",
+        "node-a",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--grace-period",
+        "1",
+        "--timeout",
+        "60",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("node/node-a drained"));
+    let mut left = c.sim.pods_on("node-a");
+    left.sort();
+    assert_eq!(left, ["kube-system/etcd-node-a", "kube-system/proxy-a"]);
+    assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
+
+    let out = c.kiln(&["uncordon", "node-a"]);
+    assert!(out.status.success());
+    assert!(c.sim.node("node-a").unwrap()["spec"]["unschedulable"].is_null());
+}
+
+#[test]
+fn a_pdb_that_can_never_allow_eviction_is_reported_at_once() {
+    let c = Cluster::new();
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    c.sim.add_pod(
+        "default",
+        "db-0",
+        "node-a",
+        &[("app", "db")],
+        Some(("ReplicaSet", "db")),
+        false,
+        false,
+        1,
+    );
+    c.sim.add_pod(
+        "default",
+        "db-1",
+        "node-a",
+        &[("app", "db")],
+        Some(("ReplicaSet", "db")),
+        false,
+        false,
+        1,
+    );
+    c.sim.add_pdb("default", "db-pdb", &[("app", "db")], Some(2), None);
+    let started = std::time::Instant::now();
+    let out = c.kiln(&["drain", "node-a", "--timeout", "120", "-o", "json"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "not spinning until the timeout"
+    );
+    assert!(!out.status.success(), "never a success while a pod is still there");
+    let r = report(&out);
+    let reasons: Vec<&str> = r["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().all(|m| m.contains("PodDisruptionBudget db-pdb")),
+        "{reasons:?}"
+    );
+    assert_eq!(c.sim.pods_on("node-a").len(), 2);
+}
+
+#[test]
+fn a_pdb_is_honoured_one_pod_at_a_time_under_injected_faults() {
+    let c = Cluster::new();
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    c.sim.add_node("node-b", &[], "v1.36.4", "containerd://2.3.4");
+    for i in 0..4 {
+        c.sim.add_pod(
+            "default",
+            &format!("api-{i}"),
+            "node-a",
+            &[("app", "api")],
+            Some(("ReplicaSet", "api")),
+            false,
+            false,
+            1,
+        );
+    }
+    c.sim.add_pod(
+        "default",
+        "api-b",
+        "node-b",
+        &[("app", "api")],
+        Some(("ReplicaSet", "api")),
+        false,
+        false,
+        1,
+    );
+    // One pod may be down at a time: evictions must wait for the previous pod to be gone.
+    c.sim.add_pdb("default", "api", &[("app", "api")], None, Some(1));
+    c.sim.set_faults(Faults {
+        latency: Duration::from_millis(5),
+        error_every: 7,
+        throttle_every: 3,
+        drop_watch_after: None,
+    });
+    let out = c.kiln(&["drain", "node-a", "--timeout", "90", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(c.sim.pods_on("node-a").is_empty());
+    assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
+    assert!(
+        c.sim.evictions().iter().any(|e| e.outcome == "blocked"),
+        "the PDB and the faults did push back"
+    );
+}
+
+#[test]
+fn status_shows_bundles_and_skew() {
+    let c = Cluster::new();
+    c.sim.add_node(
+        "node-a",
+        &[
+            ("kiln.dev/bundle-version", "1.36.4-1"),
+            ("kiln.dev/bundle-digest", "0123456789ab"),
+        ],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    c.sim.add_node(
+        "node-b",
+        &[
+            ("kiln.dev/bundle-version", "1.36.4-2"),
+            ("kiln.dev/bundle-digest", "ba9876543210"),
+        ],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    let out = c.kiln(&["status"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.lines().next().unwrap().split_whitespace().eq([
+            "NAME",
+            "READY",
+            "SCHEDULABLE",
+            "BUNDLE",
+            "RUNTIME",
+            "KUBELET"
+        ]),
+        "{t}"
+    );
+    assert!(
+        t.contains("node-a   True    True          1.36.4-1   containerd://2.3.4   v1.36.4"),
+        "{t}"
+    );
+    assert!(t.contains("version skew: bundles 1.36.4-1, 1.36.4-2"), "{t}");
+    let wide = text(&c.kiln(&["status", "-o", "wide"]));
+    assert!(wide.contains("0123456789ab"), "{wide}");
+    let json: serde_json::Value = serde_json::from_slice(&c.kiln(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(json["nodes"][1]["bundleDigest"], "ba9876543210");
+}
+
+#[test]
+fn kubectl_finds_the_plugin_on_path() {
+    let c = Cluster::new();
+    c.sim.add_node(
+        "node-a",
+        &[("kiln.dev/bundle-version", "1.36.4-1")],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new("kubectl")
+        .args(["plugin", "list"])
+        .env("PATH", &path)
+        .env("HOME", c.home())
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("kubectl-kiln"), "{}", text(&out));
+    let out = std::process::Command::new("kubectl")
+        .args(["kiln", "status"])
+        .env("PATH", &path)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.home())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("1.36.4-1"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,122 @@
+//! The simulator's fidelity, checked with the real kubectl: `kubectl cordon`, `kubectl get nodes` and
+//! `kubectl drain` behave against it as kubectl documents, for DaemonSets, mirror pods, emptyDir,
+//! unmanaged pods and a blocking PodDisruptionBudget. Needs kubectl on PATH.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn cordon_and_get_nodes() {
+    let c = Cluster::new();
+    mixed(&c);
+    let out = c.kubectl(&["get", "nodes"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "STATUS", "ROLES", "AGE", "VERSION"]),
+        "{t}"
+    );
+    assert!(t.contains("node-a   Ready    <none>"), "{t}");
+    let out = c.kubectl(&["cordon", "node-a"]);
+    assert_eq!(text(&out).trim(), "node/node-a cordoned");
+    let t = text(&c.kubectl(&["get", "nodes", "-o", "wide"]));
+    assert!(
+        t.contains("node-a   Ready,SchedulingDisabled") && t.contains("containerd://2.3.4"),
+        "{t}"
+    );
+    assert_eq!(c.sim.node("node-a").unwrap()["spec"]["unschedulable"], true);
+    assert_eq!(
+        text(&c.kubectl(&["uncordon", "node-a"])).trim(),
+        "node/node-a uncordoned"
+    );
+    assert!(c.sim.node("node-a").unwrap()["spec"]["unschedulable"].is_null());
+}
+
+#[test]
+fn drain_refuses_without_flags_as_kubectl_documents() {
+    let c = Cluster::new();
+    mixed(&c);
+    let out = c.kubectl(&["drain", "node-a", "--timeout=20s"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("cannot delete Pods with local storage (use --delete-emptydir-data to override)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("cannot delete Pods that declare no controller (use --force to override)"),
+        "{t}"
+    );
+    assert!(
+        c.sim.evictions().is_empty(),
+        "nothing is evicted: {:?}",
+        c.sim.evictions()
+    );
+    assert_eq!(
+        c.sim.node("node-a").unwrap()["spec"]["unschedulable"],
+        true,
+        "but the node is cordoned"
+    );
+}
+
+#[test]
+fn drain_with_flags_evicts_all_but_daemonset_and_mirror_pods() {
+    let c = Cluster::new();
+    mixed(&c);
+    let out = c.kubectl(&[
+        "drain",
+        "node-a",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--grace-period=1",
+        "--timeout=60s",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("Warning: ignoring DaemonSet-managed Pods: kube-system/proxy-a; deleting Pods that declare no controller: default/bare"),
+        "{t}"
+    );
+    assert!(t.contains("node/node-a drained"), "{t}");
+    let mut left = c.sim.pods_on("node-a");
+    left.sort();
+    assert_eq!(left, ["kube-system/etcd-node-a", "kube-system/proxy-a"]);
+    assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
+}
+
+#[test]
+fn drain_is_held_by_a_blocking_pdb() {
+    let c = Cluster::new();
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    c.sim.add_pod(
+        "default",
+        "db-0",
+        "node-a",
+        &[("app", "db")],
+        Some(("ReplicaSet", "db")),
+        false,
+        false,
+        1,
+    );
+    c.sim.add_pdb("default", "db", &[("app", "db")], Some(1), None);
+    let out = c.kubectl(&["drain", "node-a", "--timeout=8s"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{t}"
+    );
+    assert_eq!(c.sim.pods_on("node-a"), ["default/db-0"]);
+    assert!(c.sim.evictions().iter().all(|e| e.outcome == "blocked"));
+    assert!(c.sim.violations().is_empty());
+}
