@@ -84,7 +84,8 @@ fn drain_with_flags_evicts_all_but_daemonset_and_mirror_pods() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
-        t.contains("Warning: ignoring DaemonSet-managed Pods: kube-system/proxy-a; deleting Pods that declare no controller: default/bare"),
+        t.contains("ignoring DaemonSet-managed Pods: kube-system/proxy-a")
+            && t.contains("deleting Pods that declare no controller: default/bare"),
         "{t}"
     );
     assert!(t.contains("node/node-a drained"), "{t}");
