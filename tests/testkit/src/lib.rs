@@ -3,6 +3,7 @@
 //! - [`standin`]: stand-in upstream artifacts (raw binaries, tar.gz releases, .debs) whose sizes
 //!   and compressibility resemble the real ones.
 
+pub mod bench;
 pub mod containerd;
 pub mod mirror;
 pub mod oci;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use kiln_testkit::bench::{median, run, timed_rss};
 use kiln_testkit::mirror::Mirror;
 use kiln_testkit::standin;
 
@@ -126,34 +127,4 @@ fn prepare_root(root: &Path, bundle: &Path) {
         std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
         std::fs::write(root.join(p), c).unwrap();
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn timed_rss(cmd: &mut Command) -> (f64, u64) {
-    let out = cmd.output().expect("/usr/bin/time runs (package `time`)");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    let mut it = err.lines().last().unwrap_or_default().split_whitespace();
-    (
-        it.next().and_then(|s| s.parse().ok()).expect("time output"),
-        it.next().and_then(|s| s.parse().ok()).expect("time output"),
-    )
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use kiln_testkit::bench::{median, run, timed_rss};
 use kiln_testkit::mirror::Mirror;
 use kiln_testkit::standin;
 
@@ -109,37 +110,6 @@ fn main() {
         kiln_rss as f64 / 1024.0
     );
     println!("  no-op rebuild                            {noop_secs:8.3} s   (target < 1)");
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Wall seconds and peak RSS (KiB) from `/usr/bin/time -f "%e %M"`, which prints on the last line of stderr.
-fn timed_rss(cmd: &mut Command) -> (f64, u64) {
-    let out = cmd.output().expect("/usr/bin/time runs (package `time`)");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().last().unwrap_or_default();
-    let mut it = last.split_whitespace();
-    let secs = it.next().and_then(|s| s.parse().ok()).expect("time output");
-    let rss = it.next().and_then(|s| s.parse().ok()).expect("time output");
-    (secs, rss)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn dir_size(p: &Path) -> u64 {
