@@ -59,7 +59,29 @@ struct State {
     eviction_requests: u64,
     faults: Faults,
     log: Vec<String>,
+    /// How long a node registered through the API (`POST /api/v1/nodes`, as a kubelet does) stays
+    /// NotReady before its simulated kubelet reports Ready.
+    kubelet_ready_after: Duration,
+    /// Nodes and pods that become Ready at a given time.
+    becoming_ready: Vec<(Instant, Ready)>,
+    /// When set, a ReplicaSet controller and scheduler run: a ReplicaSet pod that is gone is recreated
+    /// on a schedulable Ready node and becomes Ready after this long.
+    replicaset_start: Option<Duration>,
+    /// Names handed to recreated pods.
+    generation: u64,
+    /// The most nodes there ever were at once.
+    max_nodes: usize,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ready {
+    Node(String),
+    Pod(String, String),
+}
+
+/// Annotation on a Node created through the API: milliseconds until its kubelet reports Ready, or
+/// `never`.
+pub const READY_AFTER_ANNOTATION: &str = "sim.kiln.dev/ready-after-ms";
 
 pub struct Sim {
     addr: SocketAddr,
@@ -201,8 +223,10 @@ impl State {
         Some(pod)
     }
 
-    /// Remove pods whose grace period has passed.
-    fn reap(&mut self) -> bool {
+    /// The controllers' work, run every few milliseconds: remove pods whose grace period has passed
+    /// (recreating ReplicaSet pods when the controller runs), report Ready what is due, and schedule
+    /// pending pods. True when anything changed.
+    fn tick(&mut self) -> bool {
         let now = Instant::now();
         let due: Vec<(String, String)> = self
             .terminating
@@ -210,14 +234,167 @@ impl State {
             .filter(|(_, t)| **t <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        let mut changed = !due.is_empty();
         for k in &due {
             self.terminating.remove(k);
             if let Some(mut p) = self.pods.remove(k) {
                 self.bump("Pod", "DELETED", &mut p);
+                if self.replicaset_start.is_some() && p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet" {
+                    self.recreate(&p);
+                }
             }
         }
-        !due.is_empty()
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.becoming_ready)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.becoming_ready = later;
+        for (_, r) in ready {
+            changed = true;
+            match r {
+                Ready::Node(name) => {
+                    if let Some(mut n) = self.nodes.get(&name).cloned() {
+                        n["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]);
+                        self.bump("Node", "MODIFIED", &mut n);
+                        self.nodes.insert(name, n);
+                    }
+                }
+                Ready::Pod(ns, name) => {
+                    let key = (ns, name);
+                    if let Some(mut p) = self.pods.get(&key).cloned() {
+                        p["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+                        self.bump("Pod", "MODIFIED", &mut p);
+                        self.pods.insert(key, p);
+                    }
+                }
+            }
+        }
+        changed | self.schedule()
     }
+
+    /// The ReplicaSet controller: a new pod like `gone`, not yet scheduled or Ready.
+    fn recreate(&mut self, gone: &Value) {
+        self.generation += 1;
+        let ns = gone["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let rs = gone["metadata"]["ownerReferences"][0]["name"].as_str().unwrap_or("rs");
+        let name = format!("{rs}-g{}", self.generation);
+        let mut pod = gone.clone();
+        pod["metadata"] = json!({"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+            "labels": gone["metadata"]["labels"], "ownerReferences": gone["metadata"]["ownerReferences"],
+            "creationTimestamp": now_rfc3339()});
+        pod["spec"]["nodeName"] = Value::Null;
+        pod["status"] = json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]});
+        self.bump("Pod", "ADDED", &mut pod);
+        self.pods.insert((ns, name), pod);
+    }
+
+    /// The scheduler: bind each pending pod to the schedulable Ready node with the fewest pods.
+    fn schedule(&mut self) -> bool {
+        let Some(start) = self.replicaset_start else {
+            return false;
+        };
+        let pending: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p["spec"]["nodeName"].is_null())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut changed = false;
+        for key in pending {
+            let mut load: BTreeMap<&str, usize> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n["spec"]["unschedulable"] != true && node_ready(n))
+                .map(|(name, _)| (name.as_str(), 0))
+                .collect();
+            for p in self.pods.values() {
+                if let Some(c) = p["spec"]["nodeName"].as_str().and_then(|n| load.get_mut(n)) {
+                    *c += 1;
+                }
+            }
+            let Some(node) = load.iter().min_by_key(|(n, c)| (**c, **n)).map(|(n, _)| n.to_string()) else {
+                break;
+            };
+            let mut p = self.pods[&key].clone();
+            p["spec"]["nodeName"] = json!(node);
+            p["status"]["phase"] = json!("Running");
+            self.bump("Pod", "MODIFIED", &mut p);
+            self.pods.insert(key.clone(), p);
+            self.becoming_ready
+                .push((Instant::now() + start, Ready::Pod(key.0, key.1)));
+            changed = true;
+        }
+        changed
+    }
+
+    /// `POST /api/v1/nodes`, as a kubelet registers its node: NotReady until its kubelet reports
+    /// Ready (after `kubelet_ready_after`, or the node's own `sim.kiln.dev/ready-after-ms`).
+    fn register_node(&mut self, body: &[u8]) -> (u16, Value) {
+        let Ok(mut node) = serde_json::from_slice::<Value>(body) else {
+            return (400, status(400, "BadRequest", "the body is not a JSON Node"));
+        };
+        let Some(name) = node["metadata"]["name"].as_str().map(String::from) else {
+            return (
+                422,
+                status(422, "Invalid", "Node \"\" is invalid: metadata.name: Required value"),
+            );
+        };
+        if self.nodes.contains_key(&name) {
+            return (
+                409,
+                status(409, "AlreadyExists", &format!("nodes \"{name}\" already exists")),
+            );
+        }
+        let ready_after = match node["metadata"]["annotations"][READY_AFTER_ANNOTATION].as_str() {
+            Some("never") => None,
+            Some(ms) => ms.parse().ok().map(Duration::from_millis),
+            None => Some(self.kubelet_ready_after),
+        };
+        node["metadata"]["uid"] = json!(format!("uid-node-{name}"));
+        node["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+        if node["spec"].is_null() {
+            node["spec"] = json!({});
+        }
+        node["status"] = json!({
+            "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime network not ready", "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
+            "nodeInfo": {"kubeletVersion": "v1.36.4", "containerRuntimeVersion": "containerd://2.3.4", "kubeProxyVersion": "", "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0", "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
+            "addresses": [{"type": "Hostname", "address": name}]
+        });
+        if let Some(after) = ready_after {
+            self.becoming_ready
+                .push((Instant::now() + after, Ready::Node(name.clone())));
+        }
+        self.bump("Node", "ADDED", &mut node);
+        self.nodes.insert(name, node.clone());
+        self.max_nodes = self.max_nodes.max(self.nodes.len());
+        (201, node)
+    }
+
+    /// `DELETE /api/v1/nodes/NAME`; the pod garbage collector then removes the pods bound to it.
+    fn delete_node(&mut self, name: &str) -> (u16, Value) {
+        let Some(mut n) = self.nodes.remove(name) else {
+            return (404, status(404, "NotFound", &format!("nodes \"{name}\" not found")));
+        };
+        self.bump("Node", "DELETED", &mut n);
+        let orphans: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p["spec"]["nodeName"] == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in orphans {
+            self.terminating.remove(&k);
+            if let Some(mut p) = self.pods.remove(&k) {
+                self.bump("Pod", "DELETED", &mut p);
+            }
+        }
+        (200, status(200, "", "deleted"))
+    }
+}
+
+fn node_ready(n: &Value) -> bool {
+    n["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 impl Sim {
@@ -225,7 +402,13 @@ impl Sim {
     pub fn start() -> Sim {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let state = Arc::new((
+            Mutex::new(State {
+                kubelet_ready_after: Duration::from_millis(500),
+                ..State::default()
+            }),
+            Condvar::new(),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -246,7 +429,7 @@ impl Sim {
             while !st.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
                 let (lock, cv) = &*s;
-                if lock.lock().unwrap().reap() {
+                if lock.lock().unwrap().tick() {
                     cv.notify_all();
                 }
             }
@@ -293,7 +476,40 @@ impl Sim {
         self.with(|s| {
             s.bump("Node", "ADDED", &mut node);
             s.nodes.insert(name.to_string(), node);
+            s.max_nodes = s.max_nodes.max(s.nodes.len());
         });
+    }
+
+    /// How long a node registered through the API stays NotReady (default 500 ms).
+    pub fn set_kubelet_ready_after(&self, after: Duration) {
+        self.with(|s| s.kubelet_ready_after = after);
+    }
+
+    /// Run a ReplicaSet controller and scheduler: ReplicaSet pods that are gone come back on a
+    /// schedulable Ready node and are Ready after `start`.
+    pub fn run_replicaset_controller(&self, start: Duration) {
+        self.with(|s| s.replicaset_start = Some(start));
+    }
+
+    /// The most nodes there ever were at once.
+    pub fn max_nodes(&self) -> usize {
+        self.with(|s| s.max_nodes)
+    }
+
+    /// Node names, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        self.with(|s| s.nodes.keys().cloned().collect())
+    }
+
+    /// Pods, as `namespace/name`, with no node yet.
+    pub fn pending_pods(&self) -> Vec<String> {
+        self.with(|s| {
+            s.pods
+                .iter()
+                .filter(|(_, p)| p["spec"]["nodeName"].is_null())
+                .map(|((ns, n), _)| format!("{ns}/{n}"))
+                .collect()
+        })
     }
 
     pub fn set_node_ready(&self, name: &str, ready: bool) {
@@ -568,18 +784,22 @@ fn wants_table(req: &Request) -> bool {
     req.headers.get("accept").is_some_and(|a| a.contains("as=Table"))
 }
 
+/// JSON merge patch (RFC 7386).
 fn merge(target: &mut Value, patch: &Value) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
-        _ => *target = patch.clone(),
     }
 }
 
@@ -609,7 +829,7 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
             api_resources(
                 "v1",
                 json!([
-                    {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node", "verbs": ["delete", "get", "list", "patch", "update", "watch"], "shortNames": ["no"]},
+                    {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["no"]},
                     {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": ["delete", "get", "list", "patch", "watch"], "shortNames": ["po"]},
                     {"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]},
                     {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace", "verbs": ["get", "list"]}
@@ -658,13 +878,8 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
             s.nodes.insert(name.to_string(), n.clone());
             (200, n)
         }
-        ("DELETE", ["api", "v1", "nodes", name]) => match s.nodes.remove(*name) {
-            Some(mut n) => {
-                s.bump("Node", "DELETED", &mut n);
-                (200, status(200, "", "deleted"))
-            }
-            None => (404, status(404, "NotFound", &format!("nodes \"{name}\" not found"))),
-        },
+        ("POST", ["api", "v1", "nodes"]) => s.register_node(&req.body),
+        ("DELETE", ["api", "v1", "nodes", name]) => s.delete_node(name),
         ("GET", ["api", "v1", "pods"]) => {
             let items = s
                 .pods
