@@ -50,19 +50,14 @@ pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool)
     } else {
         serde_json::Value::Null
     };
-    nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": value}})),
+    let patch = Patch::Merge(json!({"spec": {"unschedulable": value}}));
+    let pp = PatchParams::default();
+    crate::retry(|| nodes.patch(node, &pp, &patch)).await.with_context(|| {
+        format!(
+            "cannot {} node {node}",
+            if unschedulable { "cordon" } else { "uncordon" }
         )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot {} node {node}",
-                if unschedulable { "cordon" } else { "uncordon" }
-            )
-        })?;
+    })?;
     Ok(())
 }
 
@@ -72,8 +67,7 @@ pub async fn pods_on(client: &Client, node: &str, selector: Option<&str>) -> Res
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
-    Ok(pods
-        .list(&lp)
+    Ok(crate::retry(|| pods.list(&lp))
         .await
         .with_context(|| format!("cannot list the pods on {node}"))?
         .items)
@@ -199,8 +193,8 @@ async fn evict_one(
 }
 
 /// A PDB covering `pod` that can never allow its eviction while this node drains: no disruption
-/// allowed and every healthy pod it covers is on the same node (so no replacement can become healthy
-/// elsewhere before the drain finishes). The PDB's name, if so.
+/// allowed, every pod it covers is on the same node and none is terminating (so no replacement can
+/// become healthy elsewhere before the drain finishes). The PDB's name, if so.
 async fn hopeless_pdb(client: &Client, pod: &PodRef) -> Option<String> {
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &pod.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
@@ -231,7 +225,10 @@ async fn hopeless_pdb(client: &Client, pod: &PodRef) -> Option<String> {
         let elsewhere = covered
             .iter()
             .any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.as_str()));
-        if !elsewhere {
+        // A covered pod already terminating will be replaced by its controller, on another node
+        // since this one is cordoned: the budget may allow the eviction then.
+        let replacing = covered.iter().any(|p| p.metadata.deletion_timestamp.is_some());
+        if !elsewhere && !replacing {
             return pdb.metadata.name.clone();
         }
     }

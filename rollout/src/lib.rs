@@ -3,6 +3,7 @@
 
 pub mod drain;
 pub mod plan;
+pub mod replace;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -27,4 +28,33 @@ pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>)
     // a budget that can never allow the eviction), not something to retry blindly inside the client.
     config.default_retry = false;
     Client::try_from(config).context("cannot create the Kubernetes client")
+}
+
+/// Run an idempotent API call again when it fails transiently (a 5xx, a 429 that is not a
+/// disruption budget's refusal, or a broken connection): up to 6 attempts, backing off from 100 ms.
+pub async fn retry<T, F, Fut>(mut call: F) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kube::Result<T>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    for _ in 0..5 {
+        match call().await {
+            Err(e) if transient(&e) => {
+                tracing::debug!("retrying in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            r => return r,
+        }
+    }
+    call().await
+}
+
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_rollout::drain::{self, DrainArgs};
 use kiln_rollout::plan::DrainOptions;
+use kiln_rollout::replace::{self, parse_duration, Hook, NodeOutcome, ReplaceArgs, RollArgs};
 
 #[derive(Parser)]
 #[command(name = "kubectl-kiln", version, about = "Drain, replace and roll kiln nodes")]
@@ -29,38 +30,68 @@ enum Output {
     Json,
 }
 
+/// How pods leave a node: `kubectl drain`'s flags.
+#[derive(Args, Clone)]
+struct DrainFlags {
+    /// Leave DaemonSet-managed pods alone
+    #[arg(long)]
+    ignore_daemonsets: bool,
+    /// Evict pods with emptyDir volumes (their data is lost)
+    #[arg(long)]
+    delete_emptydir_data: bool,
+    /// Evict pods that no controller manages
+    #[arg(long)]
+    force: bool,
+    /// Seconds each pod gets to terminate (default: the pod's own)
+    #[arg(long)]
+    grace_period: Option<i64>,
+    /// Give up on the drain after this long: 90, 90s, 5m (0: no limit)
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Give up on one pod after this long
+    #[arg(long, value_parser = parse_duration)]
+    pod_timeout: Option<Duration>,
+    /// Only pods matching this label selector
+    #[arg(long)]
+    pod_selector: Option<String>,
+    /// Skip pods whose deletion started more than this many seconds ago
+    #[arg(long, default_value_t = 0)]
+    skip_wait_for_delete_timeout: i64,
+    /// Delete pods instead of evicting them (ignores PodDisruptionBudgets)
+    #[arg(long)]
+    disable_eviction: bool,
+}
+
+impl DrainFlags {
+    fn args(&self, dry_run: bool) -> DrainArgs {
+        DrainArgs {
+            options: DrainOptions {
+                ignore_daemonsets: self.ignore_daemonsets,
+                delete_emptydir_data: self.delete_emptydir_data,
+                force: self.force,
+                skip_wait_for_delete_timeout: self.skip_wait_for_delete_timeout,
+            },
+            grace_period: self.grace_period,
+            timeout: if self.timeout.is_zero() {
+                Duration::from_secs(u64::MAX / 4)
+            } else {
+                self.timeout
+            },
+            pod_timeout: self.pod_timeout,
+            pod_selector: self.pod_selector.clone(),
+            disable_eviction: self.disable_eviction,
+            dry_run,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Cordon nodes and evict their pods (kubectl drain semantics)
     Drain {
         nodes: Vec<String>,
-        /// Leave DaemonSet-managed pods alone
-        #[arg(long)]
-        ignore_daemonsets: bool,
-        /// Evict pods with emptyDir volumes (their data is lost)
-        #[arg(long)]
-        delete_emptydir_data: bool,
-        /// Evict pods that no controller manages
-        #[arg(long)]
-        force: bool,
-        /// Seconds each pod gets to terminate (default: the pod's own)
-        #[arg(long)]
-        grace_period: Option<i64>,
-        /// Give up after this many seconds (0: no limit)
-        #[arg(long, default_value_t = 0)]
-        timeout: u64,
-        /// Give up on one pod after this many seconds
-        #[arg(long)]
-        pod_timeout: Option<u64>,
-        /// Only pods matching this label selector
-        #[arg(long)]
-        pod_selector: Option<String>,
-        /// Skip pods whose deletion started more than this many seconds ago
-        #[arg(long, default_value_t = 0)]
-        skip_wait_for_delete_timeout: i64,
-        /// Delete pods instead of evicting them (ignores PodDisruptionBudgets)
-        #[arg(long)]
-        disable_eviction: bool,
+        #[command(flatten)]
+        flags: DrainFlags,
         /// Only print what would happen
         #[arg(long)]
         dry_run: bool,
@@ -75,6 +106,64 @@ enum Command {
     Status {
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Wait until NEW is Ready on the expected bundle, then drain and delete OLD
+    Replace {
+        old: String,
+        /// The node that takes OLD's place
+        #[arg(long = "with", value_name = "NEW")]
+        new: String,
+        /// The bundle version NEW must run (default: any kiln bundle)
+        #[arg(long)]
+        bundle: Option<String>,
+        /// How long NEW may take to become Ready
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        ready_timeout: Duration,
+        /// Run after OLD is deleted, with KILN_NODE=OLD and KILN_REPLACEMENT=NEW (no shell)
+        #[arg(long)]
+        decommission_cmd: Option<Hook>,
+        /// How long a command may run
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        command_timeout: Duration,
+        #[command(flatten)]
+        flags: DrainFlags,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Replace every node of a pool that is not on the target bundle, surge-first
+    Roll {
+        /// The pool: a node label selector
+        #[arg(short = 'l', long)]
+        selector: String,
+        /// The bundle version (kiln.dev/bundle-version) the pool moves to
+        #[arg(long)]
+        to_bundle: String,
+        /// Creates one replacement node; runs with KILN_NODE (the old node), KILN_TARGET_BUNDLE and
+        /// KILN_SELECTOR (no shell). If its last output line is a node name, that node is awaited.
+        #[arg(long)]
+        provision_cmd: Option<Hook>,
+        /// Run after an old node is deleted, with KILN_NODE and KILN_REPLACEMENT (no shell)
+        #[arg(long)]
+        decommission_cmd: Option<Hook>,
+        /// Replacements in flight at once (extra nodes above the pool's size)
+        #[arg(long, default_value_t = 1)]
+        max_surge: usize,
+        /// Old nodes that may be drained before their replacement is Ready
+        #[arg(long, default_value_t = 0)]
+        max_unavailable: usize,
+        /// How long a replacement may take to become Ready; past it the roll halts
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        ready_timeout: Duration,
+        /// How long a command may run
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        command_timeout: Duration,
+        #[command(flatten)]
+        flags: DrainFlags,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -127,73 +216,181 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Drain {
             nodes,
-            ignore_daemonsets,
-            delete_emptydir_data,
-            force,
-            grace_period,
-            timeout,
-            pod_timeout,
-            pod_selector,
-            skip_wait_for_delete_timeout,
-            disable_eviction,
+            flags,
             dry_run,
             output,
         } => {
-            let args = DrainArgs {
-                options: DrainOptions {
-                    ignore_daemonsets,
-                    delete_emptydir_data,
-                    force,
-                    skip_wait_for_delete_timeout,
-                },
-                grace_period,
-                timeout: if timeout == 0 {
-                    Duration::from_secs(u64::MAX / 4)
-                } else {
-                    Duration::from_secs(timeout)
-                },
-                pod_timeout: pod_timeout.map(Duration::from_secs),
-                pod_selector,
-                disable_eviction,
-                dry_run,
-            };
-            let live = std::io::stderr().is_terminal();
-            let progress = move |line: &str| {
-                if live {
-                    eprintln!("{line}");
-                }
-            };
+            let args = flags.args(dry_run);
             let mut reports = Vec::new();
             for n in &nodes {
-                reports.push(drain::drain(&client, n, &args, &progress).await?);
+                let live = Live::new(n);
+                reports.push(drain::drain(&client, n, &args, &|l| live.line(l)).await?);
+                live.done();
             }
             let ok = reports.iter().all(|r| r.ok());
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
-                    for d in &r.skipped {
-                        println!("{}: skipped {} ({})", r.node, d.pod, d.reason);
-                    }
-                    for d in &r.evicted {
-                        let verb = if dry_run { "would evict" } else { "evicted" };
-                        let note = if d.reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", d.reason)
-                        };
-                        println!("{}: {verb} {}{note}", r.node, d.pod);
-                    }
-                    for d in &r.blocked {
-                        println!("{}: NOT drained: {} ({})", r.node, d.pod, d.reason);
-                    }
-                    if r.ok() && !dry_run {
-                        println!("node/{} drained", r.node);
-                    }
+                    print_drain(r, dry_run);
                 }
             }
             // Never a success while a pod is still there.
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Replace {
+            old,
+            new,
+            bundle,
+            ready_timeout,
+            decommission_cmd,
+            command_timeout,
+            flags,
+            output,
+        } => {
+            let args = ReplaceArgs {
+                old,
+                new,
+                bundle,
+                ready_timeout,
+                command_timeout,
+                decommission: decommission_cmd,
+                drain: flags.args(false),
+            };
+            let o = replace::replace(&client, &args, &|l| eprintln!("{l}")).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                print_outcome(&o);
+            }
+            Ok(if o.result == "replaced" && o.message.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Roll {
+            selector,
+            to_bundle,
+            provision_cmd,
+            decommission_cmd,
+            max_surge,
+            max_unavailable,
+            ready_timeout,
+            command_timeout,
+            flags,
+            dry_run,
+            output,
+        } => {
+            let args = RollArgs {
+                selector,
+                target: to_bundle,
+                max_surge,
+                max_unavailable,
+                ready_timeout,
+                command_timeout,
+                provision: provision_cmd,
+                decommission: decommission_cmd,
+                drain: flags.args(false),
+            };
+            replace::validate(&args)?;
+            if dry_run {
+                let nodes = replace::pool(&client, &args.selector).await?;
+                let plan = replace::plan_roll(&nodes, &args.selector, &args.target);
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    print!("{}", plan.render(&args));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let started = std::time::Instant::now();
+            let r = replace::roll(&client, &args, &|l| {
+                eprintln!("[{:>6.1}s] {l}", started.elapsed().as_secs_f64())
+            })
+            .await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for o in &r.nodes {
+                    print_outcome(o);
+                }
+                for d in &r.decommissioned {
+                    println!("{d}: decommissioned (left over from an interrupted roll)");
+                }
+                match &r.halted {
+                    Some(why) => println!("roll HALTED: {why}"),
+                    None => println!(
+                        "roll of {} to bundle {} done in {:.1}s",
+                        r.selector, r.target, r.seconds
+                    ),
+                }
+            }
+            Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn print_drain(r: &drain::Report, dry_run: bool) {
+    for d in &r.skipped {
+        println!("{}: skipped {} ({})", r.node, d.pod, d.reason);
+    }
+    for d in &r.evicted {
+        let verb = if dry_run { "would evict" } else { "evicted" };
+        let note = if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", d.reason)
+        };
+        println!("{}: {verb} {}{note}", r.node, d.pod);
+    }
+    for d in &r.blocked {
+        println!("{}: NOT drained: {} ({})", r.node, d.pod, d.reason);
+    }
+    if r.ok() && !dry_run {
+        println!("node/{} drained", r.node);
+    }
+}
+
+fn print_outcome(o: &NodeOutcome) {
+    let with = o.replacement.as_deref().map(|r| format!(" by {r}")).unwrap_or_default();
+    let msg = o.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+    println!("{}: {}{with}{msg}", o.node, o.result);
+}
+
+/// A drain's live display on a terminal: one status line counting pods gone, with the latest
+/// event; nothing when standard error is not a terminal.
+struct Live {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Live {
+    fn new(node: &str) -> Live {
+        if !std::io::stderr().is_terminal() {
+            return Live { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix} {pos} pods gone [{elapsed}] {wide_msg}")
+                .expect("a valid template"),
+        );
+        bar.set_prefix(format!("draining {node}:"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Live { bar: Some(bar) }
+    }
+
+    fn line(&self, l: &str) {
+        if let Some(bar) = &self.bar {
+            if l.ends_with(": gone") {
+                bar.inc(1);
+            }
+            bar.set_message(l.to_string());
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn status(client: &Client, selector: Option<&str>) -> Result<ClusterSt
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
-    let list = nodes.list(&lp).await.context("cannot list nodes")?;
+    let list = crate::retry(|| nodes.list(&lp)).await.context("cannot list nodes")?;
     let nodes: Vec<NodeStatus> = list.items.iter().map(node_status).collect();
     let bundle_versions: BTreeSet<String> = nodes
         .iter()

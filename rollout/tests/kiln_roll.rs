@@ -1,0 +1,474 @@
+//! `kubectl kiln replace` and `roll` against the simulator, with simulated provisioning: the
+//! provision command registers a Node through the real `kubectl create` (as a new machine's kubelet
+//! would), and the simulated kubelet reports it Ready after a delay. A ReplicaSet controller brings
+//! evicted pods back elsewhere, so PodDisruptionBudgets can be honoured throughout; after each test
+//! the simulator's record says no PDB was ever violated and no DaemonSet or mirror pod was evicted.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln_kube_sim::Faults;
+
+const OLD: &str = "1.36.4-1";
+const NEW: &str = "1.36.4-2";
+
+/// A pool of `n` nodes on bundle OLD, each with two web pods (one PDB over all of them, at most
+/// one down), a DaemonSet pod and a mirror pod.
+fn pool(c: &Cluster, n: usize) {
+    let s = &c.sim;
+    s.run_replicaset_controller(Duration::from_millis(200));
+    for i in 0..n {
+        let node = format!("old-{i}");
+        s.add_node(
+            &node,
+            &[("pool", "blue"), ("kiln.dev/bundle-version", OLD)],
+            "v1.36.4",
+            "containerd://2.3.4",
+        );
+        for j in 0..2 {
+            s.add_pod(
+                "default",
+                &format!("web-{i}-{j}"),
+                &node,
+                &[("app", "web")],
+                Some(("ReplicaSet", "web")),
+                false,
+                false,
+                1,
+            );
+        }
+        s.add_pod(
+            "kube-system",
+            &format!("proxy-{i}"),
+            &node,
+            &[("app", "proxy")],
+            Some(("DaemonSet", "proxy")),
+            false,
+            false,
+            1,
+        );
+        s.add_pod(
+            "kube-system",
+            &format!("static-{node}"),
+            &node,
+            &[("tier", "node")],
+            None,
+            true,
+            false,
+            1,
+        );
+    }
+    s.add_pdb("default", "web", &[("app", "web")], None, Some(1));
+}
+
+/// The provision and decommission commands, as scripts: provisioning is idempotent (the new node
+/// is named after the old one) and registers the node with `kubectl create`; both log their calls.
+struct Hooks {
+    dir: PathBuf,
+}
+
+impl Hooks {
+    fn new(c: &Cluster) -> Hooks {
+        let dir = c.home().join("hooks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let provision = r#"#!/bin/sh
+set -eu
+new="$KILN_NODE-next"
+echo "$KILN_NODE $KILN_TARGET_BUNDLE $KILN_SELECTOR" >> "$HOOKS/provisioned"
+# Like a real provisioning script, retry the API a few times; creating twice is harmless.
+ok=
+for attempt in 1 2 3 4 5 6; do
+  if kubectl get node "$new" >/dev/null 2>&1; then ok=1; break; fi
+  if kubectl create --validate=false -f - >&2 <<EOF; then ok=1; break; fi
+apiVersion: v1
+kind: Node
+metadata:
+  name: $new
+  labels: {pool: blue, kiln.dev/bundle-version: "$KILN_TARGET_BUNDLE"}
+  annotations: {sim.kiln.dev/ready-after-ms: "$READY_AFTER"}
+EOF
+  sleep 0.2
+done
+[ -n "$ok" ] || { echo "cannot create $new" >&2; exit 1; }
+[ "${NAME_IT:-yes}" = yes ] && echo "$new"
+exit 0
+"#;
+        let decommission = "#!/bin/sh\necho \"$KILN_NODE $KILN_REPLACEMENT\" >> \"$HOOKS/decommissioned\"\n";
+        for (name, body) in [("provision", provision), ("decommission", decommission)] {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        Hooks { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn log(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(self.dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn roll_cmd(c: &Cluster, h: &Hooks, ready_after: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"));
+    cmd.args([
+        "roll",
+        "--selector",
+        "pool=blue",
+        "--to-bundle",
+        NEW,
+        "--provision-cmd",
+        &h.path("provision"),
+        "--decommission-cmd",
+        &h.path("decommission"),
+        "--ignore-daemonsets",
+        "--timeout",
+        "60s",
+    ])
+    .args(extra)
+    .env("KUBECONFIG", &c.kubeconfig)
+    .env("HOME", c.home())
+    .env("HOOKS", &h.dir)
+    .env("READY_AFTER", ready_after);
+    cmd
+}
+
+fn assert_invariants(c: &Cluster) {
+    assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
+}
+
+fn bundle_of(c: &Cluster, node: &str) -> String {
+    c.sim.node(node).unwrap()["metadata"]["labels"]["kiln.dev/bundle-version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn roll_replaces_the_pool_surge_first_and_holds_the_pdb_under_faults() {
+    let c = Cluster::new();
+    pool(&c, 4);
+    let h = Hooks::new(&c);
+    c.sim.set_faults(Faults {
+        latency: Duration::from_millis(2),
+        error_every: 23,
+        throttle_every: 5,
+        drop_watch_after: None,
+    });
+    let out = roll_cmd(
+        &c,
+        &h,
+        "800",
+        &["--max-surge", "2", "--ready-timeout", "60s", "-o", "json"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["halted"].is_null());
+    assert_eq!(
+        c.sim.nodes(),
+        ["old-0-next", "old-1-next", "old-2-next", "old-3-next"],
+        "every old node deleted, one replacement each"
+    );
+    for n in c.sim.nodes() {
+        assert_eq!(bundle_of(&c, &n), NEW);
+        let node = c.sim.node(&n).unwrap();
+        assert!(
+            node["metadata"]["annotations"]["kiln.dev/replaces"].is_null(),
+            "claims released after decommissioning: {node}"
+        );
+    }
+    assert!(
+        c.sim.max_nodes() <= 4 + 2,
+        "surge bounded: {} nodes at once",
+        c.sim.max_nodes()
+    );
+    assert!(c.sim.max_nodes() > 4, "and it did surge");
+    assert_eq!(
+        h.log("decommissioned"),
+        [
+            "old-0 old-0-next",
+            "old-1 old-1-next",
+            "old-2 old-2-next",
+            "old-3 old-3-next"
+        ]
+    );
+    assert_eq!(h.log("provisioned")[0], format!("old-0 {NEW} pool=blue"));
+    // The web pods all live on the new nodes now.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(c.sim.pending_pods().is_empty(), "{:?}", c.sim.pending_pods());
+    assert_invariants(&c);
+    assert!(
+        c.sim.evictions().iter().any(|e| e.outcome == "blocked"),
+        "the PDB and the injected faults did push back"
+    );
+    // kubectl kiln status agrees.
+    let out = c.kiln(&["status", "-o", "json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["bundleVersions"], serde_json::json!([NEW]));
+}
+
+#[test]
+fn a_replacement_that_never_becomes_ready_halts_the_roll() {
+    let c = Cluster::new();
+    pool(&c, 3);
+    let h = Hooks::new(&c);
+    let started = Instant::now();
+    let out = roll_cmd(&c, &h, "never", &["--max-surge", "1", "--ready-timeout", "3s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let t = text(&out);
+    assert!(t.contains("roll HALTED: old-0:"), "{t}");
+    assert!(
+        t.contains(&format!("no replacement became Ready on bundle {NEW} within 3s")),
+        "{t}"
+    );
+    assert!(
+        t.contains("old-0-next: not Ready"),
+        "says what the new node last was: {t}"
+    );
+    // Every old node is still there and schedulable; nothing was evicted; nothing decommissioned.
+    for i in 0..3 {
+        let n = c.sim.node(&format!("old-{i}")).unwrap();
+        assert!(n["spec"]["unschedulable"].is_null(), "{n}");
+        assert_eq!(c.sim.pods_on(&format!("old-{i}")).len(), 4);
+    }
+    assert!(c.sim.evictions().is_empty());
+    assert!(h.log("decommissioned").is_empty());
+    assert_eq!(h.log("provisioned").len(), 1, "no further node was provisioned");
+    let old0 = c.sim.node("old-0").unwrap();
+    assert_eq!(old0["metadata"]["annotations"]["kiln.dev/roll-phase"], "halted");
+    assert!(old0["metadata"]["annotations"]["kiln.dev/roll-message"]
+        .as_str()
+        .unwrap()
+        .contains("no replacement became Ready"));
+    assert_invariants(&c);
+}
+
+#[test]
+fn an_interrupted_roll_resumes_where_it_stopped() {
+    let c = Cluster::new();
+    pool(&c, 3);
+    let h = Hooks::new(&c);
+    // Unnamed replacements: the roll finds them by bundle, pool and creation time.
+    let mut first = roll_cmd(&c, &h, "1500", &["--max-surge", "1", "--ready-timeout", "60s"])
+        .env("NAME_IT", "no")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once old-0 is replaced and old-1's replacement is on its way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = c.sim.nodes();
+        if !nodes.contains(&"old-0".to_string())
+            && c.sim.node("old-1").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].is_string()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the roll did not get going: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let phase = c.sim.node("old-1").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].clone();
+    assert!(phase.is_string(), "progress is in the cluster");
+
+    // The plan shows the resume.
+    let out = roll_cmd(&c, &h, "300", &["--dry-run"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("old-1: resume from {}", phase.as_str().unwrap())),
+        "{}",
+        text(&out)
+    );
+
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "1", "--ready-timeout", "60s"])
+        .env("NAME_IT", "no")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.sim.nodes(), ["old-0-next", "old-1-next", "old-2-next"]);
+    assert_eq!(
+        h.log("decommissioned"),
+        ["old-0 old-0-next", "old-1 old-1-next", "old-2 old-2-next"],
+        "each old node decommissioned exactly once"
+    );
+    // Provisioning is at-least-once: old-1's command may have run twice, old-2's once.
+    let provisioned = h.log("provisioned");
+    assert_eq!(provisioned.iter().filter(|l| l.starts_with("old-0 ")).count(), 1);
+    assert_eq!(provisioned.iter().filter(|l| l.starts_with("old-2 ")).count(), 1);
+    assert_invariants(&c);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let c = Cluster::new();
+    pool(&c, 2);
+    c.sim.add_node(
+        "fresh",
+        &[("pool", "blue"), ("kiln.dev/bundle-version", NEW)],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    let h = Hooks::new(&c);
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "5", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "roll pool=blue to bundle {NEW}: 2 node(s) to replace, 1 already on it; max surge 5"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("old-0: provision a replacement"), "{t}");
+    assert!(h.log("provisioned").is_empty());
+    assert_eq!(c.sim.nodes(), ["fresh", "old-0", "old-1"]);
+    assert!(c.sim.node("old-0").unwrap()["metadata"]["annotations"].is_null());
+
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--max-surge and --max-unavailable cannot both be 0"));
+}
+
+#[test]
+fn drain_first_with_max_unavailable_and_no_surge() {
+    let c = Cluster::new();
+    pool(&c, 2);
+    // A spare node takes the web pods while an old node is drained before its replacement exists.
+    c.sim
+        .add_node("spare", &[("pool", "green")], "v1.36.4", "containerd://2.3.4");
+    let h = Hooks::new(&c);
+    let out = roll_cmd(
+        &c,
+        &h,
+        "300",
+        &["--max-surge", "0", "--max-unavailable", "1", "--ready-timeout", "30s"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.sim.nodes(), ["old-0-next", "old-1-next", "spare"]);
+    // Drained first, provisioned after; one old node out of service at a time.
+    let log = c.sim.log();
+    let first_eviction = log.iter().position(|l| l.contains("/eviction -> 201")).unwrap();
+    let first_node = log.iter().position(|l| l.starts_with("POST /api/v1/nodes ")).unwrap();
+    assert!(first_eviction < first_node, "{log:?}");
+    assert!(
+        c.sim.max_nodes() <= 4,
+        "one replacement at a time: {}",
+        c.sim.max_nodes()
+    );
+    assert_invariants(&c);
+}
+
+fn replace_cmd(c: &Cluster, h: &Hooks, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+        .arg("replace")
+        .args(args)
+        .args(["--decommission-cmd", &h.path("decommission"), "--ignore-daemonsets"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOOKS", &h.dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replace_waits_for_the_new_node_then_drains_and_deletes_the_old() {
+    let c = Cluster::new();
+    pool(&c, 1);
+    let h = Hooks::new(&c);
+    c.sim.add_node(
+        "new-0",
+        &[("pool", "blue"), ("kiln.dev/bundle-version", OLD)],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    // The wrong bundle: OLD is left untouched.
+    let out = replace_cmd(
+        &c,
+        &h,
+        &["old-0", "--with", "new-0", "--bundle", NEW, "--ready-timeout", "1s"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!(
+            "new-0 did not become a usable replacement within 1s (bundle {OLD}, not {NEW}); old-0 left untouched"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(c.sim.pods_on("old-0").len(), 4);
+    assert!(c.sim.node("old-0").unwrap()["spec"]["unschedulable"].is_null());
+
+    // A node not yet Ready: replace waits for it.
+    c.sim.add_node(
+        "new-1",
+        &[("pool", "blue"), ("kiln.dev/bundle-version", NEW)],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    c.sim.set_node_ready("new-1", false);
+    let t = std::thread::spawn({
+        let kubeconfig = c.kubeconfig.clone();
+        let hooks = h.dir.clone();
+        let decommission = h.path("decommission");
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+                .args([
+                    "replace",
+                    "old-0",
+                    "--with",
+                    "new-1",
+                    "--bundle",
+                    NEW,
+                    "--ready-timeout",
+                    "30s",
+                ])
+                .args(["--decommission-cmd", &decommission, "--ignore-daemonsets", "-o", "json"])
+                .env("KUBECONFIG", kubeconfig)
+                .env("HOOKS", hooks)
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(c.sim.node("old-0").is_some(), "nothing happens before new-1 is Ready");
+    assert!(c.sim.evictions().is_empty());
+    c.sim.set_node_ready("new-1", true);
+    let out = t.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["result"], "replaced");
+    assert!(c.sim.node("old-0").is_none());
+    assert_eq!(h.log("decommissioned"), ["old-0 new-1"]);
+    assert_invariants(&c);
+    let evicted: Vec<String> = c.sim.evictions().iter().map(|e| e.pod.clone()).collect();
+    assert!(evicted.iter().all(|p| p.starts_with("web-")), "{evicted:?}");
+}
+
+#[test]
+fn replace_refuses_an_unknown_old_node() {
+    let c = Cluster::new();
+    let h = Hooks::new(&c);
+    let out = replace_cmd(&c, &h, &["ghost", "--with", "new-0"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("node ghost not found"), "{}", text(&out));
+}
