@@ -3,6 +3,7 @@
 //! with backoff until the deadline, reports at once a PodDisruptionBudget that can never allow the
 //! eviction, and waits for each pod to be gone (same name and UID).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -107,7 +108,19 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
         return Ok(report);
     }
     let deadline = Instant::now() + a.timeout;
-    let results = join_all(p.evict.iter().map(|d| evict_one(client, d, a, deadline, progress))).await;
+    let (tx, rx) = tokio::sync::watch::channel(Present::default());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let evictions = async {
+        let r = join_all(
+            p.evict
+                .iter()
+                .map(|d| evict_one(client, d, a, deadline, rx.clone(), progress)),
+        )
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let (results, ()) = tokio::join!(evictions, watch_node(client, node, &tx, &done));
     for (d, r) in p.evict.into_iter().zip(results) {
         match r {
             Ok(()) => report.evicted.push(d),
@@ -117,12 +130,53 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     Ok(report)
 }
 
+/// The pods on a node, (namespace, name, uid), as one list that started at `at`.
+#[derive(Debug, Clone, Default)]
+struct Present {
+    at: Option<Instant>,
+    pods: BTreeSet<(String, String, String)>,
+}
+
+/// One list of the node's pods every 100 ms while the drain waits, shared by every pod's wait: a
+/// few requests a second however many pods there are, instead of one poll per pod.
+async fn watch_node(
+    client: &Client,
+    node: &str,
+    tx: &tokio::sync::watch::Sender<Present>,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    let api: Api<Pod> = Api::all(client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let at = Instant::now();
+        if let Ok(list) = api.list(&lp).await {
+            let pods = list
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.metadata.uid.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            tx.send_replace(Present { at: Some(at), pods });
+        }
+        let next = at + Duration::from_millis(100);
+        while Instant::now() < next && !done.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Evict (or delete) one pod and wait for it to be gone; `Err` says why it is still there.
 async fn evict_one(
     client: &Client,
     d: &Decision,
     a: &DrainArgs,
     deadline: Instant,
+    mut present: tokio::sync::watch::Receiver<Present>,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), String> {
     let pod = &d.pod;
@@ -176,17 +230,22 @@ async fn evict_one(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     progress(&format!("{pod}: evicted, waiting for it to terminate"));
-    // Gone means: not found, or a new pod with the same name (another UID).
+    // Gone means: absent from a list of the node's pods that started after the eviction (not
+    // found, or a new pod with the same name has another UID).
+    let accepted = Instant::now();
+    let key = (pod.namespace.clone(), pod.name.clone(), pod.uid.clone());
     loop {
-        match api.get_opt(&pod.name).await {
-            Ok(None) => break,
-            Ok(Some(p)) if p.metadata.uid.as_deref() != Some(pod.uid.as_str()) => break,
-            Ok(Some(_)) | Err(_) => {}
+        {
+            let p = present.borrow_and_update();
+            if p.at.is_some_and(|at| at >= accepted) && !p.pods.contains(&key) {
+                break;
+            }
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err("evicted but still terminating at the timeout".into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(left, present.changed()).await;
     }
     progress(&format!("{pod}: gone"));
     Ok(())

@@ -808,7 +808,7 @@ async fn wait_replacement(
                 a.ready_timeout
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
