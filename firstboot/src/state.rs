@@ -44,6 +44,20 @@ pub struct State {
     /// The configuration sources that were read.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// The system's uptime in seconds when this state was written: on a first boot, the time from
+    /// boot to the bundle being activated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<f64>,
+}
+
+/// Seconds since boot, from /proc/uptime.
+fn uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl State {
@@ -60,7 +74,9 @@ impl State {
 
     pub fn write(&self, root: &Path) -> Result<()> {
         let p = root.join(STATE);
-        let mut bytes = serde_json::to_vec_pretty(self)?;
+        let mut state = self.clone();
+        state.uptime_s = uptime();
+        let mut bytes = serde_json::to_vec_pretty(&state)?;
         bytes.push(b'\n');
         std::fs::create_dir_all(p.parent().expect("state has a parent"))
             .with_context(|| format!("cannot create {}", p.display()))?;

@@ -20,6 +20,8 @@ pub trait System {
     fn is_active(&mut self, unit: &str) -> bool;
     fn load_module(&mut self, name: &str) -> Result<()>;
     fn apply_sysctl(&mut self, file: &Path) -> Result<()>;
+    /// Set the running system's host name (the kernel's; /etc/hostname is written separately).
+    fn set_hostname(&mut self, name: &str) -> Result<()>;
     /// Mount a filesystem labelled cidata/CIDATA read-only and return where, if there is one.
     fn mount_cidata(&mut self, root: &Path) -> Result<Option<PathBuf>>;
     /// containerd answers on its socket.
@@ -44,7 +46,8 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The running machine. External tools: systemctl, modprobe, sysctl, blkid, mount.
+/// The running machine. External tools: systemctl, systemd-sysctl, modprobe, blkid, mount (systemd,
+/// kmod and util-linux; nothing from procps, which minimal images lack).
 pub struct Host {
     pub kubelet_healthz: String,
 }
@@ -83,7 +86,11 @@ impl System for Host {
         run(Command::new("modprobe").arg(name)).map(drop)
     }
     fn apply_sysctl(&mut self, file: &Path) -> Result<()> {
-        run(Command::new("sysctl").arg("-p").arg(file)).map(drop)
+        // systemd's own applier, present wherever systemd is (procps's sysctl may not be).
+        run(Command::new("/usr/lib/systemd/systemd-sysctl").arg(file)).map(drop)
+    }
+    fn set_hostname(&mut self, name: &str) -> Result<()> {
+        std::fs::write("/proc/sys/kernel/hostname", name).context("cannot set the host name")
     }
     fn mount_cidata(&mut self, _root: &Path) -> Result<Option<PathBuf>> {
         for label in ["cidata", "CIDATA"] {
@@ -191,6 +198,10 @@ impl System for Recording {
     }
     fn load_module(&mut self, name: &str) -> Result<()> {
         self.calls.push(format!("modprobe {name}"));
+        Ok(())
+    }
+    fn set_hostname(&mut self, name: &str) -> Result<()> {
+        self.calls.push(format!("hostname {name}"));
         Ok(())
     }
     fn apply_sysctl(&mut self, file: &Path) -> Result<()> {

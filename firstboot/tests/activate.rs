@@ -81,8 +81,14 @@ fn activates_from_local_files_end_to_end() {
         Some("/var/lib/kiln/current/bin/crictl")
     );
     assert_eq!(
+        read(&root, "etc/hostname"),
+        "worker-1\n",
+        "the node's name, as cloud-init would set it"
+    );
+    assert_eq!(
         sys.calls,
         [
+            "hostname worker-1",
             "modprobe overlay",
             "modprobe br_netfilter",
             "sysctl -p /etc/sysctl.d/99-kiln.conf",

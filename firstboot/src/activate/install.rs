@@ -232,7 +232,10 @@ fn owner(root: &Path, spec: &str) -> Result<(u32, u32)> {
 }
 
 /// Load the modules and apply the sysctls the bundle asks for.
-pub fn kernel(root: &Path, sys: &mut dyn System) -> Result<()> {
+pub fn kernel(root: &Path, sys: &mut dyn System, hostname: Option<&str>) -> Result<()> {
+    if let Some(name) = hostname {
+        set_hostname(root, sys, name)?;
+    }
     let modules = root.join("etc/modules-load.d/kiln.conf");
     if let Ok(text) = fs::read_to_string(&modules) {
         for m in text
@@ -248,6 +251,28 @@ pub fn kernel(root: &Path, sys: &mut dyn System) -> Result<()> {
         sys.apply_sysctl(&sysctl)?;
     }
     Ok(())
+}
+
+/// The node's name from its configuration: /etc/hostname (images ship without one) and the running
+/// system's, as cloud-init would set them.
+fn set_hostname(root: &Path, sys: &mut dyn System, name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !valid {
+        bail!("hostname {name:?} is not a valid host name (RFC 1123)");
+    }
+    let etc = root.join("etc/hostname");
+    if fs::read_to_string(&etc).ok().as_deref().map(str::trim) != Some(name) {
+        kiln_bundle::atomic::write_file(&etc, format!("{name}\n").as_bytes(), 0o644)?;
+    }
+    sys.set_hostname(name)
 }
 
 /// Swap must be off unless the kubelet is told to allow it.

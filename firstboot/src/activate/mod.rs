@@ -265,7 +265,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     if t.done(Step::Install) {
         return Ok(Outcome::Stopped { after: Step::Install });
     }
-    install::kernel(root, sys)?;
+    install::kernel(root, sys, cfg.node.hostname.as_deref())?;
     if t.done(Step::Kernel) {
         return Ok(Outcome::Stopped { after: Step::Kernel });
     }
@@ -297,6 +297,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
             .map(|s| (s.version.clone(), s.rendered.clone())),
         steps: Vec::new(),
         sources: cfg.sources.clone(),
+        uptime_s: None,
     };
     if opts.phase == Phase::Activate {
         // kiln-firstboot-health.service finishes the job once the services have started.

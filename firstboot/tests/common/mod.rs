@@ -134,6 +134,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             if rel == "var/lib/kiln/state.json" {
                 let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 v["steps"] = serde_json::Value::Null;
+                v["uptimeS"] = serde_json::Value::Null;
                 bytes = serde_json::to_vec(&v).unwrap();
             }
             out.insert(rel, format!("file {mode:o} {}", kiln_testkit::sha256_hex(&bytes)));
