@@ -16,10 +16,12 @@ lint:
 test:
     scripts/test
 
-# the tests that drive real tools: apt and Debian's archive, minisign
+# end to end: build the Debian 12 bundle and image, boot them under QEMU/OVMF (good and corrupted
+# bundles), plus the apt and minisign tests
 e2e:
     scripts/setup
-    cargo test -p kiln-builder --test debian_apt --test minisign_interop
+    cargo build -p kiln-firstboot
+    cargo test -p kiln-builder --test image_e2e --test debian_apt --test minisign_interop -- --nocapture
 
 # fuzz every parser for SECONDS per target (cargo-fuzz; CI runs 60)
 fuzz seconds="600":

@@ -41,6 +41,38 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Turn dockershim-era kubelet settings into a manifest `config:` section, with a report
     Migrate(MigrateArgs),
+    /// Bake a bundle into a bootable node image (raw, qcow2, rootfs-tar) or a sysext image
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image recipe (images/*.yaml)
+    pub recipe: PathBuf,
+    /// The bundle to bake in (its .sha256 must be beside it)
+    #[arg(long, value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// Output directory
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Formats to produce (repeatable, or comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "raw")]
+    pub format: Vec<crate::image::Format>,
+    /// The kiln-firstboot binary to install [default: next to this kiln]
+    #[arg(long, value_name = "PATH")]
+    pub firstboot: Option<PathBuf>,
+    /// A directory copied over the root filesystem after everything else
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
+    /// The sysext's extension-release: ID or ID:VERSION_ID (_any: every OS)
+    #[arg(long, value_name = "ID[:VERSION_ID]", default_value = "_any")]
+    pub sysext_os: String,
+    /// Timestamps in the image [default: SOURCE_DATE_EPOCH, else 0]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    pub source_date_epoch: u64,
+    /// Print what was built as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +210,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => commands::diff::run(&a),
         Command::Keygen(a) => commands::keygen::run(&a),
         Command::Migrate(a) => commands::migrate::run(&a),
+        Command::Image(a) => commands::image::run(&a, cli.cache),
     }
 }
 

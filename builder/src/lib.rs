@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod fetch;
+pub mod image;
 pub mod lockfile;
 pub mod migrate;
 pub mod mirror;

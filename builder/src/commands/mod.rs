@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod diff;
+pub mod image;
 pub mod inspect;
 pub mod keygen;
 pub mod lock;

@@ -1,0 +1,251 @@
+//! The raw GPT disk, without loop mounts: an ESP built with `mkfs.vfat` and filled with `mcopy`
+//! (systemd-boot, the kernel and initrd, a Boot Loader Specification type 1 entry), a root
+//! filesystem built with `mkfs.ext4 -d`, a partition table written by `sfdisk` on a plain file, and
+//! both filesystems placed with `dd` at their offsets. Partition types follow the Discoverable
+//! Partitions Specification.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use kiln_bundle::digest::Sha256;
+
+use super::recipe::Layout;
+use crate::process;
+
+/// The EFI System Partition type.
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// Root partition (x86-64), Discoverable Partitions Specification.
+pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// Where systemd-boot is found on the build host (Debian's systemd-boot package).
+pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+const MIB: u64 = 1 << 20;
+
+/// Every identifier of the disk, derived from one seed (the recipe and bundle digests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uuids {
+    pub disk: String,
+    pub esp_part: String,
+    pub root_part: String,
+    pub root_fs: String,
+    /// The FAT volume ID (8 hex digits).
+    pub esp_volume: String,
+}
+
+fn uuid(seed: &Sha256, role: &str) -> String {
+    let h = Sha256::of(format!("{}:{role}", seed.hex()).as_bytes());
+    let mut b: [u8; 16] = h.0[..16].try_into().expect("16 bytes");
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let x = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+impl Uuids {
+    pub fn derive(seed: &Sha256) -> Uuids {
+        Uuids {
+            disk: uuid(seed, "disk"),
+            esp_part: uuid(seed, "esp"),
+            root_part: uuid(seed, "root"),
+            root_fs: uuid(seed, "rootfs"),
+            esp_volume: uuid(seed, "esp-volume")[..8].to_string(),
+        }
+    }
+}
+
+/// The kernel and initrd in the rootfs's /boot (the newest, by version order of their names).
+fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = fs::read_dir(&boot)
+        .with_context(|| format!("the base has no /boot ({})", boot.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vmlinuz-"))
+        .collect();
+    kernels.sort();
+    let Some(k) = kernels.pop() else {
+        bail!("the base has no kernel in /boot: add a kernel package (for example linux-image-amd64) to the recipe");
+    };
+    let version = k.trim_start_matches("vmlinuz-").to_string();
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    if !initrd.is_file() {
+        bail!("the base has kernel {k} but no /boot/initrd.img-{version}");
+    }
+    Ok((boot.join(&k), initrd, version))
+}
+
+/// The ESP as a FAT32 image: systemd-boot as the default EFI loader, the kernel and initrd, and one
+/// Boot Loader Specification type 1 entry that boots immediately.
+fn esp_image(root: &Path, size: u64, uuids: &Uuids, cmdline: &str, epoch: u64, work: &Path) -> Result<PathBuf> {
+    let (vmlinuz, initrd, version) = kernel(root)?;
+    if !Path::new(SYSTEMD_BOOT).is_file() {
+        bail!("{SYSTEMD_BOOT} not found: install Debian's systemd-boot package");
+    }
+    let img = work.join("esp.img");
+    fs::File::create(&img)?.set_len(size)?;
+    process::run(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "KILN-ESP", "-i", &uuids.esp_volume, "--invariant"])
+            .arg(&img),
+    )?;
+    let files = work.join("esp-files");
+    fs::create_dir_all(&files)?;
+    let loader = "default kiln.conf\ntimeout 0\nconsole-mode keep\neditor no\n";
+    let entry = format!(
+        "title kiln node\nversion {version}\nlinux /kiln/vmlinuz\ninitrd /kiln/initrd.img\noptions {cmdline}\n"
+    );
+    fs::write(files.join("loader.conf"), loader)?;
+    fs::write(files.join("kiln.conf"), entry)?;
+    let placed: [(PathBuf, &str); 6] = [
+        (SYSTEMD_BOOT.into(), "::/EFI/BOOT/BOOTX64.EFI"),
+        (SYSTEMD_BOOT.into(), "::/EFI/systemd/systemd-bootx64.efi"),
+        (files.join("loader.conf"), "::/loader/loader.conf"),
+        (files.join("kiln.conf"), "::/loader/entries/kiln.conf"),
+        (vmlinuz, "::/kiln/vmlinuz"),
+        (initrd, "::/kiln/initrd.img"),
+    ];
+    let mut mmd = Command::new("mmd");
+    mmd.arg("-i").arg(&img);
+    for d in [
+        "::/EFI",
+        "::/EFI/BOOT",
+        "::/EFI/systemd",
+        "::/loader",
+        "::/loader/entries",
+        "::/kiln",
+    ] {
+        mmd.arg(d);
+    }
+    process::run(mmd.env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
+    for (from, to) in placed {
+        let staged = work.join("esp-stage");
+        fs::copy(&from, &staged).with_context(|| format!("cannot read {}", from.display()))?;
+        super::normalize_times_file(&staged, epoch)?;
+        process::run(
+            Command::new("mcopy")
+                .arg("-m")
+                .arg("-i")
+                .arg(&img)
+                .arg(&staged)
+                .arg(to)
+                .env("SOURCE_DATE_EPOCH", epoch.to_string()),
+        )?;
+    }
+    Ok(img)
+}
+
+/// The root filesystem: ext4 made from the directory, with fixed UUID, hash seed and times.
+fn root_image(root: &Path, size: u64, uuids: &Uuids, epoch: u64, work: &Path) -> Result<PathBuf> {
+    let img = work.join("root.img");
+    fs::File::create(&img)?.set_len(size)?;
+    process::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "kiln-root", "-T", "default", "-U", &uuids.root_fs])
+            .arg("-E")
+            .arg(format!("hash_seed={},root_owner=0:0", uuids.root_fs))
+            .arg("-d")
+            .arg(root)
+            .arg(&img)
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
+    )
+    .context("cannot make the root filesystem (is spec.rootfs.size large enough?)")?;
+    Ok(img)
+}
+
+/// Build the raw GPT disk at `out`.
+pub fn build_raw(
+    root: &Path,
+    layout: &Layout,
+    uuids: &Uuids,
+    cmdline: &str,
+    epoch: u64,
+    work: &Path,
+    out: &Path,
+) -> Result<()> {
+    let esp = esp_image(root, layout.esp, uuids, cmdline, epoch, work)?;
+    let rootfs = root_image(root, layout.root, uuids, epoch, work)?;
+    // 1 MiB for the primary table, the partitions, 1 MiB for the backup table.
+    let total = MIB + layout.esp + layout.root + MIB;
+    let (first, second) = if layout.esp_first {
+        ((&esp, layout.esp), (&rootfs, layout.root))
+    } else {
+        ((&rootfs, layout.root), (&esp, layout.esp))
+    };
+    let _ = fs::remove_file(out);
+    fs::File::create(out)?.set_len(total)?;
+    let part = |img: &PathBuf, start: u64, size: u64| {
+        let (ty, uuid, name) = if img == &esp {
+            (ESP_TYPE, &uuids.esp_part, "esp")
+        } else {
+            (ROOT_X86_64_TYPE, &uuids.root_part, "root-x86-64")
+        };
+        format!(
+            "start={}, size={}, type={ty}, uuid={uuid}, name=\"{name}\"\n",
+            start / 512,
+            size / 512
+        )
+    };
+    let script = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n{}{}",
+        uuids.disk,
+        part(first.0, MIB, first.1),
+        part(second.0, MIB + first.1, second.1)
+    );
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run sfdisk")?;
+    sfdisk.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    let o = sfdisk.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "sfdisk could not write the partition table: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    for (img, offset) in [(first.0, MIB), (second.0, MIB + first.1)] {
+        process::run(
+            Command::new("dd")
+                .arg(format!("if={}", img.display()))
+                .arg(format!("of={}", out.display()))
+                .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+                .arg(format!("seek={}", offset / MIB)),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_stable_distinct_and_well_formed() {
+        let a = Uuids::derive(&Sha256::of(b"recipe+bundle"));
+        assert_eq!(a, Uuids::derive(&Sha256::of(b"recipe+bundle")));
+        assert_ne!(a.root_part, Uuids::derive(&Sha256::of(b"other")).root_part);
+        let all = [&a.disk, &a.esp_part, &a.root_part, &a.root_fs];
+        for u in all {
+            assert_eq!(u.len(), 36);
+            assert_eq!(&u[14..15], "4");
+            assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+        }
+        let set: std::collections::BTreeSet<_> = all.into_iter().collect();
+        assert_eq!(set.len(), 4);
+        assert_eq!(a.esp_volume.len(), 8);
+    }
+}

@@ -1,0 +1,494 @@
+//! `kiln image`: node images with one bundle baked in, plus the first-boot activator, ready to boot
+//! as a fresh node. Formats: a GPT disk (`raw`, following the Discoverable Partitions Specification,
+//! with systemd-boot and a Boot Loader Specification type 1 entry on the ESP), `qcow2` converted
+//! from it, a `rootfs-tar` for netboot, and a `sysext` image of the bundle alone.
+//!
+//! No loop mounts: `mkfs.ext4 -d`, `mkfs.vfat` + `mcopy`, `sfdisk` on a plain file and `dd` at the
+//! partition offsets. Root is needed only for debootstrap. The base rootfs is cached by the digest of
+//! the recipe's base, so a rebuild with a new bundle skips debootstrap. Timestamps are
+//! SOURCE_DATE_EPOCH and every UUID is derived from the recipe and bundle digests.
+
+pub mod disk;
+pub mod recipe;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_bundle::digest::{parse_sha256sum, Sha256};
+use kiln_bundle::reader::{verify_file, Expect, VerifyOnly};
+use kiln_bundle::writer::{minisig_path, sha256_path};
+
+use crate::cache::Cache;
+use crate::process;
+pub use recipe::Recipe;
+
+/// Where the image carries its bundle; kiln-firstboot activates the one bundle found there.
+pub const BAKED: &str = "usr/lib/kiln/bundles";
+
+const FIRSTBOOT_UNIT: &str = include_str!("../../../firstboot/units/kiln-firstboot.service");
+const HEALTH_UNIT: &str = include_str!("../../../firstboot/units/kiln-firstboot-health.service");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    RootfsTar,
+    Sysext,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub recipe: PathBuf,
+    pub bundle: PathBuf,
+    pub out: PathBuf,
+    pub formats: Vec<Format>,
+    /// The kiln-firstboot binary to install.
+    pub firstboot: PathBuf,
+    /// A directory copied over the root filesystem last (site files, test units).
+    pub overlay: Option<PathBuf>,
+    pub source_date_epoch: u64,
+    /// `ID` or `ID:VERSION_ID` for the sysext's extension-release (`_any` matches every OS).
+    pub sysext_os: String,
+}
+
+/// What was built, and how long the parts took.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Built {
+    pub outputs: Vec<PathBuf>,
+    /// `cached` or `built`.
+    pub base: String,
+    pub base_seconds: f64,
+    pub seconds: f64,
+}
+
+/// A verified bundle: its file, digest, name and version.
+pub struct Bundle {
+    pub path: PathBuf,
+    pub sha256: Sha256,
+    pub name: String,
+    pub version: String,
+}
+
+/// Verify the bundle fully (outer digest from BUNDLE.sha256, every member against the index) before
+/// it goes into an image.
+pub fn verified_bundle(path: &Path) -> Result<Bundle> {
+    let sum = sha256_path(path);
+    let text = fs::read_to_string(&sum).with_context(|| {
+        format!(
+            "cannot read {} (an image needs the bundle's digest beside it)",
+            sum.display()
+        )
+    })?;
+    let expected = parse_sha256sum(&text).map_err(|e| anyhow!("{}: {e}", sum.display()))?;
+    let report = verify_file(
+        path,
+        &Expect {
+            sha256: Some(expected),
+            signature: None,
+        },
+        &mut VerifyOnly,
+    )?;
+    let report = report.into_result(&path.display().to_string())?;
+    let index = report.index.ok_or_else(|| anyhow!("{}: no index", path.display()))?;
+    Ok(Bundle {
+        path: path.to_path_buf(),
+        sha256: expected,
+        name: index.name.clone(),
+        version: index.version.clone(),
+    })
+}
+
+pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
+    let started = Instant::now();
+    let origin = o.recipe.display().to_string();
+    let text = fs::read_to_string(&o.recipe).with_context(|| format!("cannot read recipe {origin}"))?;
+    let recipe = Recipe::parse(&text, &origin)?;
+    let layout = recipe.layout()?;
+    let bundle = verified_bundle(&o.bundle)?;
+    if !o.firstboot.is_file() {
+        bail!(
+            "kiln-firstboot not found at {} (build it with `cargo build --release -p kiln-firstboot`, or pass --firstboot)",
+            o.firstboot.display()
+        );
+    }
+    fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    let stem = format!("{}-{}-{}", recipe.metadata.name, bundle.name, bundle.version);
+    let work = tempfile::Builder::new()
+        .prefix(".kiln-image-")
+        .tempdir_in(&o.out)
+        .with_context(|| format!("cannot create a work directory in {}", o.out.display()))?;
+    let mut built = Built::default();
+    let seed = Sha256::of(format!("{}{}", recipe.digest().hex(), bundle.sha256.hex()).as_bytes());
+
+    let mut results: Vec<(PathBuf, PathBuf)> = Vec::new();
+    if o.formats.contains(&Format::Sysext) {
+        let name = format!("kiln-{}", bundle.name);
+        let tmp = work.path().join(format!("{name}.raw"));
+        sysext(&bundle, &name, &o.sysext_os, o.source_date_epoch, work.path(), &tmp)?;
+        results.push((tmp, o.out.join(format!("{name}.raw"))));
+    }
+    let needs_rootfs = o.formats.iter().any(|f| *f != Format::Sysext);
+    if needs_rootfs {
+        let t = Instant::now();
+        let (base, cached) = base_rootfs(&recipe, &o.recipe, cache)?;
+        built.base = if cached { "cached" } else { "built" }.into();
+        built.base_seconds = t.elapsed().as_secs_f64();
+        let root = work.path().join("rootfs");
+        fs::create_dir(&root)?;
+        process::run(
+            Command::new("tar")
+                .args(["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f"])
+                .arg(&base)
+                .arg("-C")
+                .arg(&root),
+        )?;
+        let uuids = disk::Uuids::derive(&seed);
+        customize(&root, &bundle, o, &uuids)?;
+        if let Some(overlay) = &o.overlay {
+            process::run(
+                Command::new("cp")
+                    .args(["-a", "--no-preserve=ownership"])
+                    .arg(format!("{}/.", overlay.display()))
+                    .arg(&root),
+            )
+            .with_context(|| format!("cannot copy the overlay {}", overlay.display()))?;
+        }
+        normalize_times(&root, o.source_date_epoch)?;
+        if o.formats.contains(&Format::RootfsTar) {
+            let tmp = work.path().join("rootfs.tar.zst");
+            rootfs_tar(&root, o.source_date_epoch, &tmp)?;
+            results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
+        }
+        if o.formats.iter().any(|f| matches!(f, Format::Raw | Format::Qcow2)) {
+            let raw = work.path().join("disk.raw");
+            let cmdline = format!(
+                "{} root=PARTUUID={} rootfstype=ext4 rw",
+                recipe.spec.kernel_command_line.trim(),
+                uuids.root_part
+            );
+            disk::build_raw(
+                &root,
+                &layout,
+                &uuids,
+                cmdline.trim(),
+                o.source_date_epoch,
+                work.path(),
+                &raw,
+            )?;
+            if o.formats.contains(&Format::Qcow2) {
+                let tmp = work.path().join("disk.qcow2");
+                process::run(
+                    Command::new("qemu-img")
+                        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                        .arg(&raw)
+                        .arg(&tmp),
+                )?;
+                results.push((tmp, o.out.join(format!("{stem}.qcow2"))));
+            }
+            if o.formats.contains(&Format::Raw) {
+                results.push((raw, o.out.join(format!("{stem}.raw"))));
+            }
+        }
+    }
+    for (tmp, dest) in results {
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot move the image to {}", dest.display()))?;
+        built.outputs.push(dest);
+    }
+    built.seconds = started.elapsed().as_secs_f64();
+    Ok(built)
+}
+
+/// The base rootfs as a tarball in the cache, keyed by the base's digest; built with debootstrap
+/// (or taken from the recipe's rootfs tarball) when missing. True when it was cached.
+fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(PathBuf, bool)> {
+    let dir = cache.root().join("images");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(tar) = &recipe.spec.base.rootfs_tar {
+        let path = recipe_path.parent().unwrap_or(Path::new(".")).join(tar);
+        if !path.is_file() {
+            bail!(
+                "{}: spec.base.rootfsTar: {} does not exist",
+                recipe_path.display(),
+                path.display()
+            );
+        }
+        return Ok((path, true));
+    }
+    let d = recipe.spec.base.debootstrap.as_ref().expect("validated");
+    let cached = dir.join(format!("base-{}.tar", recipe.base_digest(None).hex()));
+    if cached.is_file() {
+        tracing::info!("base rootfs cached: {}", cached.display());
+        return Ok((cached, true));
+    }
+    if !is_root() {
+        bail!("building the base rootfs runs debootstrap, which needs root (it is cached afterwards)");
+    }
+    let work = tempfile::Builder::new()
+        .prefix("debootstrap-")
+        .tempdir_in(&dir)
+        .context("cannot create a debootstrap directory")?;
+    let target = work.path().join("root");
+    eprintln!(
+        "kiln image: debootstrap {} ({} packages) from {} ...",
+        d.suite,
+        d.packages.len(),
+        d.mirror
+    );
+    let mut cmd = Command::new("debootstrap");
+    cmd.arg(format!("--variant={}", d.variant))
+        .arg(format!("--components={}", d.components.join(",")));
+    if !d.packages.is_empty() {
+        cmd.arg(format!("--include={}", d.packages.join(",")));
+    }
+    cmd.arg(&d.suite).arg(&target).arg(&d.mirror);
+    process::run(&mut cmd).context("debootstrap failed")?;
+    // Nothing downloaded belongs in an image.
+    for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let p = target.join(junk);
+        if let Ok(entries) = fs::read_dir(&p) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    let tmp = work.path().join("base.tar");
+    process::run(
+        Command::new("tar")
+            .args([
+                "-c",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--sort=name",
+                "-f",
+            ])
+            .arg(&tmp)
+            .arg("-C")
+            .arg(&target)
+            .arg("."),
+    )?;
+    fs::rename(&tmp, &cached).with_context(|| format!("cannot store {}", cached.display()))?;
+    Ok((cached, false))
+}
+
+fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").expect("procfs")) == 0
+}
+
+/// Turn the base into a fresh kiln node: the bundle baked in, kiln-firstboot installed and enabled,
+/// no machine identity (empty machine-id, no host keys, no hostname), and an fstab for the root.
+fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids) -> Result<()> {
+    let baked = root.join(BAKED);
+    if baked.exists() {
+        fs::remove_dir_all(&baked)?;
+    }
+    fs::create_dir_all(&baked)?;
+    let file = bundle.path.file_name().expect("a file");
+    copy(&bundle.path, &baked.join(file), 0o644)?;
+    copy(&sha256_path(&bundle.path), &sha256_path(&baked.join(file)), 0o644)?;
+    let sig = minisig_path(&bundle.path);
+    if sig.is_file() {
+        copy(&sig, &minisig_path(&baked.join(file)), 0o644)?;
+    }
+    copy(&o.firstboot, &root.join("usr/bin/kiln-firstboot"), 0o755)?;
+    let units = root.join("usr/lib/systemd/system");
+    fs::create_dir_all(&units)?;
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants)?;
+    for (name, text) in [
+        ("kiln-firstboot.service", FIRSTBOOT_UNIT),
+        ("kiln-firstboot-health.service", HEALTH_UNIT),
+    ] {
+        write(&units.join(name), text.as_bytes(), 0o644)?;
+        let link = wants.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
+    }
+    // systemd's first-boot semantics: an empty machine-id is filled in at boot.
+    write(&root.join("etc/machine-id"), b"", 0o444)?;
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.symlink_metadata().is_ok() {
+        fs::remove_file(&dbus_id)?;
+        std::os::unix::fs::symlink("/etc/machine-id", &dbus_id)?;
+    }
+    if let Ok(entries) = fs::read_dir(root.join("etc/ssh")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path())?;
+            }
+        }
+    }
+    let _ = fs::remove_file(root.join("etc/hostname"));
+    write(
+        &root.join("etc/fstab"),
+        format!("# kiln image\nPARTUUID={} / ext4 defaults 0 1\n", uuids.root_part).as_bytes(),
+        0o644,
+    )?;
+    let info = serde_json::json!({
+        "bundle": file.to_string_lossy(),
+        "bundleSha256": bundle.sha256.hex(),
+        "bundleVersion": bundle.version,
+        "recipe": o.recipe.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "kiln": crate::tool_version(),
+    });
+    write(
+        &root.join("usr/lib/kiln/image.json"),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    if let Some(p) = to.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(())
+}
+
+fn write(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(p) = to.parent() {
+        fs::create_dir_all(p)?;
+    }
+    let _ = fs::remove_file(to);
+    fs::File::create(to)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", to.display()))?;
+    fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(())
+}
+
+/// Every file, directory and link in the tree gets the same mtime and atime (links not followed).
+pub fn normalize_times(root: &Path, epoch: u64) -> Result<()> {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    let t = Timespec {
+        tv_sec: epoch as i64,
+        tv_nsec: 0,
+    };
+    let ts = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+            utimensat(CWD, e.path(), &ts, AtFlags::SYMLINK_NOFOLLOW)
+                .with_context(|| format!("cannot set the times of {}", e.path().display()))?;
+        }
+    }
+    utimensat(CWD, root, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+/// One file's mtime and atime.
+pub fn normalize_times_file(path: &Path, epoch: u64) -> Result<()> {
+    let t = rustix::fs::Timespec {
+        tv_sec: epoch as i64,
+        tv_nsec: 0,
+    };
+    let ts = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .with_context(|| format!("cannot set the times of {}", path.display()))?;
+    Ok(())
+}
+
+/// `tar.zst` of the root filesystem: sorted, owners and xattrs kept, fixed times.
+fn rootfs_tar(root: &Path, epoch: u64, out: &Path) -> Result<()> {
+    let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut tar = Command::new("tar")
+        .args(["-c", "--sort=name", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+        .arg(format!("--mtime=@{epoch}"))
+        .arg("--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime")
+        .arg("-C")
+        .arg(root)
+        .args(["-f", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run tar")?;
+    let stdout = tar.stdout.take().expect("piped");
+    let zstd = Command::new("zstd")
+        .args(["-q", "-T0", "-3", "-c"])
+        .stdin(stdout)
+        .stdout(file)
+        .status()
+        .context("cannot run zstd")?;
+    let t = tar.wait()?;
+    if !t.success() || !zstd.success() {
+        bail!("cannot write {}: tar {t}, zstd {zstd}", out.display());
+    }
+    Ok(())
+}
+
+/// A systemd-sysext image (squashfs) of the bundle alone: the bundle file where kiln-firstboot looks
+/// for it, its binaries under /usr/bin, and `extension-release.NAME`.
+fn sysext(bundle: &Bundle, name: &str, os: &str, epoch: u64, work: &Path, out: &Path) -> Result<()> {
+    let tree = work.join("sysext");
+    let usr = tree.join("usr");
+    let unpacked = work.join("sysext-bundle");
+    fs::create_dir_all(&unpacked)?;
+    process::run(
+        Command::new("tar")
+            .args(["-x", "--zstd", "--no-same-owner", "-f"])
+            .arg(&bundle.path)
+            .arg("-C")
+            .arg(&unpacked),
+    )?;
+    let bin = unpacked.join("bin");
+    for e in fs::read_dir(&bin).with_context(|| format!("{}: the bundle has no bin/", bundle.path.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            copy(&e.path(), &usr.join("bin").join(e.file_name()), 0o755)?;
+        }
+    }
+    let file = bundle.path.file_name().expect("a file");
+    let baked = tree.join(BAKED);
+    copy(&bundle.path, &baked.join(file), 0o644)?;
+    copy(&sha256_path(&bundle.path), &sha256_path(&baked.join(file)), 0o644)?;
+    let (id, version_id) = match os.split_once(':') {
+        Some((id, v)) => (id, Some(v)),
+        None => (os, None),
+    };
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        bail!("--sysext-os {os:?}: expected ID or ID:VERSION_ID (for example _any, debian:12, flatcar)");
+    }
+    let mut release = format!("ID={id}\n");
+    if let Some(v) = version_id {
+        release.push_str(&format!("VERSION_ID={v}\n"));
+    }
+    release.push_str(&format!(
+        "EXTENSION_RELOAD_MANAGER=1\nKILN_BUNDLE={}\nKILN_BUNDLE_VERSION={}\nKILN_BUNDLE_SHA256={}\n",
+        bundle.name,
+        bundle.version,
+        bundle.sha256.hex()
+    ));
+    write(
+        &usr.join(format!("lib/extension-release.d/extension-release.{name}")),
+        release.as_bytes(),
+        0o644,
+    )?;
+    normalize_times(&tree, epoch)?;
+    process::run(
+        Command::new("mksquashfs")
+            .arg(&tree)
+            .arg(out)
+            .args(["-noappend", "-all-root", "-no-xattrs", "-quiet", "-no-progress"])
+            .args(["-mkfs-time", &epoch.to_string(), "-all-time", &epoch.to_string()]),
+    )?;
+    Ok(())
+}
