@@ -67,7 +67,8 @@ impl Uuids {
 fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
     let boot = root.join("boot");
     let mut kernels: Vec<String> = fs::read_dir(&boot)
-        .with_context(|| format!("the base has no /boot ({})", boot.display()))?
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("vmlinuz-"))
@@ -156,10 +157,57 @@ fn root_image(root: &Path, size: u64, uuids: &Uuids, epoch: u64, work: &Path) ->
             .arg("-d")
             .arg(root)
             .arg(&img)
-            .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
+            // e2fsprogs ignores a fake time of 0.
+            .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string()),
     )
     .context("cannot make the root filesystem (is spec.rootfs.size large enough?)")?;
+    fix_change_times(root, &img, epoch, work)?;
     Ok(img)
+}
+
+/// `mkfs.ext4 -d` (e2fsprogs 1.47.0) copies each file's change time from the staging tree, which no
+/// one can set, and its access time, which reading the tree just moved; debugfs sets both to the
+/// epoch so the filesystem does not depend on when it was staged.
+fn fix_change_times(root: &Path, img: &Path, epoch: u64, work: &Path) -> Result<()> {
+    let mut script = format!("sif / ctime {epoch}\nsif / atime {epoch}\n");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let e = e?;
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            if rel.contains(['"', '\n', '\\']) {
+                bail!("cannot put {rel:?} in the image: its name has a quote, backslash or newline");
+            }
+            // Reading the tree moved its access times too.
+            script.push_str(&format!("sif \"/{rel}\" ctime {epoch}\nsif \"/{rel}\" atime {epoch}\n"));
+            if e.file_type()?.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    let file = work.join("debugfs.cmds");
+    fs::write(&file, script)?;
+    let out = process::run(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&file)
+            .arg(img)
+            .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string()),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(line) = stderr
+        .lines()
+        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+    {
+        bail!("debugfs could not fix the change times in the root filesystem: {line}");
+    }
+    Ok(())
 }
 
 /// Build the raw GPT disk at `out`.

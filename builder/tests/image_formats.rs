@@ -1,0 +1,310 @@
+//! `kiln image` from a recipe whose base is a rootfs tarball (no debootstrap, no root mounts):
+//! the raw disk's partition table and filesystems are checked with the real tools (sfdisk, mtools,
+//! e2fsck, debugfs), the build is byte-for-byte reproducible, and bad input fails naming what was
+//! wrong with nothing left in the output directory. The booted image is `image_e2e.rs`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const STEM: &str = "tiny-k8s-node-1.36.4-1";
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tiny base: busybox, a stand-in kernel and initrd, and the machine identity an image must drop.
+fn base(dir: &Path) -> PathBuf {
+    let root = dir.join("base");
+    for d in ["bin", "boot", "etc/ssh", "var/lib/dbus", "usr/lib"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-test"), b"not really a kernel").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-test"), b"not really an initrd").unwrap();
+    std::fs::write(root.join("etc/hostname"), b"builder\n").unwrap();
+    std::fs::write(root.join("etc/machine-id"), b"0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(root.join("etc/ssh/ssh_host_ed25519_key"), b"secret").unwrap();
+    std::fs::write(
+        root.join("var/lib/dbus/machine-id"),
+        b"0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let tar = dir.join("base.tar");
+    run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
+    tar
+}
+
+/// A recipe named after its base line, so each variant is a file of its own.
+fn recipe(dir: &Path, base_line: &str) -> PathBuf {
+    let p = dir.join(format!(
+        "tiny-{}.yaml",
+        &kiln_testkit::sha256_hex(base_line.as_bytes())[..8]
+    ));
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: kiln.dev/v1alpha1\nkind: ImageRecipe\nmetadata: {{name: tiny}}\nspec:\n  base:\n    {base_line}\n  rootfs: {{type: ext4, size: 256MiB}}\n  partitions:\n    - {{name: esp, type: esp, size: 64MiB}}\n    - {{name: root, type: root}}\n  kernelCommandLine: console=ttyS0\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn bundle(dir: &Path) -> PathBuf {
+    let mirror = production_mirror();
+    let manifest = standin_manifest(dir, &mirror);
+    let out = dir.join("bundle");
+    let mut args = vec![
+        "build".to_string(),
+        manifest.display().to_string(),
+        "--arch".into(),
+        "amd64".into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(mirror_args(&mirror));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&kiln(&dir.join("cache"), &args));
+    out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst")
+}
+
+fn firstboot(dir: &Path) -> PathBuf {
+    // Any executable will do here: this image is inspected, not booted.
+    let p = dir.join("kiln-firstboot");
+    std::fs::copy("/bin/busybox", &p).unwrap();
+    p
+}
+
+fn image(dir: &Path, recipe: &Path, bundle: &Path, out: &Path, formats: &str) -> std::process::Output {
+    let fb = firstboot(dir);
+    kiln(
+        &dir.join("cache"),
+        &[
+            "image",
+            recipe.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            formats,
+            "--firstboot",
+            fb.to_str().unwrap(),
+        ],
+    )
+}
+
+fn sha256(p: &Path) -> String {
+    kiln_testkit::sha256_hex(&std::fs::read(p).unwrap())
+}
+
+#[test]
+fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    base(dir);
+    let recipe = recipe(dir, "rootfsTar: base.tar");
+    let bundle = bundle(dir);
+    let out = dir.join("out");
+    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,rootfs-tar"));
+    let mut files = listing(&out);
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            format!("{STEM}.qcow2"),
+            format!("{STEM}.raw"),
+            format!("{STEM}.rootfs.tar.zst")
+        ],
+        "only the images: no work files left"
+    );
+    let raw = out.join(format!("{STEM}.raw"));
+
+    // The GPT: an ESP and a DPS root, 1 MiB aligned.
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw))).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    assert_eq!(parts[0]["start"], 2048);
+    assert_eq!(parts[0]["size"], 64 * 2048);
+    assert_eq!(parts[1]["size"], 256 * 2048);
+    let root_partuuid = parts[1]["uuid"].as_str().unwrap().to_lowercase();
+
+    // The ESP, read in place by mtools: systemd-boot, the kernel, and the BLS entry naming the root.
+    let esp = format!("{}@@{}", raw.display(), 1 << 20);
+    let dirlist = run(Command::new("mdir").args(["-/", "-b", "-i", &esp, "::/"]));
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/loader/entries/kiln.conf",
+        "::/kiln/vmlinuz",
+        "::/kiln/initrd.img",
+    ] {
+        assert!(dirlist.to_uppercase().contains(&f.to_uppercase()), "{f} in\n{dirlist}");
+    }
+    let entry = run(Command::new("mtype").args(["-i", &esp, "::/loader/entries/kiln.conf"]));
+    assert!(
+        entry.contains(&format!(
+            "options console=ttyS0 root=PARTUUID={root_partuuid} rootfstype=ext4 rw"
+        )),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("linux /kiln/vmlinuz") && entry.contains("initrd /kiln/initrd.img"),
+        "{entry}"
+    );
+    let kernel = run(Command::new("mtype").args(["-i", &esp, "::/kiln/vmlinuz"]));
+    assert_eq!(kernel, "not really a kernel");
+
+    // The root filesystem: cut out with dd, clean under e2fsck, with what the image must carry.
+    let rootfs = dir.join("root.img");
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", rootfs.display()))
+        .args(["bs=1M", "skip=65", "count=256", "status=none"]));
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&rootfs));
+    let debugfs = |req: &str| run(Command::new("debugfs").args(["-R", req]).arg(&rootfs));
+    let baked = debugfs("ls -l /usr/lib/kiln/bundles");
+    assert!(baked.contains("k8s-node-1.36.4-1-amd64.kiln.tar.zst.sha256"), "{baked}");
+    assert!(debugfs("stat /etc/machine-id").contains("Size: 0"), "machine-id empty");
+    assert!(debugfs("ls /etc").contains("fstab"));
+    assert!(!debugfs("ls /etc").contains("hostname"), "hostname removed");
+    assert!(!debugfs("ls /etc/ssh").contains("ssh_host_"), "host keys removed");
+    assert!(debugfs("stat /var/lib/dbus/machine-id").contains("Type: symlink"));
+    let wants = debugfs("ls -l /etc/systemd/system/multi-user.target.wants");
+    assert!(
+        wants.contains("kiln-firstboot.service") && wants.contains("kiln-firstboot-health.service"),
+        "{wants}"
+    );
+    let fstab = debugfs("cat /etc/fstab");
+    assert!(fstab.contains(&format!("PARTUUID={root_partuuid} / ext4")), "{fstab}");
+    let bundle_in_image = dir.join("baked.kiln.tar.zst");
+    debugfs(&format!(
+        "dump /usr/lib/kiln/bundles/k8s-node-1.36.4-1-amd64.kiln.tar.zst {}",
+        bundle_in_image.display()
+    ));
+    assert_eq!(
+        sha256(&bundle_in_image),
+        sha256(&bundle),
+        "the bundle is baked byte for byte"
+    );
+
+    // qcow2 holds the same disk.
+    let back = dir.join("back.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(out.join(format!("{STEM}.qcow2")))
+        .arg(&back));
+    assert_eq!(sha256(&back), sha256(&raw));
+
+    // Same inputs, same bytes: every format.
+    let again = dir.join("again");
+    ok(&image(dir, &recipe, &bundle, &again, "raw,rootfs-tar"));
+    assert_eq!(
+        sha256(&again.join(format!("{STEM}.raw"))),
+        sha256(&raw),
+        "raw is reproducible"
+    );
+    assert_eq!(
+        sha256(&again.join(format!("{STEM}.rootfs.tar.zst"))),
+        sha256(&out.join(format!("{STEM}.rootfs.tar.zst"))),
+        "rootfs-tar is reproducible"
+    );
+}
+
+#[test]
+fn bad_input_fails_naming_it_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    base(dir);
+    let bundle = bundle(dir);
+    let out = dir.join("out");
+
+    // A corrupted bundle is refused before anything is built.
+    let bad = dir.join("bad").join(bundle.file_name().unwrap());
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&bad, bytes).unwrap();
+    std::fs::copy(
+        bundle.with_file_name(format!("{}.sha256", bundle.file_name().unwrap().to_str().unwrap())),
+        bad.with_file_name(format!("{}.sha256", bad.file_name().unwrap().to_str().unwrap())),
+    )
+    .unwrap();
+    let good = recipe(dir, "rootfsTar: base.tar");
+    let e = fails(&image(dir, &good, &bad, &out, "raw"));
+    assert!(e.contains(bad.to_str().unwrap()), "{e}");
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+
+    // A missing base tarball, a bad recipe, a missing firstboot binary.
+    let missing = recipe(dir, "rootfsTar: nowhere.tar");
+    let e = fails(&image(dir, &missing, &bundle, &out, "raw"));
+    assert!(e.contains("spec.base.rootfsTar") && e.contains("nowhere.tar"), "{e}");
+    let both = recipe(
+        dir,
+        "rootfsTar: base.tar\n    debootstrap: {suite: bookworm, mirror: 'http://deb.debian.org/debian'}",
+    );
+    let e = fails(&image(dir, &both, &bundle, &out, "raw"));
+    assert!(e.contains("not both"), "{e}");
+    let e = fails(&kiln(
+        &dir.join("cache"),
+        &[
+            "image",
+            good.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--firstboot",
+            "/nonexistent/kiln-firstboot",
+        ],
+    ));
+    assert!(
+        e.contains("kiln-firstboot not found at /nonexistent/kiln-firstboot"),
+        "{e}"
+    );
+
+    // A base without a kernel.
+    let nokernel = dir.join("nokernel");
+    std::fs::create_dir_all(nokernel.join("etc")).unwrap();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(dir.join("nokernel.tar"))
+        .arg("-C")
+        .arg(&nokernel)
+        .arg("."));
+    let r = recipe(dir, "rootfsTar: nokernel.tar");
+    let e = fails(&image(dir, &r, &bundle, &out, "raw"));
+    assert!(e.contains("no kernel in /boot"), "{e}");
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+
+    // The sysext needs no base at all.
+    ok(&image(dir, &r, &bundle, &out, "sysext"));
+    let list = run(Command::new("unsquashfs").arg("-l").arg(out.join("kiln-k8s-node.raw")));
+    assert!(list.contains("squashfs-root/usr/bin/kubelet"), "{list}");
+    assert!(
+        list.contains("squashfs-root/usr/lib/kiln/bundles/k8s-node-1.36.4-1-amd64.kiln.tar.zst"),
+        "{list}"
+    );
+    let release = dir.join("release");
+    run(Command::new("unsquashfs")
+        .arg("-d")
+        .arg(&release)
+        .arg(out.join("kiln-k8s-node.raw"))
+        .arg("usr/lib/extension-release.d"));
+    let text =
+        std::fs::read_to_string(release.join("usr/lib/extension-release.d/extension-release.kiln-k8s-node")).unwrap();
+    assert!(text.starts_with("ID=_any\n"), "{text}");
+}
