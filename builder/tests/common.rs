@@ -30,6 +30,37 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run any tool to success; its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Build the stand-in production bundle for one architecture through a mirror; its path.
+pub fn standin_bundle(dir: &Path, arch: &str) -> PathBuf {
+    let mirror = production_mirror();
+    let manifest = standin_manifest(dir, &mirror);
+    let out = dir.join("bundle");
+    let mut args = vec![
+        "build".to_string(),
+        manifest.display().to_string(),
+        "--arch".into(),
+        arch.into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(mirror_args(&mirror));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&kiln(&dir.join("cache"), &args));
+    out.join(format!("k8s-node-1.36.4-1-{arch}.kiln.tar.zst"))
+}
+
 pub fn fails(out: &Output) -> String {
     assert!(
         !out.status.success(),

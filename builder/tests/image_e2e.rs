@@ -11,9 +11,13 @@
 //! It prints the image build time (cold, and with the cached base), the boot-to-activated time and
 //! the activation time (from kiln-firstboot's own state.json).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::run;
 
 const BUNDLE: &str = "debian12-runtime-1.0.0-amd64.kiln.tar.zst";
 const IMAGE_NAME: &str = "docker.io/kiln/busybox:e2e";
@@ -21,17 +25,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The test unit and its script: report the services, the state, run a container, merge the
@@ -92,7 +85,7 @@ systemctl poweroff
 fn seed(dir: &Path) -> PathBuf {
     let img = dir.join("seed.img");
     std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-    ok(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img));
+    run(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img));
     let ud = dir.join("user-data");
     std::fs::write(
         &ud,
@@ -101,7 +94,7 @@ fn seed(dir: &Path) -> PathBuf {
     .unwrap();
     let md = dir.join("meta-data");
     std::fs::write(&md, "instance-id: kiln-e2e\nlocal-hostname: kiln-e2e-node\n").unwrap();
-    ok(Command::new("mcopy").arg("-i").arg(&img).arg(&ud).arg(&md).arg("::/"));
+    run(Command::new("mcopy").arg("-i").arg(&img).arg(&ud).arg(&md).arg("::/"));
     img
 }
 
@@ -195,7 +188,7 @@ fn image(
     formats: &str,
 ) -> f64 {
     let t = Instant::now();
-    ok(kiln()
+    run(kiln()
         .arg("image")
         .arg(recipe)
         .arg("--bundle")
@@ -230,7 +223,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     let cache = dir.join("cache");
 
     // The bundle, through apt.
-    ok(kiln()
+    run(kiln()
         .arg("build")
         .arg(root.join("manifests/debian-12.yaml"))
         .arg("-o")
@@ -245,14 +238,14 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
         "{} is missing: build it first (`cargo build -p kiln-firstboot`; the workspace test run does)",
         built.display()
     );
-    ok(Command::new("strip").arg("-o").arg(&firstboot).arg(&built));
+    run(Command::new("strip").arg("-o").arg(&firstboot).arg(&built));
 
     // The sysext first (no base needed), then the node image in every other format, cold.
     let out = dir.join("out");
     let sysext_dir = dir.join("sysext-overlay");
     std::fs::create_dir_all(&sysext_dir).unwrap();
     let recipe = root.join("images/debian-12.yaml");
-    ok(kiln()
+    run(kiln()
         .arg("image")
         .arg(&recipe)
         .arg("--bundle")
@@ -264,7 +257,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
         .arg(&firstboot)
         .env("KILN_CACHE", &cache));
     let sysext = out.join("kiln-debian12-runtime.raw");
-    let unsquashed = ok(Command::new("unsquashfs").arg("-l").arg(&sysext));
+    let unsquashed = run(Command::new("unsquashfs").arg("-l").arg(&sysext));
     assert!(unsquashed.contains("usr/bin/runc"), "{unsquashed}");
     assert!(
         unsquashed.contains("usr/lib/extension-release.d/extension-release.kiln-debian12-runtime"),
@@ -286,11 +279,11 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     for f in [format!("{stem}.qcow2"), format!("{stem}.rootfs.tar.zst")] {
         assert!(out.join(&f).is_file(), "{f} was produced");
     }
-    let info = ok(Command::new("qemu-img")
+    let info = run(Command::new("qemu-img")
         .arg("info")
         .arg(out.join(format!("{stem}.qcow2"))));
     assert!(info.contains("file format: qcow2"), "{info}");
-    let table = ok(Command::new("sfdisk").arg("--dump").arg(&raw));
+    let table = run(Command::new("sfdisk").arg("--dump").arg(&raw));
     assert!(table.contains("label: gpt"), "{table}");
     assert!(
         table.contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
@@ -300,7 +293,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
         table.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
         "a DPS x86-64 root: {table}"
     );
-    let listing = ok(Command::new("tar")
+    let listing = run(Command::new("tar")
         .args(["--zstd", "-tvf"])
         .arg(out.join(format!("{stem}.rootfs.tar.zst"))));
     assert!(

@@ -12,17 +12,6 @@ use common::*;
 
 const STEM: &str = "tiny-k8s-node-1.36.4-1";
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A tiny base: busybox, a stand-in kernel and initrd, and the machine identity an image must drop.
 fn base(dir: &Path) -> PathBuf {
     let root = dir.join("base");
@@ -61,24 +50,6 @@ fn recipe(dir: &Path, base_line: &str) -> PathBuf {
     p
 }
 
-fn bundle(dir: &Path) -> PathBuf {
-    let mirror = production_mirror();
-    let manifest = standin_manifest(dir, &mirror);
-    let out = dir.join("bundle");
-    let mut args = vec![
-        "build".to_string(),
-        manifest.display().to_string(),
-        "--arch".into(),
-        "amd64".into(),
-        "-o".into(),
-        out.display().to_string(),
-    ];
-    args.extend(mirror_args(&mirror));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&kiln(&dir.join("cache"), &args));
-    out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst")
-}
-
 fn firstboot(dir: &Path) -> PathBuf {
     // Any executable will do here: this image is inspected, not booted.
     let p = dir.join("kiln-firstboot");
@@ -115,7 +86,7 @@ fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     let dir = tmp.path();
     base(dir);
     let recipe = recipe(dir, "rootfsTar: base.tar");
-    let bundle = bundle(dir);
+    let bundle = standin_bundle(dir, "amd64");
     let out = dir.join("out");
     ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,rootfs-tar"));
     let mut files = listing(&out);
@@ -228,7 +199,7 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     base(dir);
-    let bundle = bundle(dir);
+    let bundle = standin_bundle(dir, "amd64");
     let out = dir.join("out");
 
     // A corrupted bundle is refused before anything is built.

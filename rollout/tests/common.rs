@@ -98,34 +98,7 @@ pub fn mixed(c: &Cluster) {
         1,
     );
     s.add_pod("default", "bare", "node-a", &[("app", "bare")], None, false, false, 1);
-    s.add_pod(
-        "default",
-        "web-1",
-        "node-a",
-        &[("app", "web")],
-        Some(("ReplicaSet", "web")),
-        false,
-        false,
-        1,
-    );
-    s.add_pod(
-        "default",
-        "web-2",
-        "node-a",
-        &[("app", "web")],
-        Some(("ReplicaSet", "web")),
-        false,
-        false,
-        1,
-    );
-    s.add_pod(
-        "default",
-        "web-3",
-        "node-b",
-        &[("app", "web")],
-        Some(("ReplicaSet", "web")),
-        false,
-        false,
-        1,
-    );
+    s.add_rs_pod("default", "web-1", "node-a", "web", 1);
+    s.add_rs_pod("default", "web-2", "node-a", "web", 1);
+    s.add_rs_pod("default", "web-3", "node-b", "web", 1);
 }

@@ -90,26 +90,8 @@ fn drain_follows_kubectl_rules_and_reports() {
 fn a_pdb_that_can_never_allow_eviction_is_reported_at_once() {
     let c = Cluster::new();
     c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
-    c.sim.add_pod(
-        "default",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        Some(("ReplicaSet", "db")),
-        false,
-        false,
-        1,
-    );
-    c.sim.add_pod(
-        "default",
-        "db-1",
-        "node-a",
-        &[("app", "db")],
-        Some(("ReplicaSet", "db")),
-        false,
-        false,
-        1,
-    );
+    c.sim.add_rs_pod("default", "db-0", "node-a", "db", 1);
+    c.sim.add_rs_pod("default", "db-1", "node-a", "db", 1);
     c.sim.add_pdb("default", "db-pdb", &[("app", "db")], Some(2), None);
     let started = std::time::Instant::now();
     let out = c.kiln(&["drain", "node-a", "--timeout", "120", "-o", "json"]);
@@ -138,27 +120,9 @@ fn a_pdb_is_honoured_one_pod_at_a_time_under_injected_faults() {
     c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
     c.sim.add_node("node-b", &[], "v1.36.4", "containerd://2.3.4");
     for i in 0..4 {
-        c.sim.add_pod(
-            "default",
-            &format!("api-{i}"),
-            "node-a",
-            &[("app", "api")],
-            Some(("ReplicaSet", "api")),
-            false,
-            false,
-            1,
-        );
+        c.sim.add_rs_pod("default", &format!("api-{i}"), "node-a", "api", 1);
     }
-    c.sim.add_pod(
-        "default",
-        "api-b",
-        "node-b",
-        &[("app", "api")],
-        Some(("ReplicaSet", "api")),
-        false,
-        false,
-        1,
-    );
+    c.sim.add_rs_pod("default", "api-b", "node-b", "api", 1);
     // One pod may be down at a time: evictions must wait for the previous pod to be gone.
     c.sim.add_pdb("default", "api", &[("app", "api")], None, Some(1));
     c.sim.set_faults(Faults {

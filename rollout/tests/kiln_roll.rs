@@ -30,16 +30,7 @@ fn pool(c: &Cluster, n: usize) {
             "containerd://2.3.4",
         );
         for j in 0..2 {
-            s.add_pod(
-                "default",
-                &format!("web-{i}-{j}"),
-                &node,
-                &[("app", "web")],
-                Some(("ReplicaSet", "web")),
-                false,
-                false,
-                1,
-            );
+            s.add_rs_pod("default", &format!("web-{i}-{j}"), &node, "web", 1);
         }
         s.add_pod(
             "kube-system",

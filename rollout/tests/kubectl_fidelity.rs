@@ -99,16 +99,7 @@ fn drain_with_flags_evicts_all_but_daemonset_and_mirror_pods() {
 fn drain_is_held_by_a_blocking_pdb() {
     let c = Cluster::new();
     c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
-    c.sim.add_pod(
-        "default",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        Some(("ReplicaSet", "db")),
-        false,
-        false,
-        1,
-    );
+    c.sim.add_rs_pod("default", "db-0", "node-a", "db", 1);
     c.sim.add_pdb("default", "db", &[("app", "db")], Some(1), None);
     let out = c.kubectl(&["drain", "node-a", "--timeout=8s"]);
     let t = text(&out);

@@ -8,16 +8,7 @@ fn main() {
     sim.add_node("node-b", &[("pool", "blue")], "v1.36.4", "containerd://2.3.4");
     let pods: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
     for i in 1..=pods {
-        sim.add_pod(
-            "default",
-            &format!("web-{i}"),
-            "node-a",
-            &[("app", "web")],
-            Some(("ReplicaSet", "web")),
-            false,
-            false,
-            1,
-        );
+        sim.add_rs_pod("default", &format!("web-{i}"), "node-a", "web", 1);
     }
     let kc = std::env::temp_dir().join(format!("kube-sim-{}.kubeconfig", std::process::id()));
     std::fs::write(&kc, sim.kubeconfig()).expect("write kubeconfig");

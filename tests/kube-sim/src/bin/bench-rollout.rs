@@ -46,16 +46,7 @@ fn drain_once(dir: &Path, program: &Path, args: &[&str]) -> f64 {
     sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
     sim.add_node("node-b", &[], "v1.36.4", "containerd://2.3.4");
     for i in 0..PODS {
-        sim.add_pod(
-            "default",
-            &format!("web-{i}"),
-            "node-a",
-            &[("app", "web")],
-            Some(("ReplicaSet", "web")),
-            false,
-            false,
-            GRACE_S,
-        );
+        sim.add_rs_pod("default", &format!("web-{i}"), "node-a", "web", GRACE_S);
     }
     let t = Instant::now();
     let out = Command::new(program)
@@ -128,16 +119,7 @@ fn main() {
             "containerd://2.3.4",
         );
         for j in 0..2 {
-            sim.add_pod(
-                "default",
-                &format!("app-{i}-{j}"),
-                &node,
-                &[("app", "app")],
-                Some(("ReplicaSet", "app")),
-                false,
-                false,
-                GRACE_S,
-            );
+            sim.add_rs_pod("default", &format!("app-{i}-{j}"), &node, "app", GRACE_S);
         }
     }
     let provision = dir.join("provision");
