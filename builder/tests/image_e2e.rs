@@ -195,7 +195,7 @@ fn image(
         .arg(bundle)
         .arg("-o")
         .arg(out)
-        .args(["--format", formats, "--sysext-os", "debian:12"])
+        .args(["--format", formats])
         .arg("--firstboot")
         .arg(firstboot)
         .arg("--overlay")
@@ -252,7 +252,8 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
         .arg(&bundle)
         .arg("-o")
         .arg(&out)
-        .args(["--format", "sysext", "--sysext-os", "debian:12"])
+        // The default extension-release, ID=_any: the sysext is not tied to one OS release.
+        .args(["--format", "sysext"])
         .arg("--firstboot")
         .arg(&firstboot)
         .env("KILN_CACHE", &cache));
