@@ -221,3 +221,28 @@ fn kubectl_finds_the_plugin_on_path() {
         text(&out)
     );
 }
+
+#[test]
+fn drain_shows_live_progress_on_a_terminal_only() {
+    let c = Cluster::new();
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    for i in 0..5 {
+        c.sim.add_rs_pod("default", &format!("web-{i}"), "node-a", "web", 1);
+    }
+    // `script` gives the drain a pseudo-terminal, as a person at a shell has.
+    let cmd = format!("{} drain node-a --timeout 60s", env!("CARGO_BIN_EXE_kubectl-kiln"));
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("script (bsdutils) is installed");
+    let tty = text(&out);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("draining node-a:") && tty.contains("pods gone"), "{tty}");
+    assert!(tty.contains("node/node-a drained"), "{tty}");
+    // Without a terminal: plain results only.
+    c.sim.add_rs_pod("default", "web-x", "node-a", "web", 1);
+    let out = c.kiln(&["drain", "node-a", "--timeout", "60s"]);
+    assert!(out.status.success());
+    assert!(!text(&out).contains("pods gone"), "{}", text(&out));
+}
