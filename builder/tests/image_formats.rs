@@ -279,3 +279,74 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
         std::fs::read_to_string(release.join("usr/lib/extension-release.d/extension-release.kiln-k8s-node")).unwrap();
     assert!(text.starts_with("ID=_any\n"), "{text}");
 }
+
+#[test]
+fn without_root_the_disk_still_has_the_bases_owners_and_device_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A base with a file owned by someone else and a device node: only root can make that tarball.
+    let base_dir = dir.join("base");
+    base(dir);
+    std::fs::write(base_dir.join("etc/owned"), b"x").unwrap();
+    run(Command::new("chown").arg("100:101").arg(base_dir.join("etc/owned")));
+    std::fs::create_dir_all(base_dir.join("dev")).unwrap();
+    run(Command::new("mknod")
+        .arg(base_dir.join("dev/null"))
+        .args(["c", "1", "3"]));
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(dir.join("base.tar"))
+        .arg("-C")
+        .arg(&base_dir)
+        .arg("."));
+    let recipe = recipe(dir, "rootfsTar: base.tar");
+    let bundle = standin_bundle(dir, "amd64");
+    let fb = firstboot(dir);
+    for d in ["nobody-cache", "nobody-out"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+        run(Command::new("chown").arg("65534:65534").arg(dir.join(d)));
+    }
+    let as_nobody = |format: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .arg("image")
+            .arg(&recipe)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("-o")
+            .arg(dir.join("nobody-out"))
+            .args(["--format", format])
+            .arg("--firstboot")
+            .arg(&fb)
+            .env("KILN_CACHE", dir.join("nobody-cache"))
+            .env("HOME", dir.join("nobody-cache"))
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let e = fails(&as_nobody("rootfs-tar"));
+    assert!(e.contains("rootfs-tar needs root"), "{e}");
+    ok(&as_nobody("raw"));
+
+    let raw = dir.join("nobody-out").join(format!("{STEM}.raw"));
+    let rootfs = dir.join("root.img");
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", rootfs.display()))
+        .args(["bs=1M", "skip=65", "count=256", "status=none"]));
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&rootfs));
+    let stat = |p: &str| run(Command::new("debugfs").args(["-R", &format!("stat {p}")]).arg(&rootfs));
+    let owned = stat("/etc/owned");
+    assert!(
+        owned.contains("User:   100") && owned.contains("Group:   101"),
+        "{owned}"
+    );
+    let null = stat("/dev/null");
+    assert!(null.contains("Type: character special"), "{null}");
+    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+    for p in ["/usr/bin/kiln-firstboot", "/usr/lib/kiln/bundles", "/etc", "/"] {
+        let s = stat(p);
+        assert!(s.contains("User:     0") && s.contains("Group:     0"), "{p}: {s}");
+    }
+}

@@ -24,6 +24,75 @@ pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 const MIB: u64 = 1 << 20;
 
+/// What a build without root cannot take from the extracted base: each path's owner, and the
+/// device nodes and FIFOs it cannot create. Read from the base tarball.
+#[derive(Debug, Default)]
+pub struct BaseMeta {
+    /// Path (relative, no `./`) to (uid, gid).
+    pub owners: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Device nodes and FIFOs: path, debugfs type (`c`, `b`, `p`), major, minor, permission bits.
+    pub specials: Vec<(String, char, u32, u32, u32)>,
+    /// Entries carrying extended attributes (not kept without root).
+    pub xattrs: usize,
+}
+
+fn rel_name(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    s.trim_start_matches("./").trim_end_matches('/').to_string()
+}
+
+impl BaseMeta {
+    pub fn read(tarball: &Path) -> Result<BaseMeta> {
+        let mut f = fs::File::open(tarball).with_context(|| format!("cannot open {}", tarball.display()))?;
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(&mut f, &mut magic)?;
+        drop(f);
+        let file = fs::File::open(tarball)?;
+        let reader: Box<dyn std::io::Read> = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(file)),
+            [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(file)?),
+            _ => Box::new(file),
+        };
+        let mut meta = BaseMeta::default();
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive
+            .entries()
+            .with_context(|| format!("cannot read {}", tarball.display()))?
+        {
+            let mut e = entry.with_context(|| format!("cannot read {}", tarball.display()))?;
+            let path = rel_name(&e.path()?);
+            let h = e.header();
+            let (uid, gid) = (h.uid()?, h.gid()?);
+            let kind = match h.entry_type() {
+                tar::EntryType::Char => Some('c'),
+                tar::EntryType::Block => Some('b'),
+                tar::EntryType::Fifo => Some('p'),
+                _ => None,
+            };
+            if let Some(k) = kind {
+                let major = h.device_major()?.unwrap_or(0);
+                let minor = h.device_minor()?.unwrap_or(0);
+                meta.specials.push((path.clone(), k, major, minor, h.mode()? & 0o7777));
+            }
+            if e.pax_extensions()?
+                .is_some_and(|mut x| x.any(|x| x.is_ok_and(|x| x.key().is_ok_and(|k| k.starts_with("SCHILY.xattr.")))))
+            {
+                meta.xattrs += 1;
+            }
+            meta.owners.insert(path, (uid, gid));
+        }
+        Ok(meta)
+    }
+
+    /// `tar --exclude-from` lines for the special files (they are made by debugfs instead).
+    pub fn exclude_list(&self) -> String {
+        self.specials
+            .iter()
+            .flat_map(|(p, ..)| [format!("./{p}\n"), format!("{p}\n")])
+            .collect()
+    }
+}
+
 /// Every identifier of the disk, derived from one seed (the recipe and bundle digests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uuids {
@@ -146,7 +215,14 @@ fn esp_image(root: &Path, size: u64, uuids: &Uuids, cmdline: &str, epoch: u64, w
 }
 
 /// The root filesystem: ext4 made from the directory, with fixed UUID, hash seed and times.
-fn root_image(root: &Path, size: u64, uuids: &Uuids, epoch: u64, work: &Path) -> Result<PathBuf> {
+fn root_image(
+    root: &Path,
+    size: u64,
+    uuids: &Uuids,
+    epoch: u64,
+    meta: Option<&BaseMeta>,
+    work: &Path,
+) -> Result<PathBuf> {
     let img = work.join("root.img");
     fs::File::create(&img)?.set_len(size)?;
     process::run(
@@ -161,15 +237,21 @@ fn root_image(root: &Path, size: u64, uuids: &Uuids, epoch: u64, work: &Path) ->
             .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string()),
     )
     .context("cannot make the root filesystem (is spec.rootfs.size large enough?)")?;
-    fix_change_times(root, &img, epoch, work)?;
+    fix_inodes(root, &img, epoch, meta, work)?;
     Ok(img)
 }
 
 /// `mkfs.ext4 -d` (e2fsprogs 1.47.0) copies each file's change time from the staging tree, which no
 /// one can set, and its access time, which reading the tree just moved; debugfs sets both to the
-/// epoch so the filesystem does not depend on when it was staged.
-fn fix_change_times(root: &Path, img: &Path, epoch: u64, work: &Path) -> Result<()> {
+/// epoch so the filesystem does not depend on when it was staged. Without root (`meta`), it also
+/// gives every file its owner from the base (root for what kiln added) and makes the base's device
+/// nodes and FIFOs.
+fn fix_inodes(root: &Path, img: &Path, epoch: u64, meta: Option<&BaseMeta>, work: &Path) -> Result<()> {
     let mut script = format!("sif / ctime {epoch}\nsif / atime {epoch}\n");
+    let owner = |rel: &str| meta.map(|m| m.owners.get(rel).copied().unwrap_or((0, 0)));
+    if let Some((uid, gid)) = owner("") {
+        script.push_str(&format!("sif / uid {uid}\nsif / gid {gid}\n"));
+    }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
@@ -187,9 +269,38 @@ fn fix_change_times(root: &Path, img: &Path, epoch: u64, work: &Path) -> Result<
             }
             // Reading the tree moved its access times too.
             script.push_str(&format!("sif \"/{rel}\" ctime {epoch}\nsif \"/{rel}\" atime {epoch}\n"));
+            if let Some((uid, gid)) = owner(&rel) {
+                script.push_str(&format!("sif \"/{rel}\" uid {uid}\nsif \"/{rel}\" gid {gid}\n"));
+            }
             if e.file_type()?.is_dir() {
                 stack.push(path);
             }
+        }
+    }
+    for (rel, kind, major, minor, perm) in meta.map(|m| m.specials.as_slice()).unwrap_or_default() {
+        if rel.contains(['"', '\n']) {
+            bail!("cannot put {rel:?} in the image: its name has a double quote or a newline");
+        }
+        let (uid, gid) = owner(rel).unwrap_or((0, 0));
+        let type_bits = match kind {
+            'c' => 0o020000,
+            'b' => 0o060000,
+            _ => 0o010000,
+        };
+        // debugfs's mknod names the new inode in its current directory.
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let args = if *kind == 'p' {
+            "p".to_string()
+        } else {
+            format!("{kind} {major} {minor}")
+        };
+        script.push_str(&format!("cd \"/{parent}\"\nmknod \"{name}\" {args}\ncd /\n"));
+        script.push_str(&format!(
+            "sif \"/{rel}\" mode 0{:o}\nsif \"/{rel}\" uid {uid}\nsif \"/{rel}\" gid {gid}\n",
+            type_bits | perm
+        ));
+        for field in ["ctime", "atime", "mtime", "crtime"] {
+            script.push_str(&format!("sif \"/{rel}\" {field} {epoch}\n"));
         }
     }
     let file = work.join("debugfs.cmds");
@@ -207,23 +318,25 @@ fn fix_change_times(root: &Path, img: &Path, epoch: u64, work: &Path) -> Result<
         .lines()
         .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
     {
-        bail!("debugfs could not fix the change times in the root filesystem: {line}");
+        bail!("debugfs could not finish the root filesystem: {line}");
     }
     Ok(())
 }
 
 /// Build the raw GPT disk at `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn build_raw(
     root: &Path,
     layout: &Layout,
     uuids: &Uuids,
     cmdline: &str,
     epoch: u64,
+    meta: Option<&BaseMeta>,
     work: &Path,
     out: &Path,
 ) -> Result<()> {
     let esp = esp_image(root, layout.esp, uuids, cmdline, epoch, work)?;
-    let rootfs = root_image(root, layout.root, uuids, epoch, work)?;
+    let rootfs = root_image(root, layout.root, uuids, epoch, meta, work)?;
     // 1 MiB for the primary table, the partitions, 1 MiB for the backup table.
     let total = MIB + layout.esp + layout.root + MIB;
     let (first, second) = if layout.esp_first {

@@ -4,7 +4,9 @@
 //! from it, a `rootfs-tar` for netboot, and a `sysext` image of the bundle alone.
 //!
 //! No loop mounts: `mkfs.ext4 -d`, `mkfs.vfat` + `mcopy`, `sfdisk` on a plain file and `dd` at the
-//! partition offsets. Root is needed only for debootstrap. The base rootfs is cached by the digest of
+//! partition offsets. Root is needed only for debootstrap (and for rootfs-tar, which GNU tar writes
+//! with the files' real owners); without it the disk gets the base's owners and device nodes from
+//! the tarball through debugfs. The base rootfs is cached by the digest of
 //! the recipe's base, so a rebuild with a new bundle skips debootstrap. Timestamps are
 //! SOURCE_DATE_EPOCH and every UUID is derived from the recipe and bundle digests.
 
@@ -133,6 +135,9 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
         results.push((tmp, o.out.join(format!("{name}.raw"))));
     }
     let needs_rootfs = o.formats.iter().any(|f| *f != Format::Sysext);
+    if o.formats.contains(&Format::RootfsTar) && !is_root() {
+        bail!("--format rootfs-tar needs root: GNU tar writes the files' real owners and xattrs (raw, qcow2 and sysext do not need root)");
+    }
     if needs_rootfs {
         let t = Instant::now();
         let (base, cached) = base_rootfs(&recipe, &o.recipe, cache)?;
@@ -140,13 +145,30 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
         built.base_seconds = t.elapsed().as_secs_f64();
         let root = work.path().join("rootfs");
         fs::create_dir(&root)?;
-        process::run(
-            Command::new("tar")
-                .args(["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f"])
-                .arg(&base)
-                .arg("-C")
-                .arg(&root),
-        )?;
+        // As root, tar keeps owners, device nodes and xattrs and mkfs.ext4 copies them. Without
+        // root, the base's owners and device nodes are read from the tarball and written into the
+        // filesystem by debugfs instead.
+        let meta = if is_root() {
+            None
+        } else {
+            Some(disk::BaseMeta::read(&base)?)
+        };
+        let mut tar = Command::new("tar");
+        tar.args(["-x", "-p", "--numeric-owner"]);
+        match &meta {
+            None => {
+                tar.args(["--xattrs", "--xattrs-include=*"]);
+            }
+            Some(m) => {
+                if m.xattrs > 0 {
+                    tracing::warn!("{} extended attributes in the base are not kept without root", m.xattrs);
+                }
+                let exclude = work.path().join("specials.exclude");
+                fs::write(&exclude, m.exclude_list())?;
+                tar.arg("--no-same-owner").arg("--exclude-from").arg(&exclude);
+            }
+        }
+        process::run(tar.arg("-f").arg(&base).arg("-C").arg(&root))?;
         let uuids = disk::Uuids::derive(&seed);
         customize(&root, &bundle, o, &uuids)?;
         if let Some(overlay) = &o.overlay {
@@ -177,6 +199,7 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
                 &uuids,
                 cmdline.trim(),
                 o.source_date_epoch,
+                meta.as_ref(),
                 work.path(),
                 &raw,
             )?;
