@@ -10,6 +10,7 @@ use crate::cli::ImageArgs;
 use crate::image::{self, Options};
 
 pub fn run(a: &ImageArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
+    crate::install_signal_handlers()?;
     let cache = Cache::open(cache)?;
     let firstboot = match &a.firstboot {
         Some(p) => p.clone(),

@@ -143,6 +143,7 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
         let (base, cached) = base_rootfs(&recipe, &o.recipe, cache)?;
         built.base = if cached { "cached" } else { "built" }.into();
         built.base_seconds = t.elapsed().as_secs_f64();
+        crate::check_interrupted()?;
         let root = work.path().join("rootfs");
         fs::create_dir(&root)?;
         // As root, tar keeps owners, device nodes and xattrs and mkfs.ext4 copies them. Without
@@ -169,6 +170,7 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             }
         }
         process::run(tar.arg("-f").arg(&base).arg("-C").arg(&root))?;
+        crate::check_interrupted()?;
         let uuids = disk::Uuids::derive(&seed);
         customize(&root, &bundle, o, &uuids)?;
         if let Some(overlay) = &o.overlay {
@@ -181,9 +183,11 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             .with_context(|| format!("cannot copy the overlay {}", overlay.display()))?;
         }
         normalize_times(&root, o.source_date_epoch)?;
+        crate::check_interrupted()?;
         if o.formats.contains(&Format::RootfsTar) {
             let tmp = work.path().join("rootfs.tar.zst");
             rootfs_tar(&root, o.source_date_epoch, &tmp)?;
+            crate::check_interrupted()?;
             results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
         }
         if o.formats.iter().any(|f| matches!(f, Format::Raw | Format::Qcow2)) {
@@ -218,6 +222,8 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             }
         }
     }
+    // Ctrl-C or SIGTERM up to here leaves nothing: the work directory goes with `work`.
+    crate::check_interrupted()?;
     for (tmp, dest) in results {
         fs::rename(&tmp, &dest).with_context(|| format!("cannot move the image to {}", dest.display()))?;
         built.outputs.push(dest);
