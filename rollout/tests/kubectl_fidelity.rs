@@ -1,6 +1,7 @@
 //! The simulator's fidelity, checked with the real kubectl: `kubectl cordon`, `kubectl get nodes` and
 //! `kubectl drain` behave against it as kubectl documents, for DaemonSets, mirror pods, emptyDir,
-//! unmanaged pods and a blocking PodDisruptionBudget. Needs kubectl on PATH.
+//! unmanaged pods and a blocking PodDisruptionBudget, and under injected latency, 429s and dropped
+//! watches. Needs kubectl on PATH.
 
 mod common;
 
@@ -111,4 +112,41 @@ fn drain_is_held_by_a_blocking_pdb() {
     assert_eq!(c.sim.pods_on("node-a"), ["default/db-0"]);
     assert!(c.sim.evictions().iter().all(|e| e.outcome == "blocked"));
     assert!(c.sim.violations().is_empty());
+}
+
+#[test]
+fn kubectl_drain_under_injected_faults_keeps_the_invariants() {
+    let c = Cluster::new();
+    c.sim.run_replicaset_controller(std::time::Duration::from_millis(200));
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    c.sim.add_node("node-b", &[], "v1.36.4", "containerd://2.3.4");
+    for i in 0..3 {
+        c.sim.add_rs_pod("default", &format!("api-{i}"), "node-a", "api", 1);
+    }
+    c.sim.add_rs_pod("default", "api-b", "node-b", "api", 1);
+    c.sim.add_pod(
+        "kube-system",
+        "proxy-a",
+        "node-a",
+        &[("app", "proxy")],
+        Some(("DaemonSet", "proxy")),
+        false,
+        false,
+        1,
+    );
+    c.sim.add_pdb("default", "api", &[("app", "api")], None, Some(1));
+    // kubectl retries a 429 (from the PDB or injected) every 5 s, as it documents.
+    c.sim.set_faults(kiln_kube_sim::Faults {
+        latency: std::time::Duration::from_millis(5),
+        error_every: 0,
+        throttle_every: 3,
+        drop_watch_after: Some(std::time::Duration::from_millis(300)),
+    });
+    let out = c.kubectl(&["drain", "node-a", "--ignore-daemonsets", "--timeout=120s"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("will retry after 5s"), "kubectl saw the 429s: {t}");
+    assert_eq!(c.sim.pods_on("node-a"), ["kube-system/proxy-a"]);
+    assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
+    assert!(c.sim.evictions().iter().any(|e| e.outcome == "blocked"));
 }
