@@ -88,25 +88,13 @@ fn default_conflist_adds_and_deletes_with_debian_plugins() {
     let tmp = tempfile::tempdir().unwrap();
     let mirror = production_mirror();
     let manifest = standin_manifest(tmp.path(), &mirror);
-    let out = tmp.path().join("out");
-    let mut args = vec![
-        "build".to_string(),
-        manifest.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--arch".into(),
-        "amd64".into(),
-    ];
-    args.extend(mirror_args(&mirror));
-    ok(&kiln(
-        &tmp.path().join("cache"),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let (o, bundle) = build_amd64(tmp.path(), &manifest, &mirror, &[]);
+    ok(&o);
     let x = tmp.path().join("x");
     std::fs::create_dir(&x).unwrap();
     let st = Command::new("tar")
         .args(["--zstd", "-xf"])
-        .arg(out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst"))
+        .arg(&bundle)
         .arg("-C")
         .arg(&x)
         .status()

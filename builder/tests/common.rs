@@ -42,23 +42,34 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Build the stand-in production bundle for one architecture through a mirror; its path.
-pub fn standin_bundle(dir: &Path, arch: &str) -> PathBuf {
-    let mirror = production_mirror();
-    let manifest = standin_manifest(dir, &mirror);
-    let out = dir.join("bundle");
+/// `kiln build MANIFEST -o DIR/out --arch amd64` through the mirror, plus `extra`: the output and
+/// the bundle's path.
+pub fn build_amd64(dir: &Path, manifest: &Path, mirror: &Mirror, extra: &[&str]) -> (Output, PathBuf) {
+    let out = dir.join("out");
     let mut args = vec![
         "build".to_string(),
         manifest.display().to_string(),
-        "--arch".into(),
-        arch.into(),
         "-o".into(),
         out.display().to_string(),
+        "--arch".into(),
+        "amd64".into(),
     ];
-    args.extend(mirror_args(&mirror));
+    args.extend(mirror_args(mirror));
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&kiln(&dir.join("cache"), &args));
-    out.join(format!("k8s-node-1.36.4-1-{arch}.kiln.tar.zst"))
+    (
+        kiln(&dir.join("cache"), &args),
+        out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst"),
+    )
+}
+
+/// The stand-in production bundle for amd64, built through a mirror; its path.
+pub fn standin_bundle(dir: &Path) -> PathBuf {
+    let mirror = production_mirror();
+    let manifest = standin_manifest(dir, &mirror);
+    let (o, bundle) = build_amd64(dir, &manifest, &mirror, &[]);
+    ok(&o);
+    bundle
 }
 
 pub fn fails(out: &Output) -> String {

@@ -76,6 +76,17 @@ fn image(dir: &Path, recipe: &Path, bundle: &Path, out: &Path, formats: &str) ->
     )
 }
 
+/// The root partition of a tiny image, cut out with dd and checked clean by e2fsck.
+fn root_partition(dir: &Path, raw: &Path) -> PathBuf {
+    let rootfs = dir.join("root.img");
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", rootfs.display()))
+        .args(["bs=1M", "skip=65", "count=256", "status=none"]));
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&rootfs));
+    rootfs
+}
+
 fn sha256(p: &Path) -> String {
     kiln_testkit::sha256_hex(&std::fs::read(p).unwrap())
 }
@@ -86,8 +97,8 @@ fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     let dir = tmp.path();
     base(dir);
     let recipe = recipe(dir, "rootfsTar: base.tar");
-    let bundle = standin_bundle(dir, "amd64");
-    let out = dir.join("out");
+    let bundle = standin_bundle(dir);
+    let out = dir.join("images");
     ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,rootfs-tar"));
     let mut files = listing(&out);
     files.sort();
@@ -139,12 +150,7 @@ fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     assert_eq!(kernel, "not really a kernel");
 
     // The root filesystem: cut out with dd, clean under e2fsck, with what the image must carry.
-    let rootfs = dir.join("root.img");
-    run(Command::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", rootfs.display()))
-        .args(["bs=1M", "skip=65", "count=256", "status=none"]));
-    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&rootfs));
+    let rootfs = root_partition(dir, &raw);
     let debugfs = |req: &str| run(Command::new("debugfs").args(["-R", req]).arg(&rootfs));
     let baked = debugfs("ls -l /usr/lib/kiln/bundles");
     assert!(baked.contains("k8s-node-1.36.4-1-amd64.kiln.tar.zst.sha256"), "{baked}");
@@ -199,8 +205,8 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     base(dir);
-    let bundle = standin_bundle(dir, "amd64");
-    let out = dir.join("out");
+    let bundle = standin_bundle(dir);
+    let out = dir.join("images");
 
     // A corrupted bundle is refused before anything is built.
     let bad = dir.join("bad").join(bundle.file_name().unwrap());
@@ -301,7 +307,7 @@ fn without_root_the_disk_still_has_the_bases_owners_and_device_nodes() {
         .arg(&base_dir)
         .arg("."));
     let recipe = recipe(dir, "rootfsTar: base.tar");
-    let bundle = standin_bundle(dir, "amd64");
+    let bundle = standin_bundle(dir);
     let fb = firstboot(dir);
     for d in ["nobody-cache", "nobody-out"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -330,12 +336,7 @@ fn without_root_the_disk_still_has_the_bases_owners_and_device_nodes() {
     ok(&as_nobody("raw"));
 
     let raw = dir.join("nobody-out").join(format!("{STEM}.raw"));
-    let rootfs = dir.join("root.img");
-    run(Command::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", rootfs.display()))
-        .args(["bs=1M", "skip=65", "count=256", "status=none"]));
-    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&rootfs));
+    let rootfs = root_partition(dir, &raw);
     let stat = |p: &str| run(Command::new("debugfs").args(["-R", &format!("stat {p}")]).arg(&rootfs));
     let owned = stat("/etc/owned");
     assert!(

@@ -86,21 +86,8 @@ fn the_migrated_config_builds_into_a_bundle() {
     let mut text = std::fs::read_to_string(&manifest).unwrap();
     text.push_str(&indented);
     std::fs::write(&manifest, text).unwrap();
-    let out = tmp.path().join("out");
-    let mut args = vec![
-        "build".to_string(),
-        manifest.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--arch".into(),
-        "amd64".into(),
-    ];
-    args.extend(mirror_args(&mirror));
-    ok(&kiln(
-        &tmp.path().join("cache"),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
-    let bundle = out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst");
+    let (o, bundle) = build_amd64(tmp.path(), &manifest, &mirror, &[]);
+    ok(&o);
     let read = |member: &str| {
         let o = std::process::Command::new("tar")
             .args(["--zstd", "-xOf"])
@@ -132,23 +119,11 @@ fn a_removed_flag_in_a_manifest_fails_the_build_with_version_and_replacement() {
     let mut text = std::fs::read_to_string(&manifest).unwrap();
     text.push_str("  config:\n    kubelet:\n      flags:\n        network-plugin: cni\n        max-pods: \"50\"\n");
     std::fs::write(&manifest, text).unwrap();
-    let out = tmp.path().join("out");
-    let mut args = vec![
-        "build".to_string(),
-        manifest.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--arch".into(),
-        "amd64".into(),
-    ];
-    args.extend(mirror_args(&mirror));
-    let err = fails(&kiln(
-        &tmp.path().join("cache"),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let (o, _) = build_amd64(tmp.path(), &manifest, &mirror, &[]);
+    let err = fails(&o);
     assert!(
         err.contains("error: --network-plugin: removed in Kubernetes 1.24 (dockershim removal); replacement: the container runtime's CNI configuration"),
         "{err}"
     );
-    assert!(listing(&out).is_empty());
+    assert!(listing(&tmp.path().join("out")).is_empty());
 }

@@ -18,22 +18,11 @@ fn minisign(args: &[&str]) -> std::process::Output {
 fn built_bundle(tmp: &Path, sign_with: Option<&Path>) -> std::path::PathBuf {
     let mirror = production_mirror();
     let manifest = standin_manifest(tmp, &mirror);
-    let out = tmp.join("out");
-    let mut args = vec![
-        "build".to_string(),
-        manifest.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--arch".into(),
-        "amd64".into(),
-    ];
-    args.extend(mirror_args(&mirror));
-    if let Some(k) = sign_with {
-        args.extend(["--sign".into(), k.display().to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&kiln(&tmp.join("cache"), &args));
-    out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst")
+    let key = sign_with.map(|k| k.display().to_string());
+    let extra: Vec<&str> = key.iter().flat_map(|k| ["--sign", k.as_str()]).collect();
+    let (o, bundle) = build_amd64(tmp, &manifest, &mirror, &extra);
+    ok(&o);
+    bundle
 }
 
 #[test]
