@@ -67,7 +67,7 @@ pub struct ImageArgs {
     /// The sysext's extension-release: ID or ID:VERSION_ID (_any: every OS)
     #[arg(long, value_name = "ID[:VERSION_ID]", default_value = "_any")]
     pub sysext_os: String,
-    /// Timestamps in the image [default: SOURCE_DATE_EPOCH, else 0]
+    /// Timestamps in the image (seconds since 1970)
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     pub source_date_epoch: u64,
     /// Print what was built as JSON
