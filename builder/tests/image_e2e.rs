@@ -5,7 +5,7 @@
 //! systemd, a test unit imports a locally built OCI image and runs a container with runc, and the
 //! sysext image merges with the bundle's binaries under /usr. A second image carries a corrupted
 //! bundle: kiln-firstboot refuses it, containerd stays down, and its one-line failure is on the
-//! console. Needs root (debootstrap), debootstrap, QEMU, OVMF, dosfstools, mtools, systemd-boot,
+//! console. Needs root (debootstrap), debootstrap, QEMU, OVMF, dosfstools, mtools, systemd-boot-efi,
 //! squashfs-tools and qemu-img, which `scripts/setup` installs.
 //!
 //! It prints the image build time (cold, and with the cached base), the boot-to-activated time and

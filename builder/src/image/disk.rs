@@ -19,7 +19,7 @@ use crate::process;
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Root partition (x86-64), Discoverable Partitions Specification.
 pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-/// Where systemd-boot is found on the build host (Debian's systemd-boot package).
+/// Where systemd-boot is found on the build host (Debian's systemd-boot-efi package).
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 const MIB: u64 = 1 << 20;
@@ -159,7 +159,7 @@ fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
 fn esp_image(root: &Path, size: u64, uuids: &Uuids, cmdline: &str, epoch: u64, work: &Path) -> Result<PathBuf> {
     let (vmlinuz, initrd, version) = kernel(root)?;
     if !Path::new(SYSTEMD_BOOT).is_file() {
-        bail!("{SYSTEMD_BOOT} not found: install Debian's systemd-boot package");
+        bail!("{SYSTEMD_BOOT} not found: install Debian's systemd-boot-efi package");
     }
     let img = work.join("esp.img");
     fs::File::create(&img)?.set_len(size)?;
