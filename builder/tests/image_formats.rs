@@ -225,6 +225,14 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     assert!(e.contains(bad.to_str().unwrap()), "{e}");
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));
 
+    // A bundle without its .sha256 beside it.
+    let bare = dir.join("bare").join(bundle.file_name().unwrap());
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    std::fs::copy(&bundle, &bare).unwrap();
+    let e = fails(&image(dir, &good, &bare, &out, "raw"));
+    assert!(e.contains(&format!("{}.sha256 not found", bare.display())), "{e}");
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+
     // A missing base tarball, a bad recipe, a missing firstboot binary.
     let missing = recipe(dir, "rootfsTar: nowhere.tar");
     let e = fails(&image(dir, &missing, &bundle, &out, "raw"));

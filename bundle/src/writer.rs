@@ -181,6 +181,19 @@ pub fn sha256_path(bundle: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The digest in `BUNDLE.sha256` beside a bundle; `None` when there is no such file. Errors name
+/// the file.
+pub fn read_sha256_beside(bundle: &Path) -> Result<Option<Sha256>> {
+    let p = sha256_path(bundle);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => crate::digest::parse_sha256sum(&text)
+            .map(Some)
+            .map_err(|e| Error::bundle(p.display().to_string(), e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
 /// `BUNDLE.minisig` beside a bundle.
 pub fn minisig_path(bundle: &Path) -> PathBuf {
     let mut s = bundle.as_os_str().to_owned();

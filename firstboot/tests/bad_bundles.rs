@@ -50,16 +50,15 @@ impl Evil {
         e
     }
     fn raw(&mut self, name: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>) {
-        let mut h = tar::Header::new_old();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(l) = link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
+        let link = link.map(str::as_bytes);
+        assert!(kiln_testkit::hostile::raw_entry(
+            &mut self.0,
+            name.as_bytes(),
+            kind,
+            mode,
+            data,
+            link
+        ));
     }
     fn finish(self) -> Vec<u8> {
         zstd::encode_all(&self.0.into_inner().unwrap()[..], 3).unwrap()

@@ -116,21 +116,9 @@ fn bundle(members: &[Member]) -> Vec<u8> {
         },
     };
     let mut tar = tar::Builder::new(Vec::new());
+    // Members whose names do not fit a v7 header are left out (the index still lists them).
     let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
-        let mut h = tar::Header::new_old();
-        let n = name.as_bytes();
-        if n.len() > 99 || link.is_some_and(|l| l.len() > 99) {
-            return;
-        }
-        h.as_old_mut().name[..n.len()].copy_from_slice(n);
-        if let Some(l) = link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        tar.append(&h, data).unwrap();
+        kiln_testkit::hostile::raw_entry(&mut tar, name.as_bytes(), kind, mode, data, link.map(str::as_bytes));
     };
     add(INDEX_NAME, tar::EntryType::Regular, 0o644, &index.to_json(), None);
     for m in members {

@@ -42,6 +42,16 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.blocked.is_empty()
     }
+
+    /// The pods still there and why, on one line.
+    pub fn blocked_summary(&self) -> String {
+        let why: Vec<String> = self
+            .blocked
+            .iter()
+            .map(|d| format!("{}: {}", d.pod, d.reason))
+            .collect();
+        why.join("; ")
+    }
 }
 
 pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool) -> Result<()> {

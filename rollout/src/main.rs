@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_outcome(&o);
             }
-            Ok(if o.result == "replaced" && o.message.is_none() {
+            Ok(if o.result == replace::Outcome::Replaced && o.message.is_none() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -355,7 +355,7 @@ fn print_drain(r: &drain::Report, dry_run: bool) {
 fn print_outcome(o: &NodeOutcome) {
     let with = o.replacement.as_deref().map(|r| format!(" by {r}")).unwrap_or_default();
     let msg = o.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-    println!("{}: {}{with}{msg}", o.node, o.result);
+    println!("{}: {}{with}{msg}", o.node, o.result.as_str());
 }
 
 /// A drain's live display on a terminal: one status line counting pods gone, with the latest

@@ -233,12 +233,32 @@ pub struct ReplaceArgs {
     pub drain: DrainArgs,
 }
 
+/// What became of one old node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Replaced,
+    Untouched,
+    Failed,
+    AtTarget,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Replaced => "replaced",
+            Outcome::Untouched => "untouched",
+            Outcome::Failed => "failed",
+            Outcome::AtTarget => "at-target",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeOutcome {
     pub node: String,
-    /// `replaced`, `untouched`, `failed`, or `at-target`.
-    pub result: String,
+    pub result: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replacement: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,10 +267,10 @@ pub struct NodeOutcome {
 }
 
 impl NodeOutcome {
-    fn new(node: &str, result: &str) -> NodeOutcome {
+    fn new(node: &str, result: Outcome) -> NodeOutcome {
         NodeOutcome {
             node: node.to_string(),
-            result: result.to_string(),
+            result,
             replacement: None,
             message: None,
             seconds: 0.0,
@@ -270,11 +290,11 @@ pub async fn replace(client: &Client, a: &ReplaceArgs, progress: &(dyn Fn(&str) 
     {
         bail!("node {} not found", a.old);
     }
-    let mut out = NodeOutcome::new(&a.old, "untouched");
+    let mut out = NodeOutcome::new(&a.old, Outcome::Untouched);
     out.replacement = Some(a.new.clone());
     progress(&format!("{}: waiting for {} to be Ready", a.old, a.new));
     if let Err(last) = wait_fit(client, &a.new, a.bundle.as_deref(), start + a.ready_timeout).await {
-        out.result = "failed".into();
+        out.result = Outcome::Failed;
         out.message = Some(format!(
             "{} did not become a usable replacement within {:?} ({last}); {} left untouched",
             a.new, a.ready_timeout, a.old
@@ -318,7 +338,7 @@ async fn finish(
             .iter()
             .map(|d| format!("{}: {}", d.pod, d.reason))
             .collect();
-        out.result = "failed".into();
+        out.result = Outcome::Failed;
         out.message = Some(format!("drain of {old} stopped: {}", why.join("; ")));
         return Ok(());
     }
@@ -337,7 +357,7 @@ async fn decommission_node(
     progress: &(dyn Fn(&str) + Sync),
     out: &mut NodeOutcome,
 ) {
-    out.result = "replaced".into();
+    out.result = Outcome::Replaced;
     if let Some(hook) = decommission {
         if let Err(e) = hook
             .run(
@@ -480,7 +500,11 @@ pub struct RollReport {
 
 impl RollReport {
     pub fn ok(&self) -> bool {
-        self.halted.is_none() && self.nodes.iter().all(|n| n.result != "failed" && n.message.is_none())
+        self.halted.is_none()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.result != Outcome::Failed && n.message.is_none())
     }
 }
 
@@ -536,14 +560,14 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
         nodes: plan
             .at_target
             .iter()
-            .map(|n| NodeOutcome::new(n, "at-target"))
+            .map(|n| NodeOutcome::new(n, Outcome::AtTarget))
             .collect(),
         decommissioned: Vec::new(),
         seconds: 0.0,
     };
     // An earlier run deleted these old nodes but did not decommission them.
     for (new, old) in &plan.decommission {
-        let mut o = NodeOutcome::new(old, "replaced");
+        let mut o = NodeOutcome::new(old, Outcome::Replaced);
         decommission_node(
             client,
             old,
@@ -599,22 +623,22 @@ async fn replace_one(
 ) -> NodeOutcome {
     let old = r.node.as_str();
     // A slot: surge (provision first) or unavailable (drain first). Resumed nodes keep their path.
-    let (_permit, drain_first) = tokio::select! {
+    let (permit, drain_first) = tokio::select! {
         biased;
         p = surge.clone().acquire_owned(), if a.max_surge > 0 && r.resume != Some(Phase::DrainingFirst) => (p, false),
         p = unavailable.clone().acquire_owned(), if a.max_unavailable > 0 || r.resume == Some(Phase::DrainingFirst) => (p, true),
     };
-    let _permit = _permit.expect("the semaphores are never closed");
+    let _permit = permit.expect("the semaphores are never closed");
     if shared.halted() {
-        return NodeOutcome::new(old, "untouched");
+        return NodeOutcome::new(old, Outcome::Untouched);
     }
     let start = Instant::now();
-    let mut out = NodeOutcome::new(old, "untouched");
+    let mut out = NodeOutcome::new(old, Outcome::Untouched);
     let result = replace_steps(client, a, r, shared, drain_first, progress, &mut out).await;
     if let Err(e) = result {
         let why = format!("{old}: {e:#}");
         progress(&why);
-        if out.result == "untouched" && drain_first {
+        if out.result == Outcome::Untouched && drain_first {
             // It was drained for nothing: give its capacity back.
             let _ = drain::set_unschedulable(client, old, false).await;
         }
@@ -627,7 +651,7 @@ async fn replace_one(
             ],
         )
         .await;
-        out.result = "failed".into();
+        out.result = Outcome::Failed;
         out.message = Some(format!("{e:#}"));
         shared.halt(why);
     }
@@ -721,7 +745,6 @@ async fn replace_steps(
         hint.clone().context("the roll annotations name no replacement")?
     } else {
         let new = wait_replacement(client, a, old, hint.as_deref(), started.as_deref(), shared, deadline).await?;
-        out.replacement = Some(new.clone());
         annotate(client, &new, &[(REPLACES, Some(old))]).await?;
         annotate(
             client,
@@ -747,7 +770,7 @@ async fn replace_steps(
         out,
     )
     .await?;
-    if out.result == "failed" {
+    if out.result == Outcome::Failed {
         bail!("{}", out.message.clone().unwrap_or_default());
     }
     Ok(())

@@ -67,16 +67,7 @@ pub fn mixed(c: &Cluster) {
     let s = &c.sim;
     s.add_node("node-a", &[("pool", "blue")], "v1.36.4", "containerd://2.3.4");
     s.add_node("node-b", &[("pool", "blue")], "v1.36.4", "containerd://2.3.4");
-    s.add_pod(
-        "kube-system",
-        "proxy-a",
-        "node-a",
-        &[("app", "proxy")],
-        Some(("DaemonSet", "proxy")),
-        false,
-        false,
-        1,
-    );
+    s.add_ds_pod("kube-system", "proxy-a", "node-a", "proxy", 1);
     s.add_pod(
         "kube-system",
         "etcd-node-a",

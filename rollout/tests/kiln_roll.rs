@@ -32,16 +32,7 @@ fn pool(c: &Cluster, n: usize) {
         for j in 0..2 {
             s.add_rs_pod("default", &format!("web-{i}-{j}"), &node, "web", 1);
         }
-        s.add_pod(
-            "kube-system",
-            &format!("proxy-{i}"),
-            &node,
-            &[("app", "proxy")],
-            Some(("DaemonSet", "proxy")),
-            false,
-            false,
-            1,
-        );
+        s.add_ds_pod("kube-system", &format!("proxy-{i}"), &node, "proxy", 1);
         s.add_pod(
             "kube-system",
             &format!("static-{node}"),

@@ -124,16 +124,7 @@ fn kubectl_drain_under_injected_faults_keeps_the_invariants() {
         c.sim.add_rs_pod("default", &format!("api-{i}"), "node-a", "api", 1);
     }
     c.sim.add_rs_pod("default", "api-b", "node-b", "api", 1);
-    c.sim.add_pod(
-        "kube-system",
-        "proxy-a",
-        "node-a",
-        &[("app", "proxy")],
-        Some(("DaemonSet", "proxy")),
-        false,
-        false,
-        1,
-    );
+    c.sim.add_ds_pod("kube-system", "proxy-a", "node-a", "proxy", 1);
     c.sim.add_pdb("default", "api", &[("app", "api")], None, Some(1));
     // kubectl retries a 429 (from the PDB or injected) every 5 s, as it documents.
     c.sim.set_faults(kiln_kube_sim::Faults {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use kiln_bundle::digest::{parse_sha256sum, Sha256};
 use kiln_bundle::reader::{verify_file, Expect, VerifyOnly};
 use kiln_bundle::signature;
-use kiln_bundle::writer::{minisig_path, sha256_path};
+use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::cli::VerifyArgs;
 
@@ -66,17 +66,14 @@ fn expected_digest(bundle: &Path, flag: Option<&str>) -> Result<Option<Sha256>> 
             }
         },
         None => {
-            let p = sha256_path(bundle);
-            match std::fs::read_to_string(&p) {
-                Ok(text) => Ok(Some(
-                    parse_sha256sum(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::warn!("{} not found; the outer digest is not checked", p.display());
-                    Ok(None)
-                }
-                Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+            let found = read_sha256_beside(bundle)?;
+            if found.is_none() {
+                tracing::warn!(
+                    "{} not found; the outer digest is not checked",
+                    sha256_path(bundle).display()
+                );
             }
+            Ok(found)
         }
     }
 }

@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_bundle::digest::{parse_sha256sum, Sha256};
+use kiln_bundle::digest::Sha256;
 use kiln_bundle::reader::{verify_file, Expect, VerifyOnly};
-use kiln_bundle::writer::{minisig_path, sha256_path};
+use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::cache::Cache;
 use crate::process;
@@ -62,7 +62,7 @@ pub struct Options {
 #[serde(rename_all = "camelCase")]
 pub struct Built {
     pub outputs: Vec<PathBuf>,
-    /// `cached` or `built`.
+    /// The base rootfs: `given` (the recipe's tarball), `cached` or `built` (debootstrap).
     pub base: String,
     pub base_seconds: f64,
     pub seconds: f64,
@@ -79,14 +79,12 @@ pub struct Bundle {
 /// Verify the bundle fully (outer digest from BUNDLE.sha256, every member against the index) before
 /// it goes into an image.
 pub fn verified_bundle(path: &Path) -> Result<Bundle> {
-    let sum = sha256_path(path);
-    let text = fs::read_to_string(&sum).with_context(|| {
-        format!(
-            "cannot read {} (an image needs the bundle's digest beside it)",
-            sum.display()
+    let expected = read_sha256_beside(path)?.ok_or_else(|| {
+        anyhow!(
+            "{} not found: an image needs the bundle's digest beside it",
+            sha256_path(path).display()
         )
     })?;
-    let expected = parse_sha256sum(&text).map_err(|e| anyhow!("{}: {e}", sum.display()))?;
     let report = verify_file(
         path,
         &Expect {
@@ -140,8 +138,13 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     }
     if needs_rootfs {
         let t = Instant::now();
-        let (base, cached) = base_rootfs(&recipe, &o.recipe, cache)?;
-        built.base = if cached { "cached" } else { "built" }.into();
+        let (base, source) = base_rootfs(&recipe, &o.recipe, cache)?;
+        built.base = match source {
+            BaseSource::Given => "given",
+            BaseSource::Cached => "cached",
+            BaseSource::Built => "built",
+        }
+        .into();
         built.base_seconds = t.elapsed().as_secs_f64();
         crate::check_interrupted()?;
         let root = work.path().join("rootfs");
@@ -232,9 +235,20 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     Ok(built)
 }
 
-/// The base rootfs as a tarball in the cache, keyed by the base's digest; built with debootstrap
-/// (or taken from the recipe's rootfs tarball) when missing. True when it was cached.
-fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(PathBuf, bool)> {
+/// Where the base rootfs tarball came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaseSource {
+    /// The recipe's `rootfsTar`.
+    Given,
+    /// The cache, from an earlier debootstrap.
+    Cached,
+    /// debootstrap, now.
+    Built,
+}
+
+/// The base rootfs as a tarball: the recipe's own, or debootstrap's output in the cache keyed by
+/// the base's digest (built when missing).
+fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(PathBuf, BaseSource)> {
     let dir = cache.root().join("images");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if let Some(tar) = &recipe.spec.base.rootfs_tar {
@@ -246,13 +260,13 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
                 path.display()
             );
         }
-        return Ok((path, true));
+        return Ok((path, BaseSource::Given));
     }
     let d = recipe.spec.base.debootstrap.as_ref().expect("validated");
     let cached = dir.join(format!("base-{}.tar", recipe.base_digest(None).hex()));
     if cached.is_file() {
         tracing::info!("base rootfs cached: {}", cached.display());
-        return Ok((cached, true));
+        return Ok((cached, BaseSource::Cached));
     }
     if !is_root() {
         bail!("building the base rootfs runs debootstrap, which needs root (it is cached afterwards)");
@@ -304,11 +318,11 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
             .arg("."),
     )?;
     fs::rename(&tmp, &cached).with_context(|| format!("cannot store {}", cached.display()))?;
-    Ok((cached, false))
+    Ok((cached, BaseSource::Built))
 }
 
 fn is_root() -> bool {
-    std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").expect("procfs")) == 0
+    rustix::process::geteuid().is_root()
 }
 
 /// Turn the base into a fresh kiln node: the bundle baked in, kiln-firstboot installed and enabled,
@@ -398,15 +412,6 @@ fn write(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Every file, directory and link in the tree gets the same mtime and atime (links not followed).
 pub fn normalize_times(root: &Path, epoch: u64) -> Result<()> {
-    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
-    let t = Timespec {
-        tv_sec: epoch as i64,
-        tv_nsec: 0,
-    };
-    let ts = Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
@@ -414,12 +419,10 @@ pub fn normalize_times(root: &Path, epoch: u64) -> Result<()> {
             if e.file_type()?.is_dir() {
                 stack.push(e.path());
             }
-            utimensat(CWD, e.path(), &ts, AtFlags::SYMLINK_NOFOLLOW)
-                .with_context(|| format!("cannot set the times of {}", e.path().display()))?;
+            normalize_times_file(&e.path(), epoch)?;
         }
     }
-    utimensat(CWD, root, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
+    normalize_times_file(root, epoch)
 }
 
 /// One file's mtime and atime.

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_bundle::digest::{parse_sha256sum, Sha256};
+use kiln_bundle::digest::Sha256;
 use kiln_bundle::index::Index;
 use kiln_bundle::reader::{read_bundle, Expect};
 use kiln_bundle::signature;
-use kiln_bundle::writer::{minisig_path, sha256_path};
+use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::config::NodeConfig;
 use crate::datasource::{self, Endpoints};
@@ -346,10 +346,12 @@ fn remove_if_exists(p: &Path) -> Result<()> {
 }
 
 fn read_expected_digest(bundle: &Path) -> Result<Sha256> {
-    let p = sha256_path(bundle);
-    let text = fs::read_to_string(&p)
-        .with_context(|| format!("cannot read {} (the bundle's digest is baked beside it)", p.display()))?;
-    parse_sha256sum(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
+    read_sha256_beside(bundle)?.ok_or_else(|| {
+        anyhow!(
+            "cannot read {} (the bundle's digest is baked beside it)",
+            sha256_path(bundle).display()
+        )
+    })
 }
 
 fn verify_unpack(bundle: &Path, partial: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {

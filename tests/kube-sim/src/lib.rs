@@ -588,6 +588,20 @@ impl Sim {
         );
     }
 
+    /// A Running, Ready pod of DaemonSet `app`, labelled `app=<app>`.
+    pub fn add_ds_pod(&self, ns: &str, name: &str, node: &str, app: &str, grace: i64) {
+        self.add_pod(
+            ns,
+            name,
+            node,
+            &[("app", app)],
+            Some(("DaemonSet", app)),
+            false,
+            false,
+            grace,
+        );
+    }
+
     /// A PodDisruptionBudget on `matchLabels` with `minAvailable` or `maxUnavailable`.
     pub fn add_pdb(
         &self,

@@ -1,10 +1,12 @@
 //! Test-only helpers shared by kiln's integration tests and benchmarks:
 //! - [`mirror`]: a local HTTP artifact server on 127.0.0.1 with fault injection;
 //! - [`standin`]: stand-in upstream artifacts (raw binaries, tar.gz releases, .debs) whose sizes
-//!   and compressibility resemble the real ones.
+//!   and compressibility resemble the real ones;
+//! - [`hostile`]: tar entries written header by header, for archives no well-behaved writer makes.
 
 pub mod bench;
 pub mod containerd;
+pub mod hostile;
 pub mod mirror;
 pub mod oci;
 pub mod standin;
