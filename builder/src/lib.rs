@@ -13,6 +13,7 @@ pub mod image;
 pub mod lockfile;
 pub mod migrate;
 pub mod mirror;
+pub mod oci;
 pub mod plan;
 pub mod process;
 pub mod render;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_bundle::digest::Sha256;
 use kiln_bundle::index::{ComponentRecord, EntryKind, FileRecord};
+use kiln_bundle::layout::files;
 use kiln_bundle::manifest::{expand, Arch, Component, Components, Format, Manifest};
 use kiln_bundle::mode::Mode;
 use kiln_bundle::writer::Content;
@@ -126,16 +127,7 @@ fn resolve_one(
         (Some(template), _) => {
             let url = expand(template, &c.version, arch);
             let expected = c.source.sha256[&arch];
-            if !ctx.cache.has(&expected) {
-                if let Some(path) = file::local_path(&url, &ctx.base) {
-                    file::fetch(&path, &expected, ctx.cache, &what)?;
-                } else if ctx.offline {
-                    bail!("{what}: {url} is not in the cache and --offline was given");
-                } else {
-                    ctx.http()?
-                        .fetch(&ctx.mirrors.rewrite(&url), &expected, ctx.cache, &what)?;
-                }
-            }
+            fetch_pinned(&url, &expected, ctx, &what)?;
             (url, expected)
         }
         (None, Some(apt)) => {
@@ -194,6 +186,46 @@ fn resolve_one(
         sha256,
         size,
     })
+}
+
+/// Bring the artifact at `url` (a local path, `file://`, or HTTP through the mirrors) into the
+/// cache, checked against `expected`; nothing to do when the cache has it.
+fn fetch_pinned(url: &str, expected: &Sha256, ctx: &Ctx, what: &str) -> Result<()> {
+    if ctx.cache.has(expected) {
+        return Ok(());
+    }
+    if let Some(path) = file::local_path(url, &ctx.base) {
+        file::fetch(&path, expected, ctx.cache, what)
+    } else if ctx.offline {
+        bail!("{what}: {url} is not in the cache and --offline was given");
+    } else {
+        ctx.http()?.fetch(&ctx.mirrors.rewrite(url), expected, ctx.cache, what)
+    }
+}
+
+/// The manifest's preloaded images for `arch`: each archive fetched and pinned like a component,
+/// checked to be an OCI image layout that names the image as the manifest does, and placed at
+/// [`files::image_archive`].
+pub fn images(m: &Manifest, arch: Arch, ctx: &Ctx) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for (i, img) in m.spec.images.iter().enumerate() {
+        let what = format!("spec.images[{i}] ({}, {arch})", img.name);
+        let url = expand(&img.url, "", arch);
+        let expected = img.sha256[&arch];
+        fetch_pinned(&url, &expected, ctx, &what)?;
+        let blob = ctx.cache.blob(&expected);
+        crate::oci::check_names(&blob, &img.name).map_err(|e| anyhow!("{what}: {url}: {e}"))?;
+        let size = std::fs::metadata(&blob)
+            .with_context(|| format!("{what}: cache entry vanished"))?
+            .len();
+        let mut record = file_record(&files::image_archive(&img.name), Mode::FILE, size, expected, "");
+        record.component = None;
+        out.push(Planned {
+            record,
+            content: Content::File(blob),
+        });
+    }
+    Ok(out)
 }
 
 fn fetch_deb(

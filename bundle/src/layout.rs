@@ -53,4 +53,31 @@ pub mod files {
     pub const MODULES_LOAD: &str = "etc/modules-load.d/kiln.conf";
     pub const SYSCTL: &str = "etc/sysctl.d/99-kiln.conf";
     pub const CRICTL: &str = "etc/crictl.yaml";
+    /// Imports the bundle's preloaded images before kubelet starts (only in bundles with images).
+    pub const IMAGES_UNIT: &str = "systemd/kiln-images.service";
+    /// The directory of preloaded image archives.
+    pub const IMAGES_DIR: &str = "images";
+
+    /// The bundle path of the archive of preloaded image `name` (`registry.k8s.io/pause:3.10` is
+    /// `images/registry.k8s.io_pause_3.10.oci.tar`).
+    pub fn image_archive(name: &str) -> String {
+        let stem: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{IMAGES_DIR}/{stem}.oci.tar")
+    }
+}
+
+/// systemd unit names a node bundle installs (`/etc/systemd/system/<name>`).
+pub mod units {
+    pub const CONTAINERD: &str = "containerd.service";
+    pub const KUBELET: &str = "kubelet.service";
+    pub const IMAGES: &str = "kiln-images.service";
 }

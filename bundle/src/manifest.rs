@@ -42,6 +42,11 @@ pub struct Spec {
     /// Extra files placed into the bundle as they are.
     #[serde(default)]
     pub files: Vec<ExtraFile>,
+    /// OCI image archives carried in the bundle and imported into containerd's `k8s.io`
+    /// namespace before kubelet starts: the sandbox image and DaemonSet images of clusters
+    /// without registry access.
+    #[serde(default)]
+    pub images: Vec<PreloadedImage>,
     /// Node configuration compiled into the bundle; every field has a default.
     #[serde(default)]
     pub config: NodeConfig,
@@ -322,6 +327,21 @@ pub struct Install {
     pub mode: Option<Mode>,
 }
 
+/// An OCI image archive (an OCI image layout in a tar, as `ctr images export` or `skopeo copy
+/// oci-archive:` write it) preloaded on the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreloadedImage {
+    /// The reference pods use, e.g. `registry.k8s.io/pause:3.10`; the archive must name the
+    /// image so (its `io.containerd.image.name` or `org.opencontainers.image.ref.name`
+    /// annotation), since that is the name containerd gives it on import.
+    pub name: String,
+    /// `https://`, `http://`, `file://` or a path relative to the manifest; `{arch}` is replaced.
+    pub url: String,
+    /// The archive's digest, per architecture.
+    pub sha256: BTreeMap<Arch, Sha256>,
+}
+
 /// A file placed into the bundle from the manifest itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -497,6 +517,23 @@ impl Manifest {
                     &format!("{at}.path"),
                     format!("`{}` is already installed by {prev}", f.path),
                 ));
+            }
+        }
+        let mut image_names = BTreeSet::new();
+        for (i, img) in self.spec.images.iter().enumerate() {
+            let at = format!("spec.images[{i}]");
+            check_image_name(&img.name).map_err(|m| err(&format!("{at}.name"), m))?;
+            if !image_names.insert(img.name.as_str()) {
+                return Err(err(&format!("{at}.name"), format!("`{}` is listed twice", img.name)));
+            }
+            check_template(&img.url).map_err(|m| err(&format!("{at}.url"), m))?;
+            for arch in &self.spec.architectures {
+                if !img.sha256.contains_key(arch) {
+                    return Err(err(
+                        &format!("{at}.sha256"),
+                        format!("no digest for `{arch}`; every image archive is pinned by its sha256"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -711,5 +748,24 @@ spec:
         assert_eq!(parse_minor("1.36.4"), Some((1, 36)));
         assert_eq!(parse_minor("v1.27.0-rc.1"), Some((1, 27)));
         assert_eq!(parse_minor("1"), None);
+    }
+}
+
+/// An image reference as containerd stores it: `[registry/]path[:tag][@digest]`, lowercase
+/// repository, no spaces.
+fn check_image_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"./:_@-".contains(&b))
+        && !name.starts_with(['.', '/', ':', '@', '-'])
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not an image reference (e.g. registry.k8s.io/pause:3.10)"
+        ))
     }
 }

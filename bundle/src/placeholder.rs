@@ -14,6 +14,11 @@ pub const KNOWN: &[(&str, bool, &str)] = &[
         "comma-separated key=value labels, including kiln.dev/bundle-version and kiln.dev/bundle-digest",
     ),
     ("node-taints", false, "comma-separated key=value:Effect taints"),
+    (
+        "register-with-taints",
+        false,
+        "the node's taints as a YAML flow list of {key, value, effect} (KubeletConfiguration registerWithTaints)",
+    ),
     ("cluster-dns", false, "the cluster DNS service IP"),
     ("api-server", false, "the API server URL"),
     ("cluster-ca", false, "the cluster CA certificate (PEM)"),

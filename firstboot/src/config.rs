@@ -66,6 +66,36 @@ impl NodeSection {
         self.kubelet_settings.extend(later.kubelet_settings);
     }
 
+    /// Values the types cannot check: taints, the node IP and the host name.
+    pub fn validate(&self) -> Result<(), String> {
+        for t in self.taints.iter().flatten() {
+            parse_taint(t).map_err(|e| format!("taints: {e}"))?;
+        }
+        if let Some(ip) = self.node_ip.as_deref() {
+            if ip != "auto" && ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("nodeIP: `{ip}` is not an IP address or `auto`"));
+            }
+        }
+        if let Some(h) = self.hostname.as_deref() {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !ok {
+                return Err(format!(
+                    "hostname: `{h}` is not a valid node name (lowercase letters, digits, `-` and `.`, as Kubernetes requires)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Fields a bundle with a kubelet cannot start without.
     pub fn missing_for_kubelet(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
@@ -87,6 +117,45 @@ impl NodeSection {
         }
         missing
     }
+}
+
+/// A node taint as kubelet registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Taint {
+    pub key: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: String,
+}
+
+/// `key=value:Effect` or `key:Effect`, as `kubectl taint` and kubelet's `--register-with-taints`
+/// write them.
+pub fn parse_taint(s: &str) -> Result<Taint, String> {
+    let bad = |why: &str| format!("taint `{s}`: {why} (expected key=value:Effect or key:Effect)");
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| bad("no effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(bad("the effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    let key_ok =
+        !key.is_empty() && key.len() <= 316 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if !key_ok {
+        return Err(bad("the key is not a label key"));
+    }
+    if value.len() > 63 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(bad("the value is not a label value"));
+    }
+    Ok(Taint {
+        key: key.into(),
+        value: value.into(),
+        effect: effect.into(),
+    })
+}
+
+/// The taints as a JSON flow list (valid YAML), for the KubeletConfiguration.
+pub fn taints_yaml(taints: &[String]) -> Result<String, String> {
+    let parsed = taints.iter().map(|t| parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
+    Ok(serde_json::to_string(&parsed).expect("serializes"))
 }
 
 /// A file cloud-config's `write_files` asks for.
@@ -146,6 +215,54 @@ mod tests {
         assert_eq!(a.node_ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(a.labels["zone"], "b");
         assert_eq!(a.labels["pool"], "x");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let n = NodeSection {
+            taints: Some(vec!["a=b".into()]),
+            ..Default::default()
+        };
+        assert!(n.validate().unwrap_err().starts_with("taints: taint `a=b`"));
+        let n = NodeSection {
+            node_ip: Some("10.0.0.300".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            n.validate().unwrap_err(),
+            "nodeIP: `10.0.0.300` is not an IP address or `auto`"
+        );
+        let n = NodeSection {
+            hostname: Some("Node_1".into()),
+            ..Default::default()
+        };
+        assert!(n.validate().unwrap_err().starts_with("hostname: `Node_1`"));
+        let n = NodeSection {
+            hostname: Some("node-1.example".into()),
+            node_ip: Some("auto".into()),
+            taints: Some(vec!["x:NoSchedule".into()]),
+            ..Default::default()
+        };
+        n.validate().unwrap();
+    }
+
+    #[test]
+    fn taints_parse_as_kubectl_writes_them() {
+        assert_eq!(
+            taints_yaml(&["dedicated=infra:NoSchedule".into(), "gpu:NoExecute".into()]).unwrap(),
+            r#"[{"key":"dedicated","value":"infra","effect":"NoSchedule"},{"key":"gpu","effect":"NoExecute"}]"#
+        );
+        assert_eq!(taints_yaml(&[]).unwrap(), "[]");
+        for bad in [
+            "dedicated=infra",
+            "a=b:Never",
+            ":NoSchedule",
+            "a=b c:NoSchedule",
+            "a\"]:NoSchedule",
+        ] {
+            let e = parse_taint(bad).unwrap_err();
+            assert!(e.starts_with(&format!("taint `{bad}`")), "{e}");
+        }
     }
 
     #[test]

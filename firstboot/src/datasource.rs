@@ -77,6 +77,17 @@ pub fn gather(root: &Path, ep: &Endpoints, sys: &mut dyn System) -> Result<NodeC
     } else if imds_enabled(root, &args) {
         imds(&http, &ep.imds, &mut cfg)?;
     }
+    // Checked here, before anything is written: a bad value must not reach a rendered file.
+    cfg.node.validate().map_err(|e| {
+        anyhow!(
+            "node configuration ({}): {e}",
+            if cfg.sources.is_empty() {
+                "no sources".to_string()
+            } else {
+                cfg.sources.join(", ")
+            }
+        )
+    })?;
     Ok(cfg)
 }
 

@@ -61,7 +61,8 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
     for arch in archs {
         let started = Instant::now();
         let resolved = plan::resolve(&manifest, arch, lock.as_ref(), &ctx)?;
-        let planned = plan::install(&manifest, &resolved, &ctx)?;
+        let mut planned = plan::install(&manifest, &resolved, &ctx)?;
+        planned.extend(plan::images(&manifest, arch, &ctx)?);
         let epoch = a.source_date_epoch.unwrap_or(0);
         let (index, contents) = assemble(&manifest, arch, &resolved, planned, epoch)?;
         let dest = a.output.join(index.file_name());
@@ -165,6 +166,9 @@ pub fn assemble(
         contents.insert(path, Content::Bytes(bytes));
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    if !m.spec.images.is_empty() && !contents.contains_key("bin/ctr") {
+        bail!("spec.images: the bundle has no bin/ctr to import them with; install ctr from the containerd component");
+    }
     let index = Index {
         schema_version: SCHEMA_VERSION,
         name: m.metadata.name.clone(),

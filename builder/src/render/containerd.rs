@@ -1,9 +1,15 @@
 //! containerd's `config.toml`, in the schema the bundled containerd documents: version 2 for
-//! containerd 1.x (`io.containerd.grpc.v1.cri`), version 3 for 2.x (`io.containerd.cri.v1.images`
-//! and `io.containerd.cri.v1.runtime`; CNI `bin_dirs` from 2.1, when `bin_dir` was deprecated).
+//! containerd 1.x (`io.containerd.grpc.v1.cri`), version 3 for 2.0 to 2.2
+//! (`io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`; CNI `bin_dirs` from 2.1,
+//! when `bin_dir` was deprecated), version 4 from 2.3 (the same CRI tables; the socket moves from
+//! the deprecated `[grpc]` and `[ttrpc]` tables to the `io.containerd.server.v1.grpc` and
+//! `io.containerd.server.v1.ttrpc` plugins). containerd migrates an older version at every start and
+//! says so in its log, so each release gets the version it documents.
 //! Manifest overrides are merged last, deterministically (tables key by key, other values replace),
-//! and every version-3 result is checked against the documented schema, since no containerd 2.x
-//! binary is available to load it in tests.
+//! and version 3 and 4 results are checked against the keys containerd 2.x knows, so a typo in an
+//! override fails the build rather than being ignored on the node. The proof that containerd 2.3.4
+//! loads the result without a migration or a deprecation is a test with the real binary
+//! (`builder/tests/containerd2_real.rs`).
 
 use kiln_bundle::layout::Layout;
 use kiln_bundle::manifest::ContainerdConfig;
@@ -14,12 +20,15 @@ use super::minor;
 const V2_CRI: &str = "io.containerd.grpc.v1.cri";
 const V3_IMAGES: &str = "io.containerd.cri.v1.images";
 const V3_RUNTIME: &str = "io.containerd.cri.v1.runtime";
+const V4_GRPC: &str = "io.containerd.server.v1.grpc";
+const V4_TTRPC: &str = "io.containerd.server.v1.ttrpc";
 
 /// The config schema version for a containerd version.
 pub fn schema_version(containerd: &str) -> Result<u32, String> {
     match minor(containerd) {
         Some((1, m)) if m >= 3 => Ok(2),
-        Some((2, _)) => Ok(3),
+        Some((2, m)) if m <= 2 => Ok(3),
+        Some((2, _)) => Ok(4),
         _ => Err(format!(
             "containerd {containerd} is not supported (kiln renders configs for 1.3 to 2.x)"
         )),
@@ -42,9 +51,14 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
         ("version", Value::Integer(version.into())),
         ("root", l.containerd_root.clone().into()),
         ("state", l.containerd_state.clone().into()),
-        ("grpc", table([("address", l.containerd_socket.clone().into())]).into()),
     ]);
-    let plugins = if version == 2 {
+    if version < 4 {
+        doc.insert(
+            "grpc".into(),
+            table([("address", l.containerd_socket.clone().into())]).into(),
+        );
+    }
+    let mut plugins = if version == 2 {
         let cri = table([
             ("sandbox_image", cfg.sandbox_image.clone().into()),
             ("restrict_oom_score_adj", cfg.restrict_oom_score_adj.into()),
@@ -86,6 +100,16 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
         ]);
         table([(V3_IMAGES, images.into()), (V3_RUNTIME, runtime.into())])
     };
+    if version >= 4 {
+        plugins.insert(
+            V4_GRPC.into(),
+            table([("address", l.containerd_socket.clone().into())]).into(),
+        );
+        plugins.insert(
+            V4_TTRPC.into(),
+            table([("address", format!("{}.ttrpc", l.containerd_socket).into())]).into(),
+        );
+    }
     doc.insert("plugins".into(), plugins.into());
 
     for (key, value) in &cfg.overrides {
@@ -97,8 +121,8 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
             "overrides must not change `version` (containerd {containerd} uses version {version})"
         ));
     }
-    if version == 3 {
-        check_v3(&doc).map_err(|errs| errs.join("; "))?;
+    if version >= 3 {
+        check_schema(&doc, version).map_err(|errs| errs.join("; "))?;
     }
     let body = toml::to_string(&doc).map_err(|e| e.to_string())?;
     Ok(format!(
@@ -226,6 +250,10 @@ const RUNTIME: &[(&str, Ty)] = &[
     ("cdi_spec_dirs", Ty::StrList),
     ("drain_exec_sync_io_timeout", Ty::Str),
     ("ignore_deprecation_warnings", Ty::StrList),
+    ("stats_collect_period", Ty::Str),
+    ("stats_retention_period", Ty::Str),
+    ("enable_criu", Ty::Bool),
+    ("enable_experimental_restore_via_create", Ty::Bool),
     ("containerd", Ty::Table),
     ("cni", Ty::Table),
 ];
@@ -242,6 +270,7 @@ const RUNTIME_CLASS: &[(&str, Ty)] = &[
     ("container_annotations", Ty::StrList),
     ("privileged_without_host_devices", Ty::Bool),
     ("privileged_without_host_devices_all_devices_allowed", Ty::Bool),
+    ("cgroup_writable", Ty::Bool),
     ("base_runtime_spec", Ty::Str),
     ("cni_conf_dir", Ty::Str),
     ("cni_max_conf_num", Ty::Int),
@@ -280,11 +309,28 @@ const GRPC_CRI_V3: &[(&str, Ty)] = &[
     ("x509_key_pair_streaming", Ty::Table),
 ];
 const PINNED: &[(&str, Ty)] = &[("sandbox", Ty::Str)];
+/// Top-level tables version 4 replaces with server plugins.
+const DEPRECATED_IN_V4: &[(&str, &str)] = &[
+    ("grpc", V4_GRPC),
+    ("ttrpc", V4_TTRPC),
+    ("debug", "io.containerd.server.v1.debug"),
+    ("metrics", "io.containerd.server.v1.metrics"),
+];
+const SERVER_GRPC: &[(&str, Ty)] = &[
+    ("address", Ty::Str),
+    ("uid", Ty::Int),
+    ("gid", Ty::Int),
+    ("max_recv_message_size", Ty::Int),
+    ("max_send_message_size", Ty::Int),
+];
+const SERVER_TTRPC: &[(&str, Ty)] = &[("address", Ty::Str), ("uid", Ty::Int), ("gid", Ty::Int)];
 
-fn check_keys(t: &Table, at: &str, schema: &[(&str, Ty)], errs: &mut Vec<String>) {
+fn check_keys(t: &Table, at: &str, schema: &[(&str, Ty)], version: u32, errs: &mut Vec<String>) {
     for (k, v) in t {
         match schema.iter().find(|(name, _)| name == k) {
-            None => errs.push(format!("`{at}.{k}` is not a documented key of the version 3 schema")),
+            None => errs.push(format!(
+                "`{at}.{k}` is not a documented key of the version {version} schema"
+            )),
             Some((_, ty)) if !ty_ok(*ty, v) => errs.push(format!("`{at}.{k}` has the wrong type")),
             _ => {}
         }
@@ -295,47 +341,64 @@ fn sub<'a>(t: &'a Table, key: &str) -> Option<&'a Table> {
     t.get(key).and_then(Value::as_table)
 }
 
-/// Check a version-3 config against the schema containerd 2.x documents (docs/cri/config.md and
-/// the containerd-config.toml man page) for the sections kiln renders or users override: unknown
-/// keys and wrong types are errors, and so are version-2 CRI tables, which version 3 ignores.
-pub fn check_v3(doc: &Table) -> Result<(), Vec<String>> {
+/// Check a version-3 or version-4 config against the keys containerd 2.x knows (docs/cri/config.md,
+/// the containerd-config.toml man page, and `containerd config default` of 2.3.4) for the sections
+/// kiln renders or users override: unknown keys and wrong types are errors, and so are version-2
+/// CRI tables, which version 3 ignores, and in version 4 the top-level tables it deprecates.
+pub fn check_schema(doc: &Table, version: u32) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
-    check_keys(doc, "", TOP, &mut errs);
+    let v = version;
+    check_keys(doc, "", TOP, v, &mut errs);
     if let Some(g) = sub(doc, "grpc") {
-        check_keys(g, "grpc", GRPC, &mut errs);
+        check_keys(g, "grpc", GRPC, v, &mut errs);
+    }
+    if version >= 4 {
+        for (old, plugin) in DEPRECATED_IN_V4 {
+            if doc.contains_key(*old) {
+                errs.push(format!(
+                    "`[{old}]` is deprecated in config version {version}: use `[plugins.\"{plugin}\"]`"
+                ));
+            }
+        }
     }
     if let Some(plugins) = sub(doc, "plugins") {
+        if let Some(g) = sub(plugins, V4_GRPC) {
+            check_keys(g, &format!("plugins.\"{V4_GRPC}\""), SERVER_GRPC, v, &mut errs);
+        }
+        if let Some(t) = sub(plugins, V4_TTRPC) {
+            check_keys(t, &format!("plugins.\"{V4_TTRPC}\""), SERVER_TTRPC, v, &mut errs);
+        }
         if let Some(images) = sub(plugins, V3_IMAGES) {
             let at = format!("plugins.\"{V3_IMAGES}\"");
-            check_keys(images, &at, IMAGES, &mut errs);
+            check_keys(images, &at, IMAGES, v, &mut errs);
             if let Some(p) = sub(images, "pinned_images") {
-                check_keys(p, &format!("{at}.pinned_images"), PINNED, &mut errs);
+                check_keys(p, &format!("{at}.pinned_images"), PINNED, v, &mut errs);
             }
         }
         if let Some(rt) = sub(plugins, V3_RUNTIME) {
             let at = format!("plugins.\"{V3_RUNTIME}\"");
-            check_keys(rt, &at, RUNTIME, &mut errs);
+            check_keys(rt, &at, RUNTIME, v, &mut errs);
             if let Some(c) = sub(rt, "containerd") {
-                check_keys(c, &format!("{at}.containerd"), RUNTIME_CONTAINERD, &mut errs);
+                check_keys(c, &format!("{at}.containerd"), RUNTIME_CONTAINERD, v, &mut errs);
                 for (name, class) in sub(c, "runtimes").into_iter().flatten() {
                     let cat = format!("{at}.containerd.runtimes.{name}");
                     let Some(class) = class.as_table() else {
                         errs.push(format!("`{cat}` must be a table"));
                         continue;
                     };
-                    check_keys(class, &cat, RUNTIME_CLASS, &mut errs);
+                    check_keys(class, &cat, RUNTIME_CLASS, v, &mut errs);
                     let runc = class.get("runtime_type").and_then(Value::as_str) == Some("io.containerd.runc.v2");
                     if let (true, Some(o)) = (runc, sub(class, "options")) {
-                        check_keys(o, &format!("{cat}.options"), RUNC_OPTIONS, &mut errs);
+                        check_keys(o, &format!("{cat}.options"), RUNC_OPTIONS, v, &mut errs);
                     }
                 }
             }
             if let Some(c) = sub(rt, "cni") {
-                check_keys(c, &format!("{at}.cni"), CNI, &mut errs);
+                check_keys(c, &format!("{at}.cni"), CNI, v, &mut errs);
             }
         }
         if let Some(cri) = sub(plugins, V2_CRI) {
-            check_keys(cri, &format!("plugins.\"{V2_CRI}\""), GRPC_CRI_V3, &mut errs);
+            check_keys(cri, &format!("plugins.\"{V2_CRI}\""), GRPC_CRI_V3, v, &mut errs);
         }
     }
     if errs.is_empty() {
@@ -359,40 +422,22 @@ mod tests {
     fn schema_follows_the_containerd_version() {
         assert_eq!(schema_version("1.6.20").unwrap(), 2);
         assert_eq!(schema_version("1.7.27").unwrap(), 2);
-        assert_eq!(schema_version("2.3.4").unwrap(), 3);
+        assert_eq!(schema_version("2.0.5").unwrap(), 3);
+        assert_eq!(schema_version("2.2.1").unwrap(), 3);
+        assert_eq!(schema_version("2.3.4").unwrap(), 4);
         assert!(schema_version("1.2.0").is_err());
         assert!(schema_version("3.0.0").is_err());
     }
 
     #[test]
-    fn version_2_for_containerd_1_6() {
-        let t = parse(&render("1.6.20", &ContainerdConfig::default(), &Layout::default()).unwrap());
-        assert_eq!(t["version"].as_integer(), Some(2));
-        let cri = &t["plugins"]["io.containerd.grpc.v1.cri"];
-        assert_eq!(cri["sandbox_image"].as_str(), Some("registry.k8s.io/pause:3.10"));
-        assert_eq!(
-            cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(),
-            Some(true)
-        );
-        assert_eq!(
-            cri["containerd"]["runtimes"]["runc"]["options"]["BinaryName"].as_str(),
-            Some("/var/lib/kiln/current/bin/runc")
-        );
-        assert_eq!(cri["cni"]["bin_dir"].as_str(), Some("/var/lib/kiln/current/cni/bin"));
-        assert_eq!(cri["cni"]["conf_dir"].as_str(), Some("/etc/cni/net.d"));
-        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(false));
-        assert_eq!(t["grpc"]["address"].as_str(), Some("/run/containerd/containerd.sock"));
-    }
-
-    #[test]
-    fn version_3_for_containerd_2_and_bin_dirs_from_2_1() {
+    fn version_3_for_containerd_2_0_to_2_2_and_bin_dirs_from_2_1() {
         let cfg = ContainerdConfig {
             restrict_oom_score_adj: true,
             ..Default::default()
         };
-        let text = render("2.3.4", &cfg, &Layout::default()).unwrap();
-        let t = parse(&text);
+        let t = parse(&render("2.2.1", &cfg, &Layout::default()).unwrap());
         assert_eq!(t["version"].as_integer(), Some(3));
+        assert_eq!(t["grpc"]["address"].as_str(), Some("/run/containerd/containerd.sock"));
         let p = &t["plugins"];
         assert_eq!(
             p["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
@@ -409,10 +454,51 @@ mod tests {
             Some("/var/lib/kiln/current/cni/bin")
         );
         assert!(p.get("io.containerd.grpc.v1.cri").is_none());
-        check_v3(&t).unwrap();
+        assert!(p.get("io.containerd.server.v1.grpc").is_none());
+        check_schema(&t, 3).unwrap();
         let t20 = parse(&render("2.0.5", &cfg, &Layout::default()).unwrap());
         assert!(t20["plugins"]["io.containerd.cri.v1.runtime"]["cni"]["bin_dir"].is_str());
-        check_v3(&t20).unwrap();
+        check_schema(&t20, 3).unwrap();
+    }
+
+    #[test]
+    fn version_4_for_containerd_2_3_moves_the_socket_to_server_plugins() {
+        let text = render("2.3.4", &ContainerdConfig::default(), &Layout::default()).unwrap();
+        assert!(
+            text.starts_with("# Rendered by kiln for containerd 2.3.4 (config version 4).\nversion = 4\n"),
+            "{text}"
+        );
+        let t = parse(&text);
+        assert!(t.get("grpc").is_none(), "[grpc] is deprecated in version 4: {text}");
+        let p = &t["plugins"];
+        assert_eq!(
+            p["io.containerd.server.v1.grpc"]["address"].as_str(),
+            Some("/run/containerd/containerd.sock")
+        );
+        assert_eq!(
+            p["io.containerd.server.v1.ttrpc"]["address"].as_str(),
+            Some("/run/containerd/containerd.sock.ttrpc")
+        );
+        assert!(p["io.containerd.cri.v1.runtime"]["cni"]["bin_dirs"].is_array());
+        check_schema(&t, 4).unwrap();
+        // The deprecated table, put back by an override, is refused with its replacement named.
+        let mut overrides = std::collections::BTreeMap::new();
+        overrides.insert("debug".to_string(), serde_json::json!({"level": "debug"}));
+        let e = render(
+            "2.3.4",
+            &ContainerdConfig {
+                overrides,
+                ..Default::default()
+            },
+            &Layout::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "`[debug]` is deprecated in config version 4: use `[plugins.\"io.containerd.server.v1.debug\"]`"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

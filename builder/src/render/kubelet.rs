@@ -183,7 +183,16 @@ pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layo
         }
         merge(&mut doc, k, v.clone());
     }
-    let body = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
+    let mut body = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
+    if !cfg.settings.contains_key("registerWithTaints") {
+        // The node's taints are a YAML list substituted at first boot (the
+        // `--register-with-taints` flag is deprecated in favour of this field). A placeholder
+        // inside a serialized string would stay a string, so the line is appended as is.
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        body.push_str(&format!("registerWithTaints: {}\n", token("register-with-taints")));
+    }
     Ok(format!("# Rendered by kiln for Kubernetes {version}.\n{body}"))
 }
 
@@ -212,7 +221,6 @@ pub fn flags(version: &str, cfg: &KubeletConfig, l: &Layout) -> Vec<String> {
         format!("--node-ip={}", token("node-ip")),
         format!("--hostname-override={}", token("hostname")),
         format!("--node-labels={}", token("node-labels")),
-        format!("--register-with-taints={}", token("node-taints")),
     ];
     if minor(version).is_some_and(|v| v < (1, 27)) {
         // Before 1.27 the endpoint is a flag, and --container-runtime=remote is still accepted (and
@@ -259,8 +267,29 @@ current-context: default
 mod tests {
     use super::*;
 
+    /// The config as kubelet reads it after first boot substituted the taints.
     fn parse(text: &str) -> Value {
-        serde_saphyr::from_str(text).unwrap()
+        let text = text.replace(&token("register-with-taints"), "[]");
+        serde_saphyr::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn taints_are_a_config_field_not_the_deprecated_flag() {
+        let l = Layout::default();
+        let text = config("1.32.13", &KubeletConfig::default(), true, &l).unwrap();
+        assert!(
+            text.contains("\nregisterWithTaints: @kiln:register-with-taints@\n"),
+            "{text}"
+        );
+        let sub = text.replace(
+            "@kiln:register-with-taints@",
+            r#"[{"key":"dedicated","value":"infra","effect":"NoSchedule"}]"#,
+        );
+        let c: Value = serde_saphyr::from_str(&sub).unwrap();
+        assert_eq!(c["registerWithTaints"][0]["effect"], "NoSchedule");
+        assert!(!flags("1.32.13", &KubeletConfig::default(), &l)
+            .iter()
+            .any(|f| f.starts_with("--register-with-taints")));
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
         },
         Rendered { path: files::CRICTL, mode: Mode::FILE, text: crictl_yaml(layout) },
     ];
+    if !m.spec.images.is_empty() {
+        let archives: Vec<String> = m.spec.images.iter().map(|i| files::image_archive(&i.name)).collect();
+        out.push(Rendered {
+            path: files::IMAGES_UNIT,
+            mode: Mode::FILE,
+            text: units::images(layout, &archives),
+        });
+    }
     if cfg.cni.mode == CniMode::Bridge {
         out.push(Rendered {
             path: files::CNI_CONFLIST,
@@ -87,7 +95,7 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
         out.push(Rendered {
             path: files::KUBELET_UNIT,
             mode: Mode::FILE,
-            text: units::kubelet(layout, &args),
+            text: units::kubelet(layout, &args, !m.spec.images.is_empty()),
         });
         out.push(Rendered {
             path: files::KUBELET_BOOTSTRAP,

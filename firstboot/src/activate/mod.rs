@@ -571,7 +571,7 @@ pub fn placeholder_values(
         );
     }
     let node_ip = match n.node_ip.as_deref() {
-        None | Some("auto") => default_route_address()?,
+        None | Some("auto") => wait_for_default_route(NODE_IP_WAIT, default_route_address)?,
         Some(ip) => ip
             .parse::<std::net::IpAddr>()
             .map(|a| a.to_string())
@@ -598,7 +598,12 @@ pub fn placeholder_values(
             .collect::<Vec<_>>()
             .join(","),
     );
-    v.insert("node-taints".into(), n.taints.clone().unwrap_or_default().join(","));
+    let taints = n.taints.clone().unwrap_or_default();
+    v.insert(
+        "register-with-taints".into(),
+        crate::config::taints_yaml(&taints).map_err(|e| anyhow!("taints: {e}"))?,
+    );
+    v.insert("node-taints".into(), taints.join(","));
     v.insert("cluster-dns".into(), n.cluster_dns.clone().unwrap_or_default());
     v.insert("api-server".into(), n.api_server.clone().unwrap_or_default());
     v.insert(
@@ -607,6 +612,25 @@ pub fn placeholder_values(
     );
     v.insert("bootstrap-token".into(), n.bootstrap_token.clone().unwrap_or_default());
     Ok(v)
+}
+
+/// How long `nodeIP: auto` waits for the node's network (DHCP) to give it a default route.
+pub const NODE_IP_WAIT: Duration = Duration::from_secs(120);
+
+/// `probe` until it finds an address or `timeout` passes; the error says how long it waited.
+pub fn wait_for_default_route(timeout: Duration, mut probe: impl FnMut() -> Result<String>) -> Result<String> {
+    let mut found = None;
+    crate::system::poll(timeout, || {
+        found = Some(probe()?);
+        Ok(())
+    })
+    .map_err(|e| {
+        anyhow!(
+            "nodeIP auto: no default route after {}s ({e:#}); set nodeIP, or give the node a network with a default route",
+            timeout.as_secs()
+        )
+    })?;
+    Ok(found.expect("poll succeeded"))
 }
 
 /// The source address of the default route (no packet is sent).

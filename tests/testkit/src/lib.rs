@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod containerd;
 pub mod hostile;
+pub mod k8s;
 pub mod mirror;
 pub mod oci;
 pub mod standin;

@@ -22,6 +22,17 @@ fn add(tar: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
 /// An OCI layout tar for image `name` (e.g. `docker.io/kiln/busybox:test`) whose root filesystem
 /// holds `busybox` (a static binary) at /bin/busybox and /bin/sh.
 pub fn busybox_image(busybox: &Path, name: &str) -> Vec<u8> {
+    image(busybox, name, &["/bin/sh"])
+}
+
+/// A stand-in pod sandbox ("pause") image: busybox sleeping for ever. The real pause image only
+/// needs to hold the pod's namespaces open, which this does.
+pub fn pause_image(busybox: &Path, name: &str) -> Vec<u8> {
+    image(busybox, name, &["/bin/busybox", "sleep", "2147483647"])
+}
+
+/// An OCI layout tar for image `name` with busybox and `cmd` as its command.
+pub fn image(busybox: &Path, name: &str, cmd: &[&str]) -> Vec<u8> {
     let bb = std::fs::read(busybox).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (busybox-static is installed by scripts/setup)",
@@ -41,7 +52,7 @@ pub fn busybox_image(busybox: &Path, name: &str) -> Vec<u8> {
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }))
     .unwrap();
