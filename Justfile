@@ -23,6 +23,11 @@ e2e:
     cargo build -p kiln-firstboot
     cargo test -p kiln-builder --test image_e2e --test debian_apt --test minisign_interop -- --nocapture
 
+# a real control plane on 127.0.0.1 (etcd + Kubernetes v1.32 from KILN_K8S_BIN or ../shared/k8s/);
+# prints an admin kubeconfig path and a bootstrap token; Ctrl-C stops it
+cluster *args:
+    cargo run -q -p kiln-testkit --bin kiln-cluster -- {{args}}
+
 # fuzz every parser for SECONDS per target (cargo-fuzz; CI runs 60)
 fuzz seconds="600":
     scripts/fuzz {{seconds}}

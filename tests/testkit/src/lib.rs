@@ -5,6 +5,7 @@
 //! - [`hostile`]: tar entries written header by header, for archives no well-behaved writer makes.
 
 pub mod bench;
+pub mod cluster;
 pub mod containerd;
 pub mod hostile;
 pub mod k8s;
