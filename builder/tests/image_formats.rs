@@ -15,9 +15,18 @@ const STEM: &str = "tiny-k8s-node-1.36.4-1";
 /// A tiny base: busybox, a stand-in kernel and initrd, and the machine identity an image must drop.
 fn base(dir: &Path) -> PathBuf {
     let root = dir.join("base");
-    for d in ["bin", "boot", "etc/ssh", "var/lib/dbus", "usr/lib"] {
+    for d in ["bin", "boot", "etc/ssh", "var/lib/dbus", "usr/lib/systemd/system"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
+    for unit in [
+        "systemd-networkd.service",
+        "systemd-networkd.socket",
+        "systemd-networkd-wait-online.service",
+    ] {
+        std::fs::write(root.join("usr/lib/systemd/system").join(unit), b"[Unit]\n").unwrap();
+    }
+    // What debootstrap leaves behind: the build machine's resolver.
+    std::fs::write(root.join("etc/resolv.conf"), b"nameserver 192.0.2.53\n").unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     std::fs::write(root.join("boot/vmlinuz-6.1.0-test"), b"not really a kernel").unwrap();
     std::fs::write(root.join("boot/initrd.img-6.1.0-test"), b"not really an initrd").unwrap();
@@ -164,6 +173,19 @@ fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
         wants.contains("kiln-firstboot.service") && wants.contains("kiln-firstboot-health.service"),
         "{wants}"
     );
+    assert!(wants.contains("systemd-networkd.service"), "{wants}");
+    let network = debugfs("cat /etc/systemd/network/80-kiln-dhcp.network");
+    assert!(
+        network.contains("DHCP=yes") && network.contains("Name=en* eth*"),
+        "{network}"
+    );
+    let online = debugfs("ls -l /etc/systemd/system/network-online.target.wants");
+    assert!(online.contains("systemd-networkd-wait-online.service"), "{online}");
+    let resolv = debugfs("cat /etc/resolv.conf");
+    assert!(
+        !resolv.contains("192.0.2.53"),
+        "the build machine's resolver is not baked in: {resolv}"
+    );
     let fstab = debugfs("cat /etc/fstab");
     assert!(fstab.contains(&format!("PARTUUID={root_partuuid} / ext4")), "{fstab}");
     let bundle_in_image = dir.join("baked.kiln.tar.zst");
@@ -264,6 +286,15 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     // A base without a kernel.
     let nokernel = dir.join("nokernel");
     std::fs::create_dir_all(nokernel.join("etc")).unwrap();
+    let units = nokernel.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    for unit in [
+        "systemd-networkd.service",
+        "systemd-networkd.socket",
+        "systemd-networkd-wait-online.service",
+    ] {
+        std::fs::write(units.join(unit), b"[Unit]\n").unwrap();
+    }
     run(Command::new("tar")
         .arg("-cf")
         .arg(dir.join("nokernel.tar"))

@@ -39,6 +39,10 @@ pub struct NodeSection {
     /// KubeletConfiguration fields merged over the bundle's at first boot.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kubelet_settings: BTreeMap<String, serde_json::Value>,
+    /// How long the health check waits for the Node to register and be Ready, in seconds
+    /// (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_timeout_seconds: Option<u64>,
     /// A minisign public key (base64, or the two-line .pub file) the bundle's signature must verify
     /// against; without it only digests are checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +64,7 @@ impl NodeSection {
             hostname,
             taints,
             cluster_dns,
+            join_timeout_seconds,
             bundle_public_key
         );
         self.labels.extend(later.labels);

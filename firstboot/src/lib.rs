@@ -7,6 +7,7 @@ pub mod activate;
 pub mod config;
 pub mod datasource;
 pub mod net;
+pub mod node;
 pub mod state;
 pub mod system;
 pub mod userdata;

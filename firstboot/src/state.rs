@@ -48,6 +48,17 @@ pub struct State {
     /// boot to the bundle being activated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_s: Option<f64>,
+    /// The Node this activation registers (bundles with a kubelet), for the health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeJoin>,
+}
+
+/// What the health check waits for: the Node `name` Ready within `timeout_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJoin {
+    pub name: String,
+    pub timeout_s: u64,
 }
 
 /// Seconds since boot, from /proc/uptime.

@@ -28,6 +28,8 @@ pub trait System {
     fn containerd_healthy(&mut self, socket: &Path, timeout: Duration) -> Result<()>;
     /// kubelet's healthz answers `ok`.
     fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()>;
+    /// The Node registered and Ready, as kubelet's own credentials under `root` see it.
+    fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()>;
 }
 
 /// Run a command, failing with its stderr.
@@ -115,6 +117,9 @@ impl System for Host {
                 .map_err(|e| anyhow!("{}: {e}", socket.display()))
         })
     }
+    fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
+        wait_joined(root, node)
+    }
     fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()> {
         let http = crate::net::Http::new(Duration::from_secs(2), 0);
         let url = self.kubelet_healthz.clone();
@@ -127,6 +132,46 @@ impl System for Host {
             }
         })
     }
+}
+
+/// Wait for kubelet's kubeconfig (written after its TLS bootstrap) and the Node's Ready condition.
+/// While there is no kubeconfig, the bootstrap credentials are checked every few seconds, and a
+/// token the API server refuses fails at once: waiting cannot fix it.
+fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
+    use crate::node::{diagnose, node_ready, Kubeconfig};
+    let layout = kiln_bundle::layout::Layout::default();
+    let kubeconfig = format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG);
+    let bootstrap = layout.on_node(kiln_bundle::layout::files::KUBELET_BOOTSTRAP, true);
+    let timeout = Duration::from_secs(node.timeout_s);
+    let deadline = Instant::now() + timeout;
+    let mut next_diagnosis = Instant::now() + Duration::from_secs(5);
+    let mut last = anyhow!("not checked yet");
+    while Instant::now() < deadline {
+        match Kubeconfig::load(root, &kubeconfig) {
+            Ok(kc) => match node_ready(&kc, &node.name) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            },
+            Err(_) => {
+                last = anyhow!("kubelet has not completed its TLS bootstrap ({kubeconfig} does not exist)");
+                if Instant::now() >= next_diagnosis {
+                    next_diagnosis = Instant::now() + Duration::from_secs(10);
+                    if let Some(why) = Kubeconfig::load(root, &bootstrap).ok().as_ref().and_then(diagnose) {
+                        if why.contains("refused the bootstrap token") {
+                            bail!("Node {} cannot join: {why}", node.name);
+                        }
+                        last = anyhow!("{why}");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!(
+        "Node {} did not become Ready within {}s: {last:#}",
+        node.name,
+        node.timeout_s
+    )
 }
 
 /// Retry `check` until it succeeds or `timeout` passes; the last error explains the failure.
@@ -227,6 +272,14 @@ impl System for Recording {
         self.calls.push(format!("health kubelet ({v})"));
         if self.unhealthy_versions.contains(&v) {
             bail!("kubelet of bundle {v} is not healthy");
+        }
+        Ok(())
+    }
+    fn node_joined(&mut self, _root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
+        let v = self.current_version();
+        self.calls.push(format!("health node {} ({v})", node.name));
+        if self.unhealthy_versions.contains(&v) {
+            bail!("Node {} of bundle {v} is not Ready", node.name);
         }
         Ok(())
     }

@@ -34,7 +34,11 @@ fn activates_from_local_files_end_to_end() {
     let bundle = build_bundle(tmp.path(), &mirror, "1.36.4-1", true, "");
     let root = node_root(tmp.path(), &bundle);
     write(&root, "etc/kiln/node.yaml", NODE_SECTION);
-    write(&root, "etc/kiln/node.d/50-zone.yaml", "labels:\n  zone: z1\n");
+    write(
+        &root,
+        "etc/kiln/node.d/50-zone.yaml",
+        "labels:\n  zone: z1\ntaints: [\"dedicated=infra:NoSchedule\"]\n",
+    );
     let (r, sys) = activate(&root);
     assert_eq!(
         r.unwrap(),
@@ -75,6 +79,14 @@ fn activates_from_local_files_end_to_end() {
         .contains("token: \"abcdef.0123456789abcdef\""));
     assert!(read(&root, "var/lib/kiln/node/etc/kubernetes/pki/ca.crt").contains("MIIBfake"));
     assert!(read(&root, "etc/cni/net.d/10-kiln.conflist").contains("host-local"));
+    // Taints reach kubelet through its configuration, not the deprecated flag.
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&read(&root, "var/lib/kiln/node/etc/kubelet/config.yaml")).unwrap();
+    assert_eq!(
+        config["registerWithTaints"],
+        serde_json::json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}])
+    );
+    assert!(!unit.contains("--register-with-taints"), "{unit}");
     assert!(read(&root, "etc/sysctl.d/99-kiln.conf").contains("net.ipv4.ip_forward = 1"));
     assert_eq!(
         std::fs::read_link(root.join("usr/local/bin/crictl")).unwrap().to_str(),
@@ -98,6 +110,7 @@ fn activates_from_local_files_end_to_end() {
             "enable kubelet.service",
             "start kubelet.service",
             "health containerd (1.36.4-1)",
+            "health node worker-1 (1.36.4-1)",
             "health kubelet (1.36.4-1)"
         ]
     );

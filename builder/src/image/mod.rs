@@ -175,7 +175,7 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
         process::run(tar.arg("-f").arg(&base).arg("-C").arg(&root))?;
         crate::check_interrupted()?;
         let uuids = disk::Uuids::derive(&seed);
-        customize(&root, &bundle, o, &uuids)?;
+        customize(&root, &bundle, o, &uuids, &recipe.spec.network)?;
         if let Some(overlay) = &o.overlay {
             process::run(
                 Command::new("cp")
@@ -327,7 +327,7 @@ fn is_root() -> bool {
 
 /// Turn the base into a fresh kiln node: the bundle baked in, kiln-firstboot installed and enabled,
 /// no machine identity (empty machine-id, no host keys, no hostname), and an fstab for the root.
-fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids) -> Result<()> {
+fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids, net: &recipe::Network) -> Result<()> {
     let baked = root.join(BAKED);
     if baked.exists() {
         fs::remove_dir_all(&baked)?;
@@ -369,6 +369,7 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids) -> 
         }
     }
     let _ = fs::remove_file(root.join("etc/hostname"));
+    network(root, net)?;
     write(
         &root.join("etc/fstab"),
         format!("# kiln image\nPARTUUID={} / ext4 defaults 0 1\n", uuids.root_part).as_bytes(),
@@ -386,6 +387,77 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids) -> 
         serde_json::to_string_pretty(&info)?.as_bytes(),
         0o644,
     )?;
+    Ok(())
+}
+
+/// The `.network` file of a recipe with `network.dhcp` (veths and bridges that CNI plugins create
+/// are not named `en*`/`eth*`, so networkd leaves them alone).
+pub const DHCP_NETWORK: &str = "\
+# kiln image: DHCP on every Ethernet interface (recipe spec.network.dhcp).
+[Match]
+Name=en* eth*
+Type=ether
+
+[Network]
+DHCP=yes
+";
+
+/// Bring the network up at boot with systemd-networkd, and give the image its own resolver
+/// configuration instead of the build machine's `/etc/resolv.conf` (which debootstrap copies in):
+/// systemd-resolved's list of the DHCP-provided servers when the base has resolved, else none.
+fn network(root: &Path, net: &recipe::Network) -> Result<()> {
+    let resolv = root.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    if root.join("usr/lib/systemd/systemd-resolved").exists() || root.join("lib/systemd/systemd-resolved").exists() {
+        // The upstream servers rather than the 127.0.0.53 stub: kubelet hands this file to pods
+        // with dnsPolicy Default, and the stub is not reachable from their network namespace.
+        std::os::unix::fs::symlink("../run/systemd/resolve/resolv.conf", &resolv)?;
+        enable(root, "systemd-resolved.service", "multi-user.target.wants")?;
+    } else {
+        write(
+            &resolv,
+            b"# kiln image: no resolver configured (the base has no systemd-resolved)\n",
+            0o644,
+        )?;
+    }
+    if !net.dhcp {
+        return Ok(());
+    }
+    let networkd = [
+        "usr/lib/systemd/system/systemd-networkd.service",
+        "lib/systemd/system/systemd-networkd.service",
+    ];
+    if !networkd.iter().any(|p| root.join(p).exists()) {
+        bail!(
+            "recipe spec.network.dhcp: the base has no systemd-networkd (add the systemd package, or set dhcp: false)"
+        );
+    }
+    write(
+        &root.join("etc/systemd/network/80-kiln-dhcp.network"),
+        DHCP_NETWORK.as_bytes(),
+        0o644,
+    )?;
+    enable(root, "systemd-networkd.service", "multi-user.target.wants")?;
+    enable(root, "systemd-networkd.socket", "sockets.target.wants")?;
+    enable(
+        root,
+        "systemd-networkd-wait-online.service",
+        "network-online.target.wants",
+    )?;
+    Ok(())
+}
+
+/// `systemctl enable` by hand: the unit's link in `etc/systemd/system/<wants>/`.
+fn enable(root: &Path, unit: &str, wants: &str) -> Result<()> {
+    let source = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .find(|d| root.join(d).join(unit).exists())
+        .ok_or_else(|| anyhow!("the base has no {unit}"))?;
+    let dir = root.join("etc/systemd/system").join(wants);
+    fs::create_dir_all(&dir)?;
+    let link = dir.join(unit);
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(format!("/{source}/{unit}"), &link).with_context(|| format!("cannot enable {unit}"))?;
     Ok(())
 }
 

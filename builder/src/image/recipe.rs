@@ -28,6 +28,30 @@ pub struct Spec {
     pub partitions: Vec<Partition>,
     #[serde(default)]
     pub kernel_command_line: String,
+    /// How the node brings its network up.
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// The image's network configuration (systemd-networkd). A node must reach its API server before
+/// kubelet can bootstrap, and `nodeIP: auto` needs a default route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Network {
+    /// DHCP (IPv4 and IPv6) on every Ethernet interface named `en*` or `eth*` (default true).
+    /// Off, the image brings its own `.network` files (`--overlay`), or user data writes them.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { dhcp: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Exactly one of: a debootstrap suite with packages, or an existing rootfs tarball.

@@ -115,9 +115,12 @@ fn link(path: &Path, target: &str) -> Result<()> {
 /// The units, from the active bundle (`current`) or its rendered files (`node`). True if changed.
 pub fn install_units(root: &Path, index: &Index) -> Result<bool> {
     let mut changed = false;
-    let mut units = vec![(files::CONTAINERD_UNIT, CURRENT, "containerd.service")];
+    let mut units = vec![(files::CONTAINERD_UNIT, CURRENT, kiln_bundle::layout::units::CONTAINERD)];
+    if index.file(files::IMAGES_UNIT).is_some() {
+        units.push((files::IMAGES_UNIT, CURRENT, kiln_bundle::layout::units::IMAGES));
+    }
     if index.has_kubelet() {
-        units.push((files::KUBELET_UNIT, NODE, "kubelet.service"));
+        units.push((files::KUBELET_UNIT, NODE, kiln_bundle::layout::units::KUBELET));
     }
     for (rel, base, name) in units {
         let src = root.join(base).join(rel);

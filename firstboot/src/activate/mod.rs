@@ -39,7 +39,7 @@ use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::config::NodeConfig;
 use crate::datasource::{self, Endpoints};
-use crate::state::{BundleId, State, StepTiming};
+use crate::state::{BundleId, NodeJoin, State, StepTiming};
 use crate::system::System;
 
 pub const BAKED: &str = "usr/lib/kiln/bundles";
@@ -298,6 +298,14 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         steps: Vec::new(),
         sources: cfg.sources.clone(),
         uptime_s: None,
+        node: if index.has_kubelet() {
+            Some(NodeJoin {
+                name: node_hostname(root, &cfg)?,
+                timeout_s: cfg.node.join_timeout_seconds.unwrap_or(DEFAULT_JOIN_TIMEOUT_S),
+            })
+        } else {
+            None
+        },
     };
     if opts.phase == Phase::Activate {
         // kiln-firstboot-health.service finishes the job once the services have started.
@@ -307,7 +315,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         state.write(root)?;
         return Ok(Outcome::Activated { version });
     }
-    let health = health(root, sys, &index, opts.health_timeout);
+    let health = health(root, sys, &index, opts.health_timeout, state.node.as_ref());
     if let Err(e) = health {
         let msg = format!("{e:#}");
         state.result = "failed".into();
@@ -439,9 +447,12 @@ fn already_active(
 
 fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool) -> Result<()> {
     sys.daemon_reload()?;
-    let mut units = vec!["containerd.service"];
+    let mut units = vec![kiln_bundle::layout::units::CONTAINERD];
+    if index.file(kiln_bundle::layout::files::IMAGES_UNIT).is_some() {
+        units.push(kiln_bundle::layout::units::IMAGES);
+    }
     if index.has_kubelet() {
-        units.push("kubelet.service");
+        units.push(kiln_bundle::layout::units::KUBELET);
     }
     for unit in units {
         sys.enable(unit)?;
@@ -479,7 +490,7 @@ fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Out
         &fs::read(dir.join(kiln_bundle::index::INDEX_NAME))?,
         &dir.display().to_string(),
     )?;
-    let result = health(root, sys, &index, opts.health_timeout);
+    let result = health(root, sys, &index, opts.health_timeout, state.node.as_ref());
     state.steps.push(StepTiming {
         step: Step::Health.name().into(),
         ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -513,13 +524,22 @@ fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Out
     }
 }
 
-fn health(root: &Path, sys: &mut dyn System, index: &Index, timeout: Duration) -> Result<()> {
+/// Healthy means: containerd answers on its socket; with a kubelet, its healthz answers `ok` and
+/// its Node is registered and Ready (kubelet's healthz is ok long before it reaches the API server).
+fn health(root: &Path, sys: &mut dyn System, index: &Index, timeout: Duration, node: Option<&NodeJoin>) -> Result<()> {
     sys.containerd_healthy(&root.join("run/containerd/containerd.sock"), timeout)?;
     if index.has_kubelet() {
+        if let Some(node) = node {
+            // A kubelet that cannot bootstrap never serves healthz: the join check says why.
+            sys.node_joined(root, node)?;
+        }
         sys.kubelet_healthy(timeout)?;
     }
     Ok(())
 }
+
+/// How long the health check waits for the Node to be Ready unless the node configuration says.
+pub const DEFAULT_JOIN_TIMEOUT_S: u64 = 300;
 
 /// Flip back to the previously active bundle, if there is one, and restart its services.
 fn rollback(root: &Path, sys: &mut dyn System, before: &Option<State>, failed: &str) -> Result<Option<String>> {
@@ -577,14 +597,7 @@ pub fn placeholder_values(
             .map(|a| a.to_string())
             .map_err(|_| anyhow!("nodeIP `{ip}` is not an IP address or `auto`"))?,
     };
-    let hostname = match &n.hostname {
-        Some(h) => h.clone(),
-        None => fs::read_to_string(root.join("etc/hostname"))
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| anyhow!("no hostname: set it in user data (hostname/fqdn) or kiln.hostname"))?,
-    };
+    let hostname = node_hostname(root, cfg)?;
     let mut labels = n.labels.clone();
     labels.insert("kiln.dev/bundle-version".into(), index.version.clone());
     labels.insert("kiln.dev/bundle-digest".into(), digest.short());
@@ -612,6 +625,18 @@ pub fn placeholder_values(
     );
     v.insert("bootstrap-token".into(), n.bootstrap_token.clone().unwrap_or_default());
     Ok(v)
+}
+
+/// The node's name: the configured host name, else /etc/hostname.
+fn node_hostname(root: &Path, cfg: &NodeConfig) -> Result<String> {
+    match &cfg.node.hostname {
+        Some(h) => Ok(h.clone()),
+        None => fs::read_to_string(root.join("etc/hostname"))
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow!("no hostname: set it in user data (hostname/fqdn) or kiln.hostname")),
+    }
 }
 
 /// How long `nodeIP: auto` waits for the node's network (DHCP) to give it a default route.

@@ -1,0 +1,224 @@
+//! Whether the node joined its cluster: kubelet's kubeconfig (which kubelet writes once its TLS
+//! bootstrap got it a client certificate) authenticates, and the Node object reports Ready. When it
+//! did not, [`diagnose`] asks the API server with the bootstrap kubeconfig's own credentials and
+//! names the cause in one line: the API server cannot be reached, or it refuses the bootstrap token.
+//! The kubeconfigs are read as kubelet writes them: one cluster, one user, paths or inline data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+/// Where kubelet keeps the kubeconfig it wrote after bootstrap, under its root directory.
+pub const KUBELET_KUBECONFIG: &str = "kubeconfig";
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    clusters: Vec<NamedCluster>,
+    #[serde(default)]
+    users: Vec<NamedUser>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedCluster {
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedUser {
+    user: RawUser,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCluster {
+    server: Option<String>,
+    #[serde(rename = "certificate-authority")]
+    ca: Option<String>,
+    #[serde(rename = "certificate-authority-data")]
+    ca_data: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawUser {
+    token: Option<String>,
+    #[serde(rename = "client-certificate")]
+    cert: Option<String>,
+    #[serde(rename = "client-certificate-data")]
+    cert_data: Option<String>,
+    #[serde(rename = "client-key")]
+    key: Option<String>,
+    #[serde(rename = "client-key-data")]
+    key_data: Option<String>,
+}
+
+/// A kubeconfig reduced to what a request needs.
+pub struct Kubeconfig {
+    pub origin: String,
+    pub server: String,
+    ca_pem: Vec<u8>,
+    token: Option<String>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn under_root(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+fn data_or_file(
+    root: &Path,
+    data: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+    origin: &str,
+) -> Result<Option<Vec<u8>>> {
+    use base64::Engine;
+    if let Some(d) = data {
+        return base64::engine::general_purpose::STANDARD
+            .decode(d.trim())
+            .map(Some)
+            .map_err(|e| anyhow!("{origin}: {what}-data is not base64: {e}"));
+    }
+    match file {
+        Some(f) => {
+            let p = under_root(root, f);
+            std::fs::read(&p)
+                .map(Some)
+                .with_context(|| format!("{origin}: cannot read {what} {}", p.display()))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Kubeconfig {
+    /// Read the kubeconfig at `path` (an absolute node path, resolved under `root`).
+    pub fn load(root: &Path, path: &str) -> Result<Kubeconfig> {
+        let file = under_root(root, path);
+        let origin = path.to_string();
+        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let raw: RawConfig = kiln_bundle::yaml::from_str(&text, &origin)?;
+        let cluster = raw
+            .clusters
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("{origin}: no cluster"))?
+            .cluster;
+        let user = raw.users.into_iter().next().map(|u| u.user).unwrap_or_default();
+        let server = cluster
+            .server
+            .ok_or_else(|| anyhow!("{origin}: the cluster has no server"))?;
+        let ca_pem = data_or_file(root, &cluster.ca_data, &cluster.ca, "certificate-authority", &origin)?
+            .ok_or_else(|| anyhow!("{origin}: the cluster has no certificate-authority"))?;
+        let cert = data_or_file(root, &user.cert_data, &user.cert, "client-certificate", &origin)?;
+        let key = data_or_file(root, &user.key_data, &user.key, "client-key", &origin)?;
+        Ok(Kubeconfig {
+            origin,
+            server: server.trim_end_matches('/').to_string(),
+            ca_pem,
+            token: user.token,
+            client: cert.zip(key),
+        })
+    }
+
+    fn agent(&self, timeout: Duration) -> Result<ureq::Agent> {
+        let mut roots = Vec::new();
+        let mut chain = Vec::new();
+        let mut key: Option<PrivateKey<'static>> = None;
+        for item in ureq::tls::parse_pem(&self.ca_pem) {
+            if let PemItem::Certificate(c) = item.map_err(|e| anyhow!("{}: the CA is not PEM: {e}", self.origin))? {
+                roots.push(c);
+            }
+        }
+        if roots.is_empty() {
+            bail!("{}: the certificate authority holds no certificate", self.origin);
+        }
+        if let Some((cert, k)) = &self.client {
+            for bytes in [cert, k] {
+                for item in ureq::tls::parse_pem(bytes) {
+                    match item.map_err(|e| anyhow!("{}: the client credentials are not PEM: {e}", self.origin))? {
+                        PemItem::Certificate(c) => chain.push(c),
+                        PemItem::PrivateKey(pk) => key = Some(pk),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(roots)));
+        if let Some(key) = key {
+            let chain: Vec<Certificate<'static>> = chain;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into())
+    }
+
+    /// GET `path` on the API server: the status and up to 1 MiB of body.
+    pub fn get(&self, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+        let agent = self.agent(timeout)?;
+        let url = format!("{}{path}", self.server);
+        let mut req = agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.call().map_err(|e| anyhow!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| anyhow!("{url}: {e}"))?;
+        Ok((status, body))
+    }
+}
+
+/// The Ready condition of Node `name`, through `kc` (kubelet's own credentials may read its Node).
+pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<()> {
+    let (status, body) = kc.get(&format!("/api/v1/nodes/{name}"), Duration::from_secs(5))?;
+    match status {
+        200 => {}
+        404 => bail!("Node {name} is not registered yet"),
+        s => bail!(
+            "the API server answered {s} for Node {name}: {}",
+            String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+        ),
+    }
+    let node: serde_json::Value = serde_json::from_slice(&body).context("the Node object is not JSON")?;
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    match ready {
+        Some(c) if c["status"] == "True" => Ok(()),
+        Some(c) => bail!(
+            "Node {name} is not Ready: {}",
+            c["message"].as_str().unwrap_or("no message")
+        ),
+        None => bail!("Node {name} reports no Ready condition yet"),
+    }
+}
+
+/// Why a node did not join, from the bootstrap credentials: the API server cannot be reached, or
+/// it refuses the token; `None` when both look fine (the cause is elsewhere, e.g. kubelet).
+pub fn diagnose(bootstrap: &Kubeconfig) -> Option<String> {
+    match bootstrap.get("/version", Duration::from_secs(5)) {
+        Err(e) => Some(format!("cannot reach the API server at {}: {e:#}", bootstrap.server)),
+        Ok((401, _)) => Some(format!(
+            "the API server at {} refused the bootstrap token (401 Unauthorized): check bootstrapToken",
+            bootstrap.server
+        )),
+        Ok((403, _)) => Some(format!(
+            "the API server at {} accepted the bootstrap token but forbids it (403): check the token's groups and RBAC",
+            bootstrap.server
+        )),
+        Ok(_) => None,
+    }
+}
