@@ -139,3 +139,55 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The cache the booted tests share for `kiln image` (image bases only): one debootstrap per
+/// recipe for the whole test run; `kiln image` locks a base while it builds it.
+pub fn image_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-image-cache")
+}
+
+/// kiln-firstboot as built for this test run, stripped (the debug build carries ~100 MB of debug
+/// info), at `dir/kiln-firstboot`.
+pub fn stripped_firstboot(dir: &Path) -> PathBuf {
+    let firstboot = dir.join("kiln-firstboot");
+    let built = Path::new(env!("CARGO_BIN_EXE_kiln")).with_file_name("kiln-firstboot");
+    assert!(
+        built.is_file(),
+        "{} is missing: build it first (`cargo build -p kiln-firstboot`; the workspace test run does)",
+        built.display()
+    );
+    run(Command::new("strip").arg("-o").arg(&firstboot).arg(&built));
+    firstboot
+}
+
+/// `kiln image RECIPE --bundle B -o OUT --format F --firstboot FB [--overlay O] --json` with the
+/// shared image cache: the seconds it took and where the base came from (`built`, `cached`).
+pub fn kiln_image(
+    recipe: &Path,
+    bundle: &Path,
+    out: &Path,
+    firstboot: &Path,
+    overlay: Option<&Path>,
+    formats: &str,
+) -> (f64, String) {
+    let t = std::time::Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.arg("image")
+        .arg(recipe)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("-o")
+        .arg(out)
+        .args(["--format", formats, "--json"])
+        .arg("--firstboot")
+        .arg(firstboot)
+        .env("KILN_CACHE", image_cache());
+    if let Some(o) = overlay {
+        cmd.arg("--overlay").arg(o);
+    }
+    let json: serde_json::Value = serde_json::from_str(&run(&mut cmd)).expect("kiln image --json");
+    (
+        t.elapsed().as_secs_f64(),
+        json["base"].as_str().unwrap_or_default().to_string(),
+    )
+}

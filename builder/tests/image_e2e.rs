@@ -8,16 +8,18 @@
 //! console. Needs root (debootstrap), debootstrap, QEMU, OVMF, dosfstools, mtools, systemd-boot-efi,
 //! squashfs-tools and qemu-img, which `scripts/setup` installs.
 //!
-//! It prints the image build time (cold, and with the cached base), the boot-to-activated time and
+//! It prints the image build time (the first, which debootstraps unless another test of the run
+//! built the shared base already, and one with the base cached), the boot-to-activated time and
 //! the activation time (from kiln-firstboot's own state.json).
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::run;
+use kiln_testkit::qemu::{Options, Vm};
 
 const BUNDLE: &str = "debian12-runtime-1.0.0-amd64.kiln.tar.zst";
 const IMAGE_NAME: &str = "docker.io/kiln/busybox:e2e";
@@ -81,127 +83,23 @@ systemctl poweroff
     .unwrap();
 }
 
-/// A NoCloud seed: a FAT filesystem labelled cidata with user-data and meta-data.
+/// A NoCloud seed with the node's host name, its address and a pool label.
 fn seed(dir: &Path) -> PathBuf {
-    let img = dir.join("seed.img");
-    std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-    run(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img));
-    let ud = dir.join("user-data");
-    std::fs::write(
-        &ud,
+    kiln_testkit::qemu::nocloud_seed(
+        dir,
+        "e2e",
         "#cloud-config\nhostname: kiln-e2e-node\nkiln:\n  nodeIP: 10.0.2.15\n  labels:\n    kiln.dev/pool: e2e\n",
+        "instance-id: kiln-e2e\nlocal-hostname: kiln-e2e-node\n",
     )
-    .unwrap();
-    let md = dir.join("meta-data");
-    std::fs::write(&md, "instance-id: kiln-e2e\nlocal-hostname: kiln-e2e-node\n").unwrap();
-    run(Command::new("mcopy").arg("-i").arg(&img).arg(&ud).arg(&md).arg("::/"));
-    img
 }
 
-struct Qemu {
-    child: Child,
-    log: PathBuf,
+fn boot(dir: &Path, name: &str, disk: &Path, seed: &Path) -> String {
+    let mut vm = Vm::boot(dir, name, disk, seed, &Options::default());
+    vm.wait_exit(BOOT_TIMEOUT)
 }
 
-impl Qemu {
-    fn boot(dir: &Path, disk: &Path, seed: &Path) -> Qemu {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-        let log = dir.join("serial.log");
-        let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "q35",
-                "-accel",
-                "tcg,thread=multi",
-                "-cpu",
-                "max",
-                "-smp",
-                "2",
-                "-m",
-                "1024",
-            ])
-            .args(["-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
-            .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,readonly=on,file={}", seed.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 (scripts/setup installs it from bookworm-backports)");
-        Qemu { child, log }
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    /// Wait until the guest powers off (QEMU exits) or the timeout passes; the console either way.
-    fn wait(&mut self) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                assert!(status.success(), "qemu failed ({status}): {err}\n{}", self.console());
-                return self.console();
-            }
-            if started.elapsed() > BOOT_TIMEOUT {
-                let console = self.console();
-                let tail: Vec<&str> = console.lines().rev().take(80).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!(
-                    "the guest did not finish within {BOOT_TIMEOUT:?}; serial log ({}):\n{}",
-                    self.log.display(),
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn image(
-    recipe: &Path,
-    bundle: &Path,
-    out: &Path,
-    cache: &Path,
-    firstboot: &Path,
-    overlay: &Path,
-    formats: &str,
-) -> f64 {
-    let t = Instant::now();
-    run(kiln()
-        .arg("image")
-        .arg(recipe)
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("-o")
-        .arg(out)
-        .args(["--format", formats])
-        .arg("--firstboot")
-        .arg(firstboot)
-        .arg("--overlay")
-        .arg(overlay)
-        .env("KILN_CACHE", cache));
-    t.elapsed().as_secs_f64()
+fn image(recipe: &Path, bundle: &Path, out: &Path, firstboot: &Path, overlay: &Path, formats: &str) -> (f64, String) {
+    common::kiln_image(recipe, bundle, out, firstboot, Some(overlay), formats)
 }
 
 fn state_json(console: &str) -> serde_json::Value {
@@ -230,15 +128,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
         .arg(dir.join("bundle"))
         .env("KILN_CACHE", &cache));
     let bundle = dir.join("bundle").join(BUNDLE);
-    // A stripped kiln-firstboot (the debug build carries ~100 MB of debug info).
-    let firstboot = dir.join("kiln-firstboot");
-    let built = Path::new(env!("CARGO_BIN_EXE_kiln")).with_file_name("kiln-firstboot");
-    assert!(
-        built.is_file(),
-        "{} is missing: build it first (`cargo build -p kiln-firstboot`; the workspace test run does)",
-        built.display()
-    );
-    run(Command::new("strip").arg("-o").arg(&firstboot).arg(&built));
+    let firstboot = common::stripped_firstboot(dir);
 
     // The sysext first (no base needed), then the node image in every other format, cold.
     let out = dir.join("out");
@@ -266,11 +156,10 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     );
     let good_overlay = dir.join("overlay");
     overlay(&good_overlay, &sysext);
-    let cold = image(
+    let (first, first_base) = image(
         &recipe,
         &bundle,
         &out,
-        &cache,
         &firstboot,
         &good_overlay,
         "raw,qcow2,rootfs-tar",
@@ -312,7 +201,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
 
     // The same inputs give the same disk, byte for byte.
     let again = dir.join("again");
-    image(&recipe, &bundle, &again, &cache, &firstboot, &good_overlay, "raw");
+    image(&recipe, &bundle, &again, &firstboot, &good_overlay, "raw");
     assert_eq!(
         kiln_testkit::sha256_hex(&std::fs::read(again.join(format!("{stem}.raw"))).unwrap()),
         kiln_testkit::sha256_hex(&std::fs::read(&raw).unwrap()),
@@ -323,10 +212,8 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     // Boot it.
     let seed = seed(dir);
     let boot_started = Instant::now();
-    let mut vm = Qemu::boot(dir, &raw, &seed);
-    let console = vm.wait();
+    let console = boot(dir, "good", &raw, &seed);
     let wall = boot_started.elapsed().as_secs_f64();
-    drop(vm);
     assert!(
         console.contains("KILN-E2E: hostname=kiln-e2e-node firstboot=active health=active containerd=active"),
         "{console}"
@@ -357,10 +244,9 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     bytes[mid] ^= 0x55;
     std::fs::write(baked.join(BUNDLE), bytes).unwrap();
     let bad_out = dir.join("bad");
-    let cached = image(&recipe, &bundle, &bad_out, &cache, &firstboot, &bad_overlay, "raw");
-    let mut vm = Qemu::boot(dir, &bad_out.join(format!("{stem}.raw")), &seed);
-    let console = vm.wait();
-    drop(vm);
+    let (cached, base) = image(&recipe, &bundle, &bad_out, &firstboot, &bad_overlay, "raw");
+    assert_eq!(base, "cached");
+    let console = boot(dir, "bad", &bad_out.join(format!("{stem}.raw")), &seed);
     let failure: Vec<&str> = console
         .lines()
         .filter(|l| l.contains("kiln-firstboot: FAILED:"))
@@ -377,7 +263,7 @@ fn debian_12_image_boots_activates_and_runs_a_container() {
     assert!(console.contains("containerd=inactive"), "{console}");
     assert!(!console.contains("KILN-E2E-CONTAINER-OK"), "{console}");
 
-    println!("e2e: image build, cold (debootstrap + all formats)  {cold:.1} s");
+    println!("e2e: image build, base {first_base} (raw, qcow2, rootfs-tar)  {first:.1} s");
     println!("e2e: image build, cached base (raw)                 {cached:.1} s");
     println!("e2e: boot to activated (uptime in state.json)        {boot_to_activated:.1} s");
     println!(

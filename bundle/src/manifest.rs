@@ -599,6 +599,25 @@ pub fn parse_minor(s: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// An image reference as containerd stores it: `[registry/]path[:tag][@digest]`, lowercase
+/// repository, no spaces.
+fn check_image_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"./:_@-".contains(&b))
+        && !name.starts_with(['.', '/', ':', '@', '-'])
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not an image reference (e.g. registry.k8s.io/pause:3.10)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,24 +767,5 @@ spec:
         assert_eq!(parse_minor("1.36.4"), Some((1, 36)));
         assert_eq!(parse_minor("v1.27.0-rc.1"), Some((1, 27)));
         assert_eq!(parse_minor("1"), None);
-    }
-}
-
-/// An image reference as containerd stores it: `[registry/]path[:tag][@digest]`, lowercase
-/// repository, no spaces.
-fn check_image_name(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"./:_@-".contains(&b))
-        && !name.starts_with(['.', '/', ':', '@', '-'])
-        && !name.contains("..");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not an image reference (e.g. registry.k8s.io/pause:3.10)"
-        ))
     }
 }

@@ -146,32 +146,43 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut next_diagnosis = Instant::now() + Duration::from_secs(5);
     let mut last = anyhow!("not checked yet");
+    // What the API server said to the bootstrap credentials, the likeliest cause while kubelet has
+    // no kubeconfig.
+    let mut cause: Option<String> = None;
     while Instant::now() < deadline {
         match Kubeconfig::load(root, &kubeconfig) {
-            Ok(kc) => match node_ready(&kc, &node.name) {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            },
+            Ok(kc) => {
+                cause = None;
+                match node_ready(&kc, &node.name) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
             Err(_) => {
                 last = anyhow!("kubelet has not completed its TLS bootstrap ({kubeconfig} does not exist)");
                 if Instant::now() >= next_diagnosis {
                     next_diagnosis = Instant::now() + Duration::from_secs(10);
-                    if let Some(why) = Kubeconfig::load(root, &bootstrap).ok().as_ref().and_then(diagnose) {
-                        if why.contains("refused the bootstrap token") {
-                            bail!("Node {} cannot join: {why}", node.name);
-                        }
-                        last = anyhow!("{why}");
+                    cause = Kubeconfig::load(root, &bootstrap).ok().as_ref().and_then(diagnose);
+                    if let Some(why) = cause.as_deref().filter(|w| w.contains("refused the bootstrap token")) {
+                        bail!("Node {} cannot join: {why}", node.name);
                     }
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    bail!(
-        "Node {} did not become Ready within {}s: {last:#}",
-        node.name,
-        node.timeout_s
-    )
+    match cause {
+        Some(why) => bail!(
+            "Node {} did not become Ready within {}s: {why} ({last:#})",
+            node.name,
+            node.timeout_s
+        ),
+        None => bail!(
+            "Node {} did not become Ready within {}s: {last:#}",
+            node.name,
+            node.timeout_s
+        ),
+    }
 }
 
 /// Retry `check` until it succeeds or `timeout` passes; the last error explains the failure.

@@ -268,6 +268,23 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
         tracing::info!("base rootfs cached: {}", cached.display());
         return Ok((cached, BaseSource::Cached));
     }
+    // Concurrent builds sharing a cache (CI jobs, a pipeline's parallel images) debootstrap once:
+    // the first holds the lock, the others wait and then find the base cached. The lock goes with
+    // the process, so a killed build never leaves it held.
+    let lock_path = cached.with_extension("lock");
+    let lock = fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        eprintln!(
+            "kiln image: waiting for another build of this base ({})",
+            lock_path.display()
+        );
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
+    if cached.is_file() {
+        tracing::info!("base rootfs cached: {}", cached.display());
+        return Ok((cached, BaseSource::Cached));
+    }
     if !is_root() {
         bail!("building the base rootfs runs debootstrap, which needs root (it is cached afterwards)");
     }
@@ -289,7 +306,16 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
         cmd.arg(format!("--include={}", d.packages.join(",")));
     }
     cmd.arg(&d.suite).arg(&target).arg(&d.mirror);
-    process::run(&mut cmd).context("debootstrap failed")?;
+    if let Err(e) = process::run(&mut cmd) {
+        // debootstrap reports on stdout and in its own log, which goes with the work directory.
+        let log = fs::read_to_string(target.join("debootstrap/debootstrap.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(anyhow!(e).context(format!(
+            "debootstrap failed; the end of its log:\n  {}",
+            tail.join("\n  ")
+        )));
+    }
     // Nothing downloaded belongs in an image.
     for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let p = target.join(junk);

@@ -665,3 +665,29 @@ fn default_route_address() -> Result<String> {
         .context("nodeIP auto: no default route; set nodeIP")?;
     Ok(s.local_addr()?.ip().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ip_auto_waits_for_the_route_and_gives_up_naming_the_fix() {
+        let mut tries = 0;
+        let ip = wait_for_default_route(Duration::from_secs(10), || {
+            tries += 1;
+            if tries < 3 {
+                bail!("network unreachable")
+            }
+            Ok("10.0.2.15".into())
+        })
+        .unwrap();
+        assert_eq!((ip.as_str(), tries), ("10.0.2.15", 3));
+
+        let e = wait_for_default_route(Duration::from_millis(300), || bail!("network unreachable")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.starts_with("nodeIP auto: no default route after 0s") && e.contains("set nodeIP"),
+            "{e}"
+        );
+    }
+}

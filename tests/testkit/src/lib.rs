@@ -11,6 +11,7 @@ pub mod hostile;
 pub mod k8s;
 pub mod mirror;
 pub mod oci;
+pub mod qemu;
 pub mod standin;
 
 use std::path::PathBuf;

@@ -1,0 +1,322 @@
+//! A kiln node is a Kubernetes node (`just e2e`): a node bundle built from the real kubelet v1.32
+//! and containerd 2.3.4 (`../shared/k8s/` or `KILN_K8S_BIN`), Debian's runc and CNI plugins and
+//! locally built pause and busybox images, baked into the Debian 12 image, booted under QEMU/OVMF
+//! with NoCloud user data against a real control plane on the host's loopback
+//! (`kiln_testkit::cluster`). Checked through the API and on the guest's console:
+//! - kubelet TLS-bootstraps with the token, and the Node goes Ready with kiln's bundle labels, the
+//!   labels and taint from user data, and `containerd://2.3.4`;
+//! - a pod placed by the real scheduler runs to completion from the preloaded image, and says so on
+//!   the guest's console;
+//! - `kubectl kiln status` shows the node on its bundle; kiln-firstboot's state says `ok` only
+//!   after the Node is Ready;
+//! - a wrong bootstrap token and an unreachable API server each fail with one clear line on the
+//!   console and in state.json.
+//!
+//! Network: the guests get `-netdev user,restrict=on`; the only way out is a `guestfwd` of
+//! 10.0.2.100:6443 to the API server on 127.0.0.1 (through socat), so nothing a guest tries
+//! (a registry pull, DNS) leaves the machine, and nothing on the host connects to a guest.
+//! Prints QEMU start to Node Ready, the activation time, and the bundle and image build times.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln_testkit::cluster::{self, Cluster};
+use kiln_testkit::k8s;
+use kiln_testkit::qemu::{self, Net, Vm};
+
+/// Where a guest reaches the API server (forwarded to the host's loopback).
+const GUEST_API: &str = "10.0.2.100:6443";
+const NODE: &str = "kiln-e2e-node";
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A unit that prints kiln-firstboot's state on the console once its health check has run,
+/// whichever way it ended.
+fn overlay(dir: &Path) {
+    let bin = dir.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("kiln-e2e-report"),
+        "#!/bin/sh\necho \"KILN-E2E-STATE $(tr -d '\\n' < /var/lib/kiln/state.json)\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("kiln-e2e-report"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let units = dir.join("etc/systemd/system");
+    std::fs::create_dir_all(units.join("multi-user.target.wants")).unwrap();
+    std::fs::write(
+        units.join("kiln-e2e-report.service"),
+        "[Unit]\nDescription=kiln e2e: report the activation\nAfter=kiln-firstboot-health.service\n\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/kiln-e2e-report\nStandardOutput=journal+console\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "../kiln-e2e-report.service",
+        units.join("multi-user.target.wants/kiln-e2e-report.service"),
+    )
+    .unwrap();
+}
+
+fn user_data(c: &Cluster, host: &str, token: &str, join_timeout: u64) -> String {
+    let ca: String = c.ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "#cloud-config\nhostname: {host}\nkiln:\n  apiServer: https://{GUEST_API}\n  clusterCA: |\n{ca}  bootstrapToken: {token}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  joinTimeoutSeconds: {join_timeout}\n  labels:\n    kiln.dev/pool: e2e\n  taints: [\"dedicated=e2e:NoSchedule\"]\n"
+    )
+}
+
+fn state_on(console: &str) -> serde_json::Value {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("KILN-E2E-STATE ").map(|(_, j)| j.trim()))
+        .unwrap_or_else(|| panic!("no state on the console:\n{console}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn kubectl_json(c: &Cluster, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = c.kubectl(&all);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("kubectl -o json"))
+}
+
+fn ready(node: &serde_json::Value) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: kiln-e2e-pod
+  namespace: default
+spec:
+  restartPolicy: Never
+  nodeSelector:
+    kiln.dev/pool: e2e
+  tolerations:
+  - key: dedicated
+    operator: Equal
+    value: e2e
+    effect: NoSchedule
+  containers:
+  - name: hello
+    image: docker.io/kiln/busybox:e2e
+    imagePullPolicy: Never
+    securityContext:
+      privileged: true
+    command: ["/bin/sh", "-c", "echo KILN-E2E-POD-RAN in $(hostname) | tee /dev/kmsg"]
+"#;
+
+#[test]
+fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
+    let tmp = tempfile::Builder::new()
+        .prefix("kiln-node-e2e-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let c = Cluster::start(
+        &dir.join("cluster"),
+        &cluster::Options {
+            extra_sans: vec!["10.0.2.100".parse().unwrap()],
+        },
+    );
+
+    // The node bundle and its image.
+    let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "");
+    let t = Instant::now();
+    let out = dir.join("bundle");
+    ok(&kiln(
+        &dir.join("cache"),
+        &["build", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    ));
+    let bundle_s = t.elapsed().as_secs_f64();
+    let bundle = out.join("kiln-node-1.32.13-1-amd64.kiln.tar.zst");
+    let firstboot = stripped_firstboot(dir);
+    let over = dir.join("overlay");
+    overlay(&over);
+    let recipe = kiln_testkit::workspace_root().join("images/debian-12.yaml");
+    let images = dir.join("images");
+    let (image_s, base) = kiln_image(&recipe, &bundle, &images, &firstboot, Some(&over), "raw");
+    let raw = images.join("debian-12-kiln-node-1.32.13-1.raw");
+
+    // The node.
+    let seed = qemu::nocloud_seed(
+        dir,
+        "good",
+        &user_data(&c, NODE, &c.bootstrap_token, 300),
+        &format!("instance-id: {NODE}\n"),
+    );
+    let forward = Net::Restricted {
+        forwards: vec![(GUEST_API.to_string(), c.api_port)],
+    };
+    let mut vm = Vm::boot(
+        dir,
+        "good",
+        &raw,
+        &seed,
+        &qemu::Options {
+            memory_mib: 1536,
+            cpus: 2,
+            net: forward.clone(),
+        },
+    );
+    // Two nodes that must fail, booted alongside (2 cores: the figures below include that load).
+    let (id, _) = c.bootstrap_token.split_once('.').unwrap();
+    let bad_token = format!("{id}.0000000000000000");
+    let bad_seed = qemu::nocloud_seed(
+        dir,
+        "badtoken",
+        &user_data(&c, "kiln-bad-token", &bad_token, 300),
+        "instance-id: bad-token\n",
+    );
+    let small = |net: Net| qemu::Options {
+        memory_mib: 1024,
+        cpus: 1,
+        net,
+    };
+    let mut bad = Vm::boot(dir, "badtoken", &raw, &bad_seed, &small(forward.clone()));
+    let cut_seed = qemu::nocloud_seed(
+        dir,
+        "unreachable",
+        &user_data(&c, "kiln-cut-off", &c.bootstrap_token, 60),
+        "instance-id: cut-off\n",
+    );
+    let mut cut = Vm::boot(
+        dir,
+        "unreachable",
+        &raw,
+        &cut_seed,
+        &small(Net::Restricted { forwards: vec![] }),
+    );
+
+    let node = loop {
+        if let Some(n) = kubectl_json(&c, &["get", "node", NODE]).filter(ready) {
+            break n;
+        }
+        assert!(vm.running(), "the guest stopped:\n{}", vm.tail(80));
+        assert!(
+            vm.started.elapsed() < READY_TIMEOUT,
+            "Node {NODE} not Ready within {READY_TIMEOUT:?}; console:\n{}\nkube-controller-manager:\n{}",
+            vm.tail(80),
+            c.log("kube-controller-manager")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let to_ready = vm.started.elapsed().as_secs_f64();
+
+    // What the node registered with.
+    let labels = &node["metadata"]["labels"];
+    let digest = kiln_bundle::digest::parse_sha256sum(
+        &std::fs::read_to_string(kiln_bundle::writer::sha256_path(&bundle)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(labels["kiln.dev/bundle-version"], "1.32.13-1", "{labels}");
+    assert_eq!(labels["kiln.dev/bundle-digest"], digest.short().as_str(), "{labels}");
+    assert_eq!(labels["kiln.dev/pool"], "e2e", "{labels}");
+    let taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t["key"] == "dedicated" && t["value"] == "e2e" && t["effect"] == "NoSchedule"),
+        "{taints:?}"
+    );
+    let info = &node["status"]["nodeInfo"];
+    assert_eq!(info["containerRuntimeVersion"], "containerd://2.3.4", "{info}");
+    assert_eq!(info["kubeletVersion"], "v1.32.13", "{info}");
+    let addresses = node["status"]["addresses"].to_string();
+    assert!(addresses.contains("10.0.2.15"), "{addresses}");
+
+    // A pod, placed by the scheduler, runs to completion from the preloaded image.
+    let pod_file = dir.join("pod.yaml");
+    std::fs::write(&pod_file, POD).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The namespace's default ServiceAccount appears shortly after the control plane starts.
+        let out = c.kubectl(&["create", "-f", pod_file.to_str().unwrap()]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pod = loop {
+        let pod = kubectl_json(&c, &["get", "pod", "kiln-e2e-pod"]).unwrap();
+        if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+            break pod;
+        }
+        assert!(
+            vm.started.elapsed() < READY_TIMEOUT,
+            "the pod did not finish: {}\n{}",
+            pod["status"],
+            vm.tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{}", pod["status"]);
+    assert_eq!(pod["spec"]["nodeName"], NODE);
+    vm.wait_for("KILN-E2E-POD-RAN in kiln-e2e-pod", Duration::from_secs(60));
+
+    // kiln's own view: the state, and kubectl kiln status.
+    vm.wait_for("KILN-E2E-STATE", Duration::from_secs(120));
+    let state = state_on(&vm.console());
+    assert_eq!(state["result"], "ok", "{state}");
+    assert_eq!(state["node"]["name"], NODE, "{state}");
+    let activation_ms: f64 = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["ms"].as_f64())
+        .sum();
+    let plugin = Path::new(env!("CARGO_BIN_EXE_kiln")).with_file_name("kubectl-kiln");
+    let status = run(Command::new(&plugin)
+        .arg("--kubeconfig")
+        .arg(&c.admin_kubeconfig)
+        .args(["status", "-o", "json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status.to_string().contains("1.32.13-1"), "{status}");
+
+    // The bad nodes: one clear line each, on the console and in state.json.
+    let line = bad.wait_for("kiln-firstboot: FAILED:", Duration::from_secs(600));
+    assert!(line.contains("refused the bootstrap token"), "{line}");
+    bad.wait_for("KILN-E2E-STATE", Duration::from_secs(60));
+    let s = state_on(&bad.console());
+    assert_eq!(s["result"], "failed", "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("refused the bootstrap token"),
+        "{s}"
+    );
+    assert!(
+        kubectl_json(&c, &["get", "node", "kiln-bad-token"]).is_none(),
+        "a node with a wrong token never registers"
+    );
+    let line = cut.wait_for("kiln-firstboot: FAILED:", Duration::from_secs(600));
+    assert!(
+        line.contains("cannot reach the API server at https://10.0.2.100:6443"),
+        "{line}"
+    );
+    cut.wait_for("KILN-E2E-STATE", Duration::from_secs(60));
+    let s = state_on(&cut.console());
+    assert_eq!(s["result"], "failed", "{s}");
+
+    println!("node-e2e: bundle build (kubelet 1.32.13, containerd 2.3.4)  {bundle_s:.1} s");
+    println!("node-e2e: image build (base {base})                         {image_s:.1} s");
+    println!("node-e2e: QEMU start to Node Ready                          {to_ready:.1} s");
+    println!(
+        "node-e2e: activation (kiln-firstboot's steps)               {:.2} s",
+        activation_ms / 1000.0
+    );
+    println!(
+        "node-e2e: boot to activated (uptime in state.json)          {:.1} s",
+        state["uptimeS"].as_f64().unwrap_or_default()
+    );
+}

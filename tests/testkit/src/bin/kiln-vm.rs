@@ -1,0 +1,175 @@
+//! `kiln-vm`: QEMU "machines" for `kubectl kiln roll` in tests, and an example of the provision and
+//! decommission commands a roll runs (README, "kubectl kiln"). Each machine is a QEMU VM booted
+//! from the node image of a bundle version with a fresh NoCloud seed, its only network a restricted
+//! user-mode network forwarding 10.0.2.100:6443 to the API server on the host's loopback.
+//!
+//! `kiln-vm provision --images DIR --state DIR --user-data FILE --api-port PORT [--name N]
+//! [--bundle V]`: boots `DIR/<V>.raw` as node N (default: `$KILN_NODE` with a suffix derived from
+//! `$KILN_TARGET_BUNDLE`, so a rerun for the same node and target finds the same machine), with the
+//! user data template FILE (`{name}` replaced), and prints N. Idempotent: a machine already
+//! running is left alone.
+//!
+//! `kiln-vm decommission --state DIR [--name N]`: stops the machine of N (default `$KILN_NODE`)
+//! by PID and waits until it is gone. A machine that is not running is not an error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use kiln_testkit::qemu::{self, Net};
+
+#[derive(Parser)]
+#[command(name = "kiln-vm")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Provision {
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        user_data: PathBuf,
+        #[arg(long)]
+        api_port: u16,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "KILN_TARGET_BUNDLE")]
+        bundle: String,
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+    },
+    Decommission {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn pid_file(state: &Path, name: &str) -> PathBuf {
+    state.join(format!("{name}.pid"))
+}
+
+/// The PID in `pid_file` if that process is alive (a zombie waiting to be reaped is not).
+fn running(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    (state != "Z").then_some(pid)
+}
+
+fn node_name(explicit: Option<String>) -> Result<String, String> {
+    explicit
+        .or_else(|| std::env::var("KILN_NODE").ok())
+        .ok_or_else(|| "no node: give --name or set KILN_NODE".to_string())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln-vm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Provision {
+            images,
+            state,
+            user_data,
+            api_port,
+            name,
+            bundle,
+            memory,
+            cpus,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => {
+                    let old = node_name(None)?;
+                    let suffix = &kiln_testkit::sha256_hex(bundle.as_bytes())[..5];
+                    // A node that replaced another carries such a suffix already: swap it.
+                    let base = match old.rsplit_once('-') {
+                        Some((b, s)) if s.len() == 5 && s.bytes().all(|c| c.is_ascii_hexdigit()) => b,
+                        _ => old.as_str(),
+                    };
+                    format!("{base}-{suffix}")
+                }
+            };
+            std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+            let pidf = pid_file(&state, &name);
+            if running(&pidf).is_some() {
+                eprintln!("kiln-vm: {name} is already running");
+                println!("{name}");
+                return Ok(());
+            }
+            let image = images.join(format!("{bundle}.raw"));
+            if !image.is_file() {
+                return Err(format!(
+                    "no image for bundle {bundle}: {} does not exist",
+                    image.display()
+                ));
+            }
+            let template = std::fs::read_to_string(&user_data).map_err(|e| format!("{}: {e}", user_data.display()))?;
+            let seed = qemu::nocloud_seed(
+                &state,
+                &name,
+                &template.replace("{name}", &name),
+                &format!("instance-id: {name}\n"),
+            );
+            let opts = qemu::Options {
+                memory_mib: memory,
+                cpus,
+                net: Net::Restricted {
+                    forwards: vec![("10.0.2.100:6443".into(), api_port)],
+                },
+            };
+            let out = qemu::command(&state, &name, &image, &seed, &opts)
+                .arg("-daemonize")
+                .arg("-pidfile")
+                .arg(&pidf)
+                .output()
+                .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "qemu for {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            eprintln!("kiln-vm: {name} booting from {}", image.display());
+            println!("{name}");
+            Ok(())
+        }
+        Cmd::Decommission { state, name } => {
+            let name = node_name(name)?;
+            let pidf = pid_file(&state, &name);
+            let Some(pid) = running(&pidf) else {
+                eprintln!("kiln-vm: {name} is not running");
+                return Ok(());
+            };
+            let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while running(&pidf).is_some() {
+                if Instant::now() > deadline {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = std::fs::remove_file(&pidf);
+            eprintln!("kiln-vm: {name} stopped");
+            Ok(())
+        }
+    }
+}
