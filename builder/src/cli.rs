@@ -197,6 +197,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(kiln_bundle::term::color_stderr())
         .with_target(false)
         .try_init();
 }

@@ -16,6 +16,7 @@ pub mod path;
 pub mod placeholder;
 pub mod reader;
 pub mod signature;
+pub mod term;
 pub mod time;
 pub mod writer;
 pub mod yaml;

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(kiln_bundle::term::color_stderr())
         .try_init();
     let result = match cli.command {
         Some(Command::Status { output }) => status(&cli.root, output),

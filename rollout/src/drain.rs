@@ -54,6 +54,16 @@ impl Report {
     }
 }
 
+/// Every named node exists, checked before anything changes (kubectl resolves all names first):
+/// the first missing one is the API's own NotFound error.
+pub async fn check_nodes(client: &Client, names: &[String]) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in names {
+        crate::retry(|| nodes.get(n)).await?;
+    }
+    Ok(())
+}
+
 pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let value = if unschedulable {
@@ -104,6 +114,8 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
         node: node.to_string(),
         ..Default::default()
     };
+    // A node that does not exist is the API's NotFound, also in a dry run (kubectl's behaviour).
+    check_nodes(client, &[node.to_string()]).await?;
     let p = plan_node(client, node, a).await?;
     report.skipped = p.skipped.clone();
     if a.dry_run {
@@ -221,7 +233,7 @@ async fn evict_one(
                 if let Some(pdb) = hopeless_pdb(client, pod).await {
                     return Err(format!("blocked by PodDisruptionBudget {pdb}: it allows no disruption and every pod it covers is on this node"));
                 }
-                if Instant::now() + backoff > deadline {
+                if Instant::now() >= deadline {
                     return Err(format!("eviction refused until the timeout: {}", s.message));
                 }
                 progress(&format!(
@@ -230,16 +242,21 @@ async fn evict_one(
                 ));
             }
             Err(e) => {
-                if Instant::now() + backoff > deadline {
+                if Instant::now() >= deadline {
                     return Err(format!("eviction failed until the timeout: {e}"));
                 }
                 progress(&format!("{pod}: {e}; retrying in {backoff:?}"));
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Use the whole timeout, as kubectl does: the last wait ends at the deadline, and one more
+        // attempt is made there.
+        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    progress(&format!("{pod}: evicted, waiting for it to terminate"));
+    progress(&format!(
+        "{pod}: {}, waiting for it to terminate",
+        if a.disable_eviction { "deleted" } else { "evicted" }
+    ));
     // Gone means: absent from a list of the node's pods that started after the eviction (not
     // found, or a new pod with the same name has another UID).
     let accepted = Instant::now();

@@ -10,6 +10,32 @@ use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// An error as kubectl words it: `Error from server (NotFound): nodes "nope" not found` for the
+/// API's refusals, `Unable to connect to the server: ...` when it cannot be reached, `error: ...`
+/// for everything else.
+pub fn kubectl_error(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<kube::core::Status>() {
+            let reason = if s.reason.is_empty() { "Unknown" } else { &s.reason };
+            return format!("Error from server ({reason}): {}", s.message);
+        }
+        if let Some(k) = cause.downcast_ref::<kube::Error>() {
+            match k {
+                kube::Error::Api(s) => {
+                    let reason = if s.reason.is_empty() { "Unknown" } else { &s.reason };
+                    return format!("Error from server ({reason}): {}", s.message);
+                }
+                kube::Error::HyperError(_) | kube::Error::Service(_) => {
+                    let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+                    return format!("Unable to connect to the server: {root}");
+                }
+                _ => {}
+            }
+        }
+    }
+    format!("error: {e:#}")
+}
+
 /// A client configured as kubectl would be: `--kubeconfig`, else `KUBECONFIG`, else ~/.kube/config,
 /// with `--context`.
 pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Client> {

@@ -171,9 +171,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Quiet like kubectl: kube-rs's own error logs would repeat the one error line below.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kiln_rollout=warn"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(kiln_bundle::term::color_stderr())
+        .with_env_filter(filter)
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,16 +186,36 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kubectl-kiln: error: {e:#}");
+            eprintln!("{}", kiln_rollout::kubectl_error(&e));
             ExitCode::from(1)
         }
     }
 }
 
+/// kubectl's answer to a command that names no node: its usage line, exit 1.
+fn usage(verb: &str) -> ExitCode {
+    eprintln!("error: USAGE: kubectl kiln {verb} NODE [flags]\nSee 'kubectl kiln {verb} -h' for help and examples");
+    ExitCode::from(1)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verb = match &cli.command {
+        Command::Drain { .. } => "drain",
+        Command::Cordon { .. } => "cordon",
+        Command::Uncordon { .. } => "uncordon",
+        Command::Status { .. } => "status",
+        Command::Replace { .. } => "replace",
+        Command::Roll { .. } => "roll",
+    };
+    if let Command::Drain { nodes, .. } | Command::Cordon { nodes } | Command::Uncordon { nodes } = &cli.command {
+        if nodes.is_empty() {
+            return Ok(usage(verb));
+        }
+    }
     let client = kiln_rollout::client(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
     match cli.command {
         Command::Cordon { nodes } => {
+            drain::check_nodes(&client, &nodes).await?;
             for n in nodes {
                 drain::set_unschedulable(&client, &n, true).await?;
                 println!("node/{n} cordoned");
@@ -199,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Uncordon { nodes } => {
+            drain::check_nodes(&client, &nodes).await?;
             for n in nodes {
                 drain::set_unschedulable(&client, &n, false).await?;
                 println!("node/{n} uncordoned");
@@ -232,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
-                    print_drain(r, dry_run);
+                    print_drain(r, dry_run, flags.disable_eviction);
                 }
             }
             // Never a success while a pod is still there.
@@ -331,12 +356,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_drain(r: &drain::Report, dry_run: bool) {
+fn print_drain(r: &drain::Report, dry_run: bool, deleted: bool) {
     for d in &r.skipped {
         println!("{}: skipped {} ({})", r.node, d.pod, d.reason);
     }
     for d in &r.evicted {
-        let verb = if dry_run { "would evict" } else { "evicted" };
+        let verb = match (dry_run, deleted) {
+            (true, false) => "would evict",
+            (true, true) => "would delete",
+            (false, false) => "evicted",
+            (false, true) => "deleted",
+        };
         let note = if d.reason.is_empty() {
             String::new()
         } else {
@@ -349,6 +379,11 @@ fn print_drain(r: &drain::Report, dry_run: bool) {
     }
     if r.ok() && !dry_run {
         println!("node/{} drained", r.node);
+    } else if !dry_run {
+        println!(
+            "node/{} left cordoned: `kubectl kiln uncordon {}` makes it schedulable again",
+            r.node, r.node
+        );
     }
 }
 
@@ -359,15 +394,19 @@ fn print_outcome(o: &NodeOutcome) {
 }
 
 /// A drain's live display on a terminal: one status line counting pods gone, with the latest
-/// event; nothing when standard error is not a terminal.
+/// event; off a terminal, one line per event on standard error.
 struct Live {
     bar: Option<indicatif::ProgressBar>,
+    node: String,
 }
 
 impl Live {
     fn new(node: &str) -> Live {
         if !std::io::stderr().is_terminal() {
-            return Live { bar: None };
+            return Live {
+                bar: None,
+                node: node.to_string(),
+            };
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -376,15 +415,22 @@ impl Live {
         );
         bar.set_prefix(format!("draining {node}:"));
         bar.enable_steady_tick(Duration::from_millis(120));
-        Live { bar: Some(bar) }
+        Live {
+            bar: Some(bar),
+            node: node.to_string(),
+        }
     }
 
     fn line(&self, l: &str) {
-        if let Some(bar) = &self.bar {
-            if l.ends_with(": gone") {
-                bar.inc(1);
+        match &self.bar {
+            Some(bar) => {
+                if l.ends_with(": gone") {
+                    bar.inc(1);
+                }
+                bar.set_message(l.to_string());
             }
-            bar.set_message(l.to_string());
+            // Off a terminal (a CI log, a pipe): a line per event, as kubectl prints them.
+            None => eprintln!("{}: {l}", self.node),
         }
     }
 

@@ -283,12 +283,12 @@ impl NodeOutcome {
 pub async fn replace(client: &Client, a: &ReplaceArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<NodeOutcome> {
     let start = Instant::now();
     let nodes: Api<Node> = Api::all(client.clone());
-    if crate::retry(|| nodes.get_opt(&a.old))
-        .await
-        .context("cannot read nodes")?
-        .is_none()
-    {
-        bail!("node {} not found", a.old);
+    // The API's own NotFound when OLD does not exist.
+    crate::retry(|| nodes.get(&a.old)).await?;
+    if let Some(n) = crate::retry(|| nodes.get_opt(&a.new)).await? {
+        if let Some(why) = unusable_replacement(&n, &a.old) {
+            bail!("{} cannot replace {}: {why}", a.new, a.old);
+        }
     }
     let mut out = NodeOutcome::new(&a.old, Outcome::Untouched);
     out.replacement = Some(a.new.clone());
@@ -316,6 +316,27 @@ pub async fn replace(client: &Client, a: &ReplaceArgs, progress: &(dyn Fn(&str) 
     .await?;
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Why node `new` cannot take `old`'s place, if it cannot: it is `old` itself, it is being
+/// deleted, drained by a roll, or another node's replacement already. (A cordoned node is waited
+/// for: it qualifies once it is schedulable.)
+pub fn unusable_replacement(new: &Node, old: &str) -> Option<String> {
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    let ann = annotations(new);
+    if name == old {
+        return Some("it is the node being replaced".into());
+    }
+    if new.metadata.deletion_timestamp.is_some() {
+        return Some("it is being deleted".into());
+    }
+    if let Some(phase) = ann.get(ROLL_PHASE) {
+        return Some(format!("a roll is replacing it ({ROLL_PHASE}={phase})"));
+    }
+    match ann.get(REPLACES) {
+        Some(other) if other != old => Some(format!("it already replaces {other}")),
+        _ => None,
+    }
 }
 
 /// Drain `old`, delete it, decommission it, release `new`'s claim. Sets `out.result`.

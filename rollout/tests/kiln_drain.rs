@@ -240,9 +240,20 @@ fn drain_shows_live_progress_on_a_terminal_only() {
     assert!(out.status.success(), "{tty}");
     assert!(tty.contains("draining node-a:") && tty.contains("pods gone"), "{tty}");
     assert!(tty.contains("node/node-a drained"), "{tty}");
-    // Without a terminal: plain results only.
+    // Without a terminal (a CI log, a pipe): no redrawn line and no escape codes, but a line per
+    // event as it happens, as kubectl prints them.
     c.sim.add_rs_pod("default", "web-x", "node-a", "web", 1);
     let out = c.kiln(&["drain", "node-a", "--timeout", "60s"]);
     assert!(out.status.success());
-    assert!(!text(&out).contains("pods gone"), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text(&out).contains("pods gone") && !stderr.contains('\x1b'),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("node-a: default/web-x: evicted, waiting for it to terminate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("node-a: default/web-x: gone"), "{stderr}");
 }

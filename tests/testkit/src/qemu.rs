@@ -129,7 +129,10 @@ impl Vm {
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+            // Only whole lines: the guest may be in the middle of writing the last one.
+            let console = self.console();
+            let whole = console.rfind('\n').map_or("", |end| &console[..end]);
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
             assert!(
