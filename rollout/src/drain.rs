@@ -230,15 +230,13 @@ async fn evict_one(
             Ok(()) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                if let Some(pdb) = hopeless_pdb(client, pod).await {
-                    return Err(format!("blocked by PodDisruptionBudget {pdb}: it allows no disruption and every pod it covers is on this node"));
-                }
+                let waiting = pdb_verdict(client, pod).await?;
                 if Instant::now() >= deadline {
                     return Err(format!("eviction refused until the timeout: {}", s.message));
                 }
                 progress(&format!(
-                    "{pod}: eviction refused ({}); retrying in {backoff:?}",
-                    s.message
+                    "{pod}: {}; retrying in {backoff:?}",
+                    waiting.unwrap_or_else(|| format!("eviction refused ({})", s.message))
                 ));
             }
             Err(e) => {
@@ -281,42 +279,50 @@ async fn evict_one(
 /// A PDB covering `pod` that can never allow its eviction while this node drains: no disruption
 /// allowed, every pod it covers is on the same node and none is terminating (so no replacement can
 /// become healthy elsewhere before the drain finishes). The PDB's name, if so.
-async fn hopeless_pdb(client: &Client, pod: &PodRef) -> Option<String> {
+/// The budget that blocks evicting `pod` and what waiting on it can bring: `Err(why)` when it can
+/// never allow the eviction, `Ok(Some(why))` while it waits, `Ok(None)` when no budget explains the
+/// refusal. Every budget of the namespace is considered, whatever its selector's form.
+async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<String>, String> {
+    use crate::pdb::{covered, verdict, Verdict};
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &pod.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let this = pods.get_opt(&pod.name).await.ok()??;
-    let node = this.spec.as_ref()?.node_name.clone()?;
-    let labels = this.metadata.labels.clone().unwrap_or_default();
-    for pdb in pdbs.list(&ListParams::default()).await.ok()?.items {
-        let sel = pdb
-            .spec
-            .as_ref()?
-            .selector
-            .as_ref()?
-            .match_labels
-            .clone()
-            .unwrap_or_default();
-        if sel.is_empty() || !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+    let (Ok(budgets), Ok(all)) = (
+        pdbs.list(&ListParams::default()).await,
+        pods.list(&ListParams::default()).await,
+    ) else {
+        return Ok(None);
+    };
+    let Some(this) = all
+        .items
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(pod.name.as_str()))
+    else {
+        return Ok(None);
+    };
+    let mut waiting = None;
+    for pdb in &budgets.items {
+        let cov = covered(pdb, &all.items);
+        if !cov.iter().any(|p| std::ptr::eq(*p, this)) {
             continue;
         }
-        if pdb.status.as_ref().and_then(|s| s.disruptions_allowed).unwrap_or(0) > 0 {
-            continue;
-        }
-        let selector = sel
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let covered = pods.list(&ListParams::default().labels(&selector)).await.ok()?.items;
-        let elsewhere = covered
-            .iter()
-            .any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.as_str()));
-        // A covered pod already terminating will be replaced by its controller, on another node
-        // since this one is cordoned: the budget may allow the eviction then.
-        let replacing = covered.iter().any(|p| p.metadata.deletion_timestamp.is_some());
-        if !elsewhere && !replacing {
-            return pdb.metadata.name.clone();
+        let name = pdb.metadata.name.clone().unwrap_or_default();
+        match verdict(pdb, &cov) {
+            Verdict::Allows => {}
+            Verdict::Never { possible, desired } => {
+                return Err(format!(
+                    "blocked by PodDisruptionBudget {name}: it needs {desired} healthy pods and at most {possible} can be, so it never allows this eviction"
+                ))
+            }
+            Verdict::Waiting {
+                healthy,
+                possible,
+                desired,
+            } => {
+                waiting = Some(format!(
+                    "waiting for PodDisruptionBudget {name}: {healthy} of {possible} pods healthy, it needs more than {desired}"
+                ))
+            }
         }
     }
-    None
+    Ok(waiting)
 }

@@ -2,6 +2,7 @@
 //! and [`status`] talk to the API through kube-rs.
 
 pub mod drain;
+pub mod pdb;
 pub mod plan;
 pub mod replace;
 pub mod status;

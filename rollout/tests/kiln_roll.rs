@@ -452,5 +452,9 @@ fn replace_refuses_an_unknown_old_node() {
     let h = Hooks::new(&c);
     let out = replace_cmd(&c, &h, &["ghost", "--with", "new-0"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("node ghost not found"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Error from server (NotFound): nodes \"ghost\" not found"),
+        "{}",
+        text(&out)
+    );
 }

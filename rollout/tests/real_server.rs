@@ -45,7 +45,10 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
     assert_eq!(ours.status.code(), Some(1));
     assert!(stderr(&k).contains(notfound), "kubectl: {}", stderr(&k));
     assert_eq!(stderr(&ours).trim(), notfound);
-    assert!(!unschedulable(&c, "worker-1") && !unschedulable(&c, "worker-2"), "nothing was cordoned");
+    assert!(
+        !unschedulable(&c, "worker-1") && !unschedulable(&c, "worker-2"),
+        "nothing was cordoned"
+    );
 
     // A dry run of a node that does not exist is not a silent success.
     let k = c.kubectl(&["drain", "nope", "--dry-run=client"]);
@@ -59,7 +62,11 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
         let k = c.kubectl(&[verb]);
         let ours = kiln(&c, &[verb]);
         assert_eq!(ours.status.code(), k.status.code(), "{verb}");
-        assert!(stderr(&k).starts_with(&format!("error: USAGE: {verb} NODE")), "{}", stderr(&k));
+        assert!(
+            stderr(&k).starts_with(&format!("error: USAGE: {verb} NODE")),
+            "{}",
+            stderr(&k)
+        );
         assert!(
             stderr(&ours).starts_with(&format!("error: USAGE: kubectl kiln {verb} NODE")),
             "{}",
@@ -68,7 +75,10 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
     }
 
     // A node cannot replace itself: refused before anything happens.
-    let ours = kiln(&c, &["replace", "worker-1", "--with", "worker-1", "--ready-timeout", "5s"]);
+    let ours = kiln(
+        &c,
+        &["replace", "worker-1", "--with", "worker-1", "--ready-timeout", "5s"],
+    );
     assert_eq!(ours.status.code(), Some(1));
     assert!(
         stderr(&ours).contains("worker-1 cannot replace worker-1: it is the node being replaced"),
@@ -100,5 +110,8 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
     assert_eq!(ours.status.code(), k.status.code());
     let e = stderr(&ours);
     assert_eq!(e.trim().lines().count(), 1, "{e}");
-    assert!(e.starts_with("Unable to connect to the server:") && !e.contains("ERROR"), "{e}");
+    assert!(
+        e.starts_with("Unable to connect to the server:") && !e.contains("ERROR"),
+        "{e}"
+    );
 }
