@@ -81,3 +81,12 @@ pub mod units {
     pub const KUBELET: &str = "kubelet.service";
     pub const IMAGES: &str = "kiln-images.service";
 }
+
+/// The labels a kiln node registers with (set by kiln-firstboot through kubelet's
+/// `--node-labels`, read by `kubectl kiln`).
+pub mod labels {
+    /// The bundle version the node runs.
+    pub const BUNDLE_VERSION: &str = "kiln.dev/bundle-version";
+    /// The first 12 hex characters of the bundle file's sha256.
+    pub const BUNDLE_DIGEST: &str = "kiln.dev/bundle-digest";
+}

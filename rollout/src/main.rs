@@ -388,7 +388,11 @@ fn print_drain(r: &drain::Report, dry_run: bool, deleted: bool) {
 }
 
 fn print_outcome(o: &NodeOutcome) {
-    let with = o.replacement.as_deref().map(|r| format!(" by {r}")).unwrap_or_default();
+    let with = match (&o.replacement, o.result) {
+        (Some(r), replace::Outcome::Replaced) => format!(" by {r}"),
+        (Some(r), _) => format!(" (replacement {r})"),
+        (None, _) => String::new(),
+    };
     let msg = o.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
     println!("{}: {}{with}{msg}", o.node, o.result.as_str());
 }

@@ -9,8 +9,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
 
-pub const BUNDLE_VERSION: &str = "kiln.dev/bundle-version";
-pub const BUNDLE_DIGEST: &str = "kiln.dev/bundle-digest";
+pub use kiln_bundle::layout::labels::{BUNDLE_DIGEST, BUNDLE_VERSION};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -110,12 +109,50 @@ pub fn render(s: &ClusterStatus, wide: bool) -> String {
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
-    if s.bundle_versions.len() > 1 || s.kubelet_versions.len() > 1 {
-        out.push_str(&format!(
-            "\nversion skew: bundles {} ; kubelets {}\n",
-            s.bundle_versions.join(", "),
-            s.kubelet_versions.join(", ")
-        ));
+    // Only what differs, and no empty entries (a node without a kubelet version reports "").
+    let mut skew = Vec::new();
+    for (what, versions) in [("bundles", &s.bundle_versions), ("kubelets", &s.kubelet_versions)] {
+        let present: Vec<&str> = versions.iter().map(String::as_str).filter(|v| !v.is_empty()).collect();
+        if present.len() > 1 {
+            skew.push(format!("{what} {}", present.join(", ")));
+        }
+    }
+    if !skew.is_empty() {
+        out.push_str(&format!("\nversion skew: {}\n", skew.join("; ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_skew_line_lists_only_what_differs_and_nothing_empty() {
+        let node = |b: &str, k: &str| NodeStatus {
+            name: "n".into(),
+            ready: true,
+            schedulable: true,
+            bundle_version: Some(b.into()),
+            bundle_digest: None,
+            container_runtime: String::new(),
+            kubelet: k.into(),
+            created: None,
+        };
+        let s = ClusterStatus {
+            nodes: vec![node("1", "v1.32.13"), node("1", "")],
+            bundle_versions: vec!["1".into()],
+            kubelet_versions: vec!["".into(), "v1.32.13".into()],
+        };
+        assert!(!render(&s, false).contains("version skew"), "{}", render(&s, false));
+        let s = ClusterStatus {
+            bundle_versions: vec!["1".into(), "2".into()],
+            ..s
+        };
+        assert!(
+            render(&s, false).ends_with("\nversion skew: bundles 1, 2\n"),
+            "{}",
+            render(&s, false)
+        );
+    }
 }

@@ -599,8 +599,11 @@ pub fn placeholder_values(
     };
     let hostname = node_hostname(root, cfg)?;
     let mut labels = n.labels.clone();
-    labels.insert("kiln.dev/bundle-version".into(), index.version.clone());
-    labels.insert("kiln.dev/bundle-digest".into(), digest.short());
+    labels.insert(
+        kiln_bundle::layout::labels::BUNDLE_VERSION.into(),
+        index.version.clone(),
+    );
+    labels.insert(kiln_bundle::layout::labels::BUNDLE_DIGEST.into(), digest.short());
     v.insert("node-ip".into(), node_ip);
     v.insert("hostname".into(), hostname);
     v.insert(
