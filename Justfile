@@ -16,12 +16,14 @@ lint:
 test:
     scripts/test
 
-# end to end: build the Debian 12 bundle and image, boot them under QEMU/OVMF (good and corrupted
-# bundles), plus the apt and minisign tests
+# end to end: the Debian 12 image booted under QEMU/OVMF (good and corrupted bundles), a real node
+# (kubelet 1.32 + containerd 2.3.4) joining the real control plane and running a pod, and a roll
+# across booted VMs; plus the apt and minisign tests. Needs KILN_K8S_BIN or ../shared/k8s/.
 e2e:
     scripts/setup
-    cargo build -p kiln-firstboot
-    cargo test -p kiln-builder --test image_e2e --test debian_apt --test minisign_interop -- --nocapture
+    cargo build --workspace
+    cargo test -p kiln-builder --test image_e2e --test node_e2e --test debian_apt --test minisign_interop -- --nocapture --test-threads 1
+    cargo test -p kiln-rollout --test vm_roll -- --nocapture
 
 # a real control plane on 127.0.0.1 (etcd + Kubernetes v1.32 from KILN_K8S_BIN or ../shared/k8s/);
 # prints an admin kubeconfig path and a bootstrap token; Ctrl-C stops it
