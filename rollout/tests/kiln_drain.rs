@@ -72,7 +72,7 @@ fn drain_follows_kubectl_rules_and_reports() {
         "--grace-period",
         "1",
         "--timeout",
-        "60",
+        "60s",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("node/node-a drained"));
@@ -94,7 +94,7 @@ fn a_pdb_that_can_never_allow_eviction_is_reported_at_once() {
     c.sim.add_rs_pod("default", "db-1", "node-a", "db", 1);
     c.sim.add_pdb("default", "db-pdb", &[("app", "db")], Some(2), None);
     let started = std::time::Instant::now();
-    let out = c.kiln(&["drain", "node-a", "--timeout", "120", "-o", "json"]);
+    let out = c.kiln(&["drain", "node-a", "--timeout", "120s", "-o", "json"]);
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "not spinning until the timeout"
@@ -131,7 +131,7 @@ fn a_pdb_is_honoured_one_pod_at_a_time_under_injected_faults() {
         throttle_every: 3,
         drop_watch_after: None,
     });
-    let out = c.kiln(&["drain", "node-a", "--timeout", "90", "-o", "json"]);
+    let out = c.kiln(&["drain", "node-a", "--timeout", "90s", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(c.sim.pods_on("node-a").is_empty());
     assert!(c.sim.violations().is_empty(), "{:?}", c.sim.violations());
