@@ -208,11 +208,12 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
         .arg(sibling("kiln-firstboot")));
     bundle_and_image(dir, A, "", &firstboot);
     bundle_and_image(dir, B, "", &firstboot);
-    // kubelet refuses an unknown feature gate and exits: never Ready.
+    // kubelet exits on a flag it cannot parse: never Ready. (An unknown feature gate would not
+    // do: this kubelet only warns about one.)
     bundle_and_image(
         dir,
         BAD,
-        "  config:\n    kubelet:\n      settings:\n        featureGates: {KilnNoSuchGate: true}\n",
+        "  config:\n    kubelet:\n      flags:\n        v: not-a-number\n",
         &firstboot,
     );
 
@@ -355,7 +356,7 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
         .arg(&c.admin_kubeconfig)
         .args(["roll", "-l", POOL, "--to-bundle", BAD, "--provision-cmd", &provision])
         .args(["--decommission-cmd", &decommission])
-        .args(["--max-surge", "1", "--ready-timeout", "4m", "--ignore-daemonsets"])
+        .args(["--max-surge", "1", "--ready-timeout", "3m", "--ignore-daemonsets"])
         .output()
         .unwrap();
     assert!(!halted.status.success(), "{}", String::from_utf8_lossy(&halted.stdout));
