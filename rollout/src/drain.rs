@@ -26,7 +26,18 @@ pub struct DrainArgs {
     pub pod_timeout: Option<Duration>,
     pub pod_selector: Option<String>,
     pub disable_eviction: bool,
-    pub dry_run: bool,
+    pub dry_run: DryRun,
+}
+
+/// kubectl's `--dry-run`: `none` acts; `client` only plans; `server` asks the API server to
+/// check the cordon and every eviction (`dryRun=All`: admission and PodDisruptionBudgets apply,
+/// nothing is persisted) and waits for nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DryRun {
+    #[default]
+    None,
+    Client,
+    Server,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,6 +93,50 @@ pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool)
     Ok(())
 }
 
+/// `--dry-run=server`: the cordon and each eviction (or deletion) sent with `dryRun=All`; what
+/// the server would refuse is reported as blocked, with its words.
+async fn server_dry_run(client: &Client, node: &str, a: &DrainArgs, p: Plan, report: &mut Report) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = Patch::Merge(json!({"spec": {"unschedulable": true}}));
+    let pp = PatchParams::default().dry_run();
+    crate::retry(|| nodes.patch(node, &pp, &patch))
+        .await
+        .with_context(|| format!("cannot cordon node {node} (server dry run)"))?;
+    if !p.errors.is_empty() {
+        report.blocked = p.errors;
+        return Ok(());
+    }
+    for d in p.evict {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &d.pod.namespace);
+        let dp = DeleteParams {
+            dry_run: true,
+            grace_period_seconds: a.grace_period.map(|g| g as u32),
+            ..Default::default()
+        };
+        let result = if a.disable_eviction {
+            api.delete(&d.pod.name, &dp).await.map(|_| ())
+        } else {
+            let params = EvictParams {
+                delete_options: Some(dp),
+                post_options: PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            };
+            api.evict(&d.pod.name, &params).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => report.evicted.push(d),
+            Err(kube::Error::Api(s)) => report.blocked.push(Decision {
+                pod: d.pod,
+                reason: format!("the server refuses: {}", s.message),
+            }),
+            Err(e) => return Err(e).context("server dry run"),
+        }
+    }
+    Ok(())
+}
+
 pub async fn pods_on(client: &Client, node: &str, selector: Option<&str>) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -118,10 +173,17 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     check_nodes(client, &[node.to_string()]).await?;
     let p = plan_node(client, node, a).await?;
     report.skipped = p.skipped.clone();
-    if a.dry_run {
-        report.evicted = p.evict;
-        report.blocked = p.errors;
-        return Ok(report);
+    match a.dry_run {
+        DryRun::None => {}
+        DryRun::Client => {
+            report.evicted = p.evict;
+            report.blocked = p.errors;
+            return Ok(report);
+        }
+        DryRun::Server => {
+            server_dry_run(client, node, a, p, &mut report).await?;
+            return Ok(report);
+        }
     }
     set_unschedulable(client, node, true).await?;
     if !p.errors.is_empty() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kiln_rollout::drain::{self, DrainArgs};
+use kiln_rollout::drain::{self, DrainArgs, DryRun};
 use kiln_rollout::plan::DrainOptions;
 use kiln_rollout::replace::{self, parse_duration, Hook, NodeOutcome, ReplaceArgs, RollArgs};
 
@@ -21,6 +21,24 @@ struct Cli {
     context: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--dry-run=none|client|server`, as kubectl spells it.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DryRunFlag {
+    None,
+    Client,
+    Server,
+}
+
+impl From<DryRunFlag> for DryRun {
+    fn from(f: DryRunFlag) -> DryRun {
+        match f {
+            DryRunFlag::None => DryRun::None,
+            DryRunFlag::Client => DryRun::Client,
+            DryRunFlag::Server => DryRun::Server,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -63,7 +81,7 @@ struct DrainFlags {
 }
 
 impl DrainFlags {
-    fn args(&self, dry_run: bool) -> DrainArgs {
+    fn args(&self, dry_run: DryRun) -> DrainArgs {
         DrainArgs {
             options: DrainOptions {
                 ignore_daemonsets: self.ignore_daemonsets,
@@ -92,9 +110,11 @@ enum Command {
         nodes: Vec<String>,
         #[command(flatten)]
         flags: DrainFlags,
-        /// Only print what would happen
-        #[arg(long)]
-        dry_run: bool,
+        /// none: drain; client: only print what would happen; server: the API server checks
+        /// the cordon and every eviction (PodDisruptionBudgets apply) and nothing changes.
+        /// `--dry-run` alone is `client`.
+        #[arg(long, value_enum, default_value_t = DryRunFlag::None, num_args = 0..=1, default_missing_value = "client", require_equals = true)]
+        dry_run: DryRunFlag,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -245,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             output,
         } => {
+            let dry_run = DryRun::from(dry_run);
             let args = flags.args(dry_run);
             let mut reports = Vec::new();
             for n in &nodes {
@@ -257,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
-                    print_drain(r, dry_run, flags.disable_eviction);
+                    print_drain(r, dry_run != DryRun::None, flags.disable_eviction);
                 }
             }
             // Never a success while a pod is still there.
@@ -280,7 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ready_timeout,
                 command_timeout,
                 decommission: decommission_cmd,
-                drain: flags.args(false),
+                drain: flags.args(DryRun::None),
             };
             let o = replace::replace(&client, &args, &|l| eprintln!("{l}")).await?;
             if output == Output::Json {
@@ -316,7 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command_timeout,
                 provision: provision_cmd,
                 decommission: decommission_cmd,
-                drain: flags.args(false),
+                drain: flags.args(DryRun::None),
             };
             replace::validate(&args)?;
             if dry_run {

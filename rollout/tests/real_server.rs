@@ -89,6 +89,82 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
     let nodes = c.kubectl(&["get", "node", "worker-1"]);
     assert!(nodes.status.success(), "worker-1 still exists");
 
+    // --dry-run=server: the API server judges the cordon and each eviction (here a budget
+    // refuses one), and nothing changes.
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: guarded\n  namespace: default\n  labels: {app: guarded}\nspec:\n  nodeName: worker-2\n  containers: [{name: c, image: busybox}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: free\n  namespace: default\nspec:\n  nodeName: worker-2\n  containers: [{name: c, image: busybox}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: guard\n  namespace: default\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels: {app: guarded}\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // The namespace's default ServiceAccount appears shortly after the control plane starts.
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&c.admin_kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), pods.as_bytes()).unwrap();
+        if child.wait().unwrap().success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "cannot create the pods");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // No kubelet runs them: mark them Running and Ready as one would (evictions of Pending pods
+    // bypass budgets), and wait until the disruption controller counts the guarded one healthy.
+    for pod in ["guarded", "free"] {
+        let out = c.kubectl(&[
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while String::from_utf8_lossy(
+        &c.kubectl(&["get", "pdb", "guard", "-o", "jsonpath={.status.currentHealthy}"])
+            .stdout,
+    ) != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the budget never counted the pod");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let k = c.kubectl(&["drain", "worker-2", "--dry-run=server", "--force", "--timeout=5s"]);
+    let ours = kiln(
+        &c,
+        &["drain", "worker-2", "--dry-run=server", "--force", "--timeout=5s"],
+    );
+    assert_eq!(
+        ours.status.code(),
+        k.status.code(),
+        "kubectl: {}{}\nours: {}{}",
+        String::from_utf8_lossy(&k.stdout),
+        stderr(&k),
+        String::from_utf8_lossy(&ours.stdout),
+        stderr(&ours)
+    );
+    assert_eq!(ours.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&ours.stdout);
+    assert!(out.contains("would evict default/free"), "{out}");
+    assert!(
+        out.contains(
+            "default/guarded (the server refuses: Cannot evict pod as it would violate the pod's disruption budget."
+        ) && String::from_utf8_lossy(&k.stderr)
+            .contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{out}\nkubectl: {}",
+        stderr(&k)
+    );
+    assert!(!unschedulable(&c, "worker-2"), "a server dry run cordons nothing");
+    assert!(
+        c.kubectl(&["get", "pod", "free"]).status.success(),
+        "and evicts nothing"
+    );
+
     // An API server that cannot be reached: one line, no log noise, exit 1.
     let dead = tmp.path().join("dead.kubeconfig");
     let text = std::fs::read_to_string(&c.admin_kubeconfig)
