@@ -114,6 +114,20 @@ fn a_pdb_that_can_never_allow_eviction_is_reported_at_once() {
     assert_eq!(c.sim.pods_on("node-a").len(), 2);
 }
 
+/// As the real API server does (rollout/tests/real_server.rs shows it with kubectl): a pod that is
+/// not running is evicted whatever its budget says.
+#[test]
+fn a_pod_that_is_not_running_ignores_its_budget() {
+    let c = Cluster::new();
+    c.sim.add_node("node-a", &[], "v1.36.4", "containerd://2.3.4");
+    c.sim.add_rs_pod("default", "db-0", "node-a", "db", 1);
+    c.sim.set_pod_phase("default", "db-0", "Pending");
+    c.sim.add_pdb("default", "db-pdb", &[("app", "db")], Some(1), None);
+    let out = c.kiln(&["drain", "node-a", "--timeout", "30s", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(c.sim.pods_on("node-a").is_empty());
+}
+
 #[test]
 fn a_pdb_is_honoured_one_pod_at_a_time_under_injected_faults() {
     let c = Cluster::new();

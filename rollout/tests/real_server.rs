@@ -111,8 +111,21 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
         assert!(std::time::Instant::now() < deadline, "cannot create the pods");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    // No kubelet runs them: mark them Running and Ready as one would (evictions of Pending pods
-    // bypass budgets), and wait until the disruption controller counts the guarded one healthy.
+    // While no kubelet has started them they are Pending, and evicting a Pending pod ignores its
+    // budget: both succeed (the simulator does the same, tests/kiln_drain.rs).
+    let k = c.kubectl(&["drain", "worker-2", "--dry-run=server", "--force", "--timeout=5s"]);
+    let ours = kiln(
+        &c,
+        &["drain", "worker-2", "--dry-run=server", "--force", "--timeout=5s"],
+    );
+    assert_eq!(
+        (ours.status.code(), k.status.code()),
+        (Some(0), Some(0)),
+        "{}",
+        stderr(&k)
+    );
+    // Mark them Running and Ready as a kubelet would, and wait until the disruption controller
+    // counts the guarded one healthy.
     for pod in ["guarded", "free"] {
         let out = c.kubectl(&[
             "patch",

@@ -625,6 +625,15 @@ impl Sim {
         });
     }
 
+    /// Set a pod's phase (and its Ready condition: only Running pods are Ready).
+    pub fn set_pod_phase(&self, ns: &str, name: &str, phase: &str) {
+        self.with(|s| {
+            if let Some(p) = s.pods.get_mut(&(ns.to_string(), name.to_string())) {
+                p["status"] = json!({"phase": phase, "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" }}]});
+            }
+        });
+    }
+
     pub fn pods_on(&self, node: &str) -> Vec<String> {
         self.with(|s| {
             s.pods
@@ -1006,8 +1015,13 @@ fn evict(s: &mut State, ns: &str, name: &str, body: &[u8]) -> (u16, Value) {
         record(s, "blocked");
         return (429, status(429, "TooManyRequests", "injected: too many requests"));
     }
-    // A pod already being deleted is evicted again without PDB accounting, as the API server does.
-    if pod["metadata"]["deletionTimestamp"].is_null() {
+    // A pod already being deleted, or not running (Pending, Succeeded, Failed), is evicted without
+    // PDB accounting, as the API server does (its eviction REST's canIgnorePDB; found next to the
+    // real server: a drain of pods no kubelet ever started ignores their budget).
+    let phase = pod["status"]["phase"].as_str().unwrap_or("");
+    let ignores_pdb =
+        !pod["metadata"]["deletionTimestamp"].is_null() || matches!(phase, "Pending" | "Succeeded" | "Failed");
+    if !ignores_pdb {
         for pdb in s.pdbs_for(&pod) {
             let (allowed, _, _) = s.pdb_allowed(&pdb);
             if allowed == 0 {
