@@ -23,6 +23,7 @@ fn containerd_2_3_loads_the_rendered_v4_config_imports_images_and_runs_a_contain
         "kiln-node",
         "1.32.13-1",
         "  config:\n    containerd:\n      restrictOomScoreAdj: true\n      systemdCgroup: false\n",
+        false,
     );
     let out = t.join("out");
     ok(&kiln(

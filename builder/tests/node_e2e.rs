@@ -40,7 +40,10 @@ fn overlay(dir: &Path) {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(
         bin.join("kiln-e2e-report"),
-        "#!/bin/sh\necho \"KILN-E2E-STATE $(tr -d '\\n' < /var/lib/kiln/state.json)\"\n",
+        "#!/bin/sh\necho \"KILN-E2E-STATE $(tr -d '\\n' < /var/lib/kiln/state.json)\"\n\
+         # kube-proxy has synced once it has written its nat rules.\n\
+         for i in $(seq 90); do iptables-save -t nat | grep -q '^-A KUBE-SERVICES' && break; sleep 1; done\n\
+         echo \"KILN-E2E-KUBE-PROXY $(systemctl is-active kube-proxy.service) $(iptables-save -t nat | grep -c '^-A KUBE-SERVICES')\"\n",
     )
     .unwrap();
     std::fs::set_permissions(
@@ -62,10 +65,10 @@ fn overlay(dir: &Path) {
     .unwrap();
 }
 
-fn user_data(c: &Cluster, host: &str, token: &str, join_timeout: u64) -> String {
+fn user_data(c: &Cluster, host: &str, token: &str, join_timeout: u64, proxy_token: &str) -> String {
     let ca: String = c.ca_pem.lines().map(|l| format!("    {l}\n")).collect();
     format!(
-        "#cloud-config\nhostname: {host}\nkiln:\n  apiServer: https://{GUEST_API}\n  clusterCA: |\n{ca}  bootstrapToken: {token}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  joinTimeoutSeconds: {join_timeout}\n  labels:\n    kiln.dev/pool: e2e\n  taints: [\"dedicated=e2e:NoSchedule\"]\n"
+        "#cloud-config\nhostname: {host}\nkiln:\n  apiServer: https://{GUEST_API}\n  clusterCA: |\n{ca}  bootstrapToken: {token}\n  kubeProxyToken: {proxy_token}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  joinTimeoutSeconds: {join_timeout}\n  labels:\n    kiln.dev/pool: e2e\n  taints: [\"dedicated=e2e:NoSchedule\"]\n"
     )
 }
 
@@ -132,7 +135,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     );
 
     // The node bundle and its image.
-    let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "");
+    let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "", true);
     let t = Instant::now();
     let out = dir.join("bundle");
     ok(&kiln(
@@ -149,11 +152,32 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let (image_s, base) = kiln_image(&recipe, &bundle, &images, &firstboot, Some(&over), "raw");
     let raw = images.join("debian-12-kiln-node-1.32.13-1.raw");
 
+    // kube-proxy's identity, as an operator gives it to a node that runs kube-proxy as a service.
+    for args in [
+        &["create", "serviceaccount", "kube-proxy", "-n", "kube-system"][..],
+        &[
+            "create",
+            "clusterrolebinding",
+            "kiln-kube-proxy",
+            "--clusterrole=system:node-proxier",
+            "--serviceaccount=kube-system:kube-proxy",
+        ][..],
+    ] {
+        let out = c.kubectl(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let proxy_token = run(Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.admin_kubeconfig)
+        .args(["create", "token", "kube-proxy", "-n", "kube-system", "--duration=2h"]))
+    .trim()
+    .to_string();
+
     // The node.
     let seed = qemu::nocloud_seed(
         dir,
         "good",
-        &user_data(&c, NODE, &c.bootstrap_token, 300),
+        &user_data(&c, NODE, &c.bootstrap_token, 300, &proxy_token),
         &format!("instance-id: {NODE}\n"),
     );
     let forward = Net::Restricted {
@@ -176,7 +200,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let bad_seed = qemu::nocloud_seed(
         dir,
         "badtoken",
-        &user_data(&c, "kiln-bad-token", &bad_token, 300),
+        &user_data(&c, "kiln-bad-token", &bad_token, 300, &proxy_token),
         "instance-id: bad-token\n",
     );
     let small = |net: Net| qemu::Options {
@@ -188,7 +212,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let cut_seed = qemu::nocloud_seed(
         dir,
         "unreachable",
-        &user_data(&c, "kiln-cut-off", &c.bootstrap_token, 60),
+        &user_data(&c, "kiln-cut-off", &c.bootstrap_token, 60, &proxy_token),
         "instance-id: cut-off\n",
     );
     let mut cut = Vm::boot(
@@ -271,6 +295,19 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let state = state_on(&vm.console());
     assert_eq!(state["result"], "ok", "{state}");
     assert_eq!(state["node"]["name"], NODE, "{state}");
+    // kube-proxy from the bundle runs as a service with its own identity and has synced rules.
+    let proxy = vm.wait_for("KILN-E2E-KUBE-PROXY", Duration::from_secs(180));
+    let proxy: Vec<&str> = proxy
+        .split_once("KILN-E2E-KUBE-PROXY ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(proxy[0], "active", "{proxy:?}");
+    assert!(
+        proxy[1].parse::<u32>().unwrap() > 0,
+        "kube-proxy wrote no KUBE-SERVICES rules: {proxy:?}"
+    );
     let activation_ms: f64 = state["steps"]
         .as_array()
         .unwrap()

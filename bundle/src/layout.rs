@@ -53,6 +53,9 @@ pub mod files {
     pub const MODULES_LOAD: &str = "etc/modules-load.d/kiln.conf";
     pub const SYSCTL: &str = "etc/sysctl.d/99-kiln.conf";
     pub const CRICTL: &str = "etc/crictl.yaml";
+    pub const KUBE_PROXY_UNIT: &str = "systemd/kube-proxy.service";
+    pub const KUBE_PROXY_CONFIG: &str = "etc/kube-proxy/config.yaml";
+    pub const KUBE_PROXY_KUBECONFIG: &str = "etc/kube-proxy/kubeconfig";
     /// Imports the bundle's preloaded images before kubelet starts (only in bundles with images).
     pub const IMAGES_UNIT: &str = "systemd/kiln-images.service";
     /// The directory of preloaded image archives.
@@ -80,6 +83,7 @@ pub mod units {
     pub const CONTAINERD: &str = "containerd.service";
     pub const KUBELET: &str = "kubelet.service";
     pub const IMAGES: &str = "kiln-images.service";
+    pub const KUBE_PROXY: &str = "kube-proxy.service";
 }
 
 /// The labels a kiln node registers with (set by kiln-firstboot through kubelet's

@@ -207,6 +207,10 @@ pub struct Components {
     pub crictl: Option<Component>,
     #[serde(default)]
     pub nerdctl: Option<Component>,
+    /// kube-proxy as a systemd service (as the seed's workers run it), with its configuration and
+    /// kubeconfig rendered; its token comes from the node configuration (`kubeProxyToken`).
+    #[serde(default)]
+    pub kube_proxy: Option<Component>,
 }
 
 impl Components {
@@ -221,6 +225,7 @@ impl Components {
             ("kubelet", &self.kubelet),
             ("crictl", &self.crictl),
             ("nerdctl", &self.nerdctl),
+            ("kube-proxy", &self.kube_proxy),
         ] {
             if let Some(c) = c {
                 v.push((name, c));
@@ -231,10 +236,10 @@ impl Components {
 
     /// The manifest key of a component name (`cni-plugins` is `cniPlugins`).
     pub fn key(name: &str) -> &str {
-        if name == "cni-plugins" {
-            "cniPlugins"
-        } else {
-            name
+        match name {
+            "cni-plugins" => "cniPlugins",
+            "kube-proxy" => "kubeProxy",
+            _ => name,
         }
     }
 }

@@ -23,6 +23,11 @@ pub const KNOWN: &[(&str, bool, &str)] = &[
     ("api-server", false, "the API server URL"),
     ("cluster-ca", false, "the cluster CA certificate (PEM)"),
     ("bootstrap-token", true, "the kubelet's bootstrap token"),
+    (
+        "kube-proxy-token",
+        true,
+        "kube-proxy's bearer token (a ServiceAccount bound to system:node-proxier)",
+    ),
 ];
 
 const OPEN: &str = "@kiln:";

@@ -21,6 +21,10 @@ pub struct NodeSection {
     pub cluster_ca: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token: Option<String>,
+    /// kube-proxy's bearer token, for bundles that run kube-proxy as a service (a ServiceAccount
+    /// token bound to `system:node-proxier`). Secret: written 0600, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_token: Option<String>,
     /// A whole bootstrap kubeconfig, instead of apiServer + clusterCA + bootstrapToken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_kubeconfig: Option<String>,
@@ -59,6 +63,7 @@ impl NodeSection {
             api_server,
             cluster_ca,
             bootstrap_token,
+            kube_proxy_token,
             bootstrap_kubeconfig,
             node_ip,
             hostname,

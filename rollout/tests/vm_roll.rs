@@ -40,7 +40,7 @@ fn run(cmd: &mut Command) -> String {
 /// Build bundle `version` (extra manifest config in `config`) and its raw image as
 /// `images/<version>.raw`.
 fn bundle_and_image(dir: &Path, version: &str, config: &str, firstboot: &Path) {
-    let manifest = k8s::node_manifest(&dir.join(format!("src-{version}")), "kiln-node", version, config);
+    let manifest = k8s::node_manifest(&dir.join(format!("src-{version}")), "kiln-node", version, config, false);
     let out = dir.join("bundles");
     run(Command::new(sibling("kiln"))
         .args(["build"])

@@ -6,6 +6,7 @@
 pub mod cni;
 pub mod containerd;
 pub mod flags;
+pub mod kube_proxy;
 pub mod kubelet;
 pub mod units;
 
@@ -108,6 +109,28 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
             text: format!("{}\n", placeholder::token("cluster-ca")),
         });
     }
+    if m.spec.components.kube_proxy.is_some() {
+        out.push(Rendered {
+            path: files::KUBE_PROXY_CONFIG,
+            mode: Mode::FILE,
+            text: kube_proxy::config(&cfg.cni, layout),
+        });
+        out.push(Rendered {
+            path: files::KUBE_PROXY_KUBECONFIG,
+            mode: Mode::SECRET,
+            text: kube_proxy::kubeconfig(layout),
+        });
+        out.push(Rendered {
+            path: files::KUBE_PROXY_UNIT,
+            mode: Mode::FILE,
+            text: kube_proxy::unit(layout),
+        });
+        if !m.has_kubelet() {
+            return Err(anyhow!(
+                "spec.components.kubeProxy: kube-proxy needs the kubelet component (it runs on a node)"
+            ));
+        }
+    }
     out.sort_by_key(|r| r.path);
     Ok((out, warnings))
 }
@@ -137,7 +160,12 @@ pub fn placeholders(rendered: &[Rendered]) -> Result<Vec<PlaceholderRecord>> {
 pub fn is_template(path: &str) -> bool {
     matches!(
         path,
-        files::KUBELET_CONFIG | files::KUBELET_UNIT | files::KUBELET_BOOTSTRAP | files::CLUSTER_CA
+        files::KUBELET_CONFIG
+            | files::KUBELET_UNIT
+            | files::KUBELET_BOOTSTRAP
+            | files::CLUSTER_CA
+            | files::KUBE_PROXY_CONFIG
+            | files::KUBE_PROXY_KUBECONFIG
     )
 }
 

@@ -122,6 +122,9 @@ pub fn install_units(root: &Path, index: &Index) -> Result<bool> {
     if index.has_kubelet() {
         units.push((files::KUBELET_UNIT, NODE, kiln_bundle::layout::units::KUBELET));
     }
+    if index.file(files::KUBE_PROXY_UNIT).is_some() {
+        units.push((files::KUBE_PROXY_UNIT, CURRENT, kiln_bundle::layout::units::KUBE_PROXY));
+    }
     for (rel, base, name) in units {
         let src = root.join(base).join(rel);
         let bytes = fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;

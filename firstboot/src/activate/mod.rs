@@ -454,6 +454,9 @@ fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool
     if index.has_kubelet() {
         units.push(kiln_bundle::layout::units::KUBELET);
     }
+    if index.file(kiln_bundle::layout::files::KUBE_PROXY_UNIT).is_some() {
+        units.push(kiln_bundle::layout::units::KUBE_PROXY);
+    }
     for unit in units {
         sys.enable(unit)?;
         if sys.is_active(unit) {
@@ -627,6 +630,12 @@ pub fn placeholder_values(
         n.cluster_ca.clone().unwrap_or_default().trim_end().to_string(),
     );
     v.insert("bootstrap-token".into(), n.bootstrap_token.clone().unwrap_or_default());
+    if needed.contains(&"kube-proxy-token") {
+        let t = n.kube_proxy_token.clone().ok_or_else(|| {
+            anyhow!("the node configuration lacks kubeProxyToken (needed by the bundle's kube-proxy)")
+        })?;
+        v.insert("kube-proxy-token".into(), t);
+    }
     Ok(v)
 }
 

@@ -114,9 +114,10 @@ pub const BUSYBOX_IMAGE: &str = "docker.io/kiln/busybox:e2e";
 /// 2.x (packed as upstream's release tarball, `containerd-2.3.4-linux-amd64.tar.gz`, so the
 /// manifest reads like the production one), Debian's runc and CNI plugins through apt, and the
 /// pause and busybox images preloaded. `config` is appended under `spec:` (indented two spaces,
-/// e.g. "  config:\n    containerd:\n      systemdCgroup: false\n"). Returns the manifest's path;
-/// the bundle is `<name>-<version>-amd64.kiln.tar.zst`.
-pub fn node_manifest(dir: &Path, name: &str, version: &str, config: &str) -> PathBuf {
+/// e.g. "  config:\n    containerd:\n      systemdCgroup: false\n"); with `kube_proxy`, kube-proxy
+/// runs as a service too. Returns the manifest's path; the bundle is
+/// `<name>-<version>-amd64.kiln.tar.zst`.
+pub fn node_manifest(dir: &Path, name: &str, version: &str, config: &str, kube_proxy: bool) -> PathBuf {
     let bin = bin_dir();
     std::fs::create_dir_all(dir).unwrap();
     let containerd_version = containerd_version(&bin);
@@ -187,7 +188,7 @@ spec:
           amd64: {kubelet_sha}
       install:
         - to: bin/kubelet
-  images:
+{kube_proxy}  images:
     - name: {PAUSE_IMAGE}
       url: pause.oci.tar
       sha256:
@@ -199,6 +200,15 @@ spec:
 {config}"#,
         containerd_sha = crate::sha256_hex(&bytes),
         kubelet = bin.join("kubelet").display(),
+        kube_proxy = if kube_proxy {
+            format!(
+                "    kubeProxy:\n      version: \"1.32.13\"\n      source:\n        url: \"file://{}\"\n        format: binary\n        sha256:\n          amd64: {}\n      install:\n        - to: bin/kube-proxy\n",
+                bin.join("kube-proxy").display(),
+                sha256_of("kube-proxy")
+            )
+        } else {
+            String::new()
+        },
         kubelet_sha = sha256_of("kubelet"),
         pause_sha = crate::sha256_hex(&pause),
         bb_sha = crate::sha256_hex(&bb),
