@@ -439,7 +439,8 @@ fn already_active(
         return None;
     }
     let kubelet = root.join(CURRENT).join("bin/kubelet").exists();
-    if !sys.is_active("containerd.service") || (kubelet && !sys.is_active("kubelet.service")) {
+    use kiln_bundle::layout::units;
+    if !sys.is_active(units::CONTAINERD) || (kubelet && !sys.is_active(units::KUBELET)) {
         return None;
     }
     Some(s.version.clone())
