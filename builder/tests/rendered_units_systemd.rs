@@ -21,6 +21,7 @@ fn sample_values() -> BTreeMap<String, String> {
             "kiln.dev/bundle-version=1.36.4-1,kiln.dev/bundle-digest=0123456789ab",
         ),
         ("node-taints", ""),
+        ("register-with-taints", "[]"),
         ("cluster-dns", "10.96.0.10"),
         ("api-server", "https://10.0.0.1:6443"),
         (
@@ -60,7 +61,8 @@ fn rendered_units_pass_systemd_analyze_verify() {
             ("hostname", false),
             ("node-ip", false),
             ("node-labels", false),
-            ("node-taints", false)
+            // Taints reach kubelet through its configuration, not the deprecated flag.
+            ("register-with-taints", false)
         ]
     );
     assert_eq!(
