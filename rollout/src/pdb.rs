@@ -1,8 +1,10 @@
 //! Whether a PodDisruptionBudget can ever allow an eviction, by the disruption controller's own
 //! arithmetic: it allows one when more pods are healthy than it requires. The most pods that can
 //! ever be healthy (without an eviction making room for a new one) are the covered pods that are
-//! not terminating; if that is not above the budget's desired healthy count, and no covered pod is
-//! terminating (its replacement could add one), waiting cannot help: the drain reports the budget
+//! not terminating, or the controller's scale (`expectedPods`) when that is more, since a
+//! controller recreates a pod that was just deleted. If that is not above the budget's desired
+//! healthy count, and no covered pod is terminating (its replacement could add one), waiting
+//! cannot help: the drain reports the budget
 //! at once instead of retrying until its timeout. Pods that are not Ready yet count as possibly
 //! healthy, so a budget waiting for them is "waiting", not hopeless. Pure functions, no API calls.
 
@@ -86,7 +88,7 @@ pub fn verdict(pdb: &PodDisruptionBudget, covered: &[&Pod]) -> Verdict {
         return Verdict::Allows;
     }
     let terminating = covered.iter().any(|p| p.metadata.deletion_timestamp.is_some());
-    let possible = covered
+    let present = covered
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .count() as i32;
@@ -94,6 +96,9 @@ pub fn verdict(pdb: &PodDisruptionBudget, covered: &[&Pod]) -> Verdict {
         .and_then(|s| s.expected_pods)
         .filter(|e| *e > 0)
         .unwrap_or(covered.len() as i32);
+    // A controller brings its pods back to its scale (the controller's `expectedPods`): a pod
+    // just deleted and not yet recreated still counts.
+    let possible = present.max(expected);
     let desired = desired_healthy(pdb, expected);
     let healthy = status.and_then(|s| s.current_healthy).unwrap_or(0);
     if possible <= desired && !terminating {
@@ -186,6 +191,24 @@ mod tests {
         let pods = [pod("web", false), pod("web", true)];
         let b = pdb(Some(IntOrString::Int(1)), None, 0, 1);
         assert!(matches!(verdict(&b, &covered(&b, &pods)), Verdict::Waiting { .. }));
+        // A pod just deleted and not yet recreated by its controller (scale 5, 4 present):
+        // maxUnavailable 1 waits for the replacement.
+        let mut b = pdb(None, Some(IntOrString::Int(1)), 0, 3);
+        b.status.as_mut().unwrap().expected_pods = Some(5);
+        let four = [
+            pod("web", false),
+            pod("web", false),
+            pod("web", false),
+            pod("web", false),
+        ];
+        assert!(matches!(
+            verdict(&b, &covered(&b, &four)),
+            Verdict::Waiting {
+                possible: 5,
+                desired: 4,
+                ..
+            }
+        ));
         // Allowed now.
         let b = pdb(Some(IntOrString::Int(1)), None, 1, 2);
         assert_eq!(verdict(&b, &covered(&b, &pods)), Verdict::Allows);
