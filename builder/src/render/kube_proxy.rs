@@ -31,30 +31,7 @@ mode: iptables
 
 /// The kubeconfig, rendered at first boot (it carries a token: mode 0600).
 pub fn kubeconfig(l: &Layout) -> String {
-    format!(
-        "\
-apiVersion: v1
-kind: Config
-clusters:
-- name: default
-  cluster:
-    server: \"{server}\"
-    certificate-authority: {ca}
-users:
-- name: kube-proxy
-  user:
-    token: \"{token}\"
-contexts:
-- name: default
-  context:
-    cluster: default
-    user: kube-proxy
-current-context: default
-",
-        server = token("api-server"),
-        ca = l.on_node(files::CLUSTER_CA, true),
-        token = token("kube-proxy-token"),
-    )
+    super::kubelet::token_kubeconfig("kube-proxy", "kube-proxy-token", l)
 }
 
 pub fn unit(l: &Layout) -> String {

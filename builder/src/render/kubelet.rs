@@ -237,6 +237,12 @@ pub fn flags(version: &str, cfg: &KubeletConfig, l: &Layout) -> Vec<String> {
 
 /// The bootstrap kubeconfig, rendered at first boot (it carries the bootstrap token: mode 0600).
 pub fn bootstrap_kubeconfig(l: &Layout) -> String {
+    token_kubeconfig("kubelet-bootstrap", "bootstrap-token", l)
+}
+
+/// A kubeconfig for the cluster's API server and CA that authenticates as `user` with the bearer
+/// token of secret placeholder `token_name`, rendered at first boot.
+pub fn token_kubeconfig(user: &str, token_name: &str, l: &Layout) -> String {
     format!(
         "\
 apiVersion: v1
@@ -247,19 +253,19 @@ clusters:
     server: \"{server}\"
     certificate-authority: {ca}
 users:
-- name: kubelet-bootstrap
+- name: {user}
   user:
     token: \"{token}\"
 contexts:
 - name: default
   context:
     cluster: default
-    user: kubelet-bootstrap
+    user: {user}
 current-context: default
 ",
         server = token("api-server"),
         ca = l.on_node(files::CLUSTER_CA, true),
-        token = token("bootstrap-token"),
+        token = token(token_name),
     )
 }
 
