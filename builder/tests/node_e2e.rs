@@ -26,10 +26,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use kiln_testkit::cluster::{self, Cluster};
 use kiln_testkit::k8s;
-use kiln_testkit::qemu::{self, Net, Vm};
+use kiln_testkit::qemu::{self, Net, Vm, GUEST_API};
 
-/// Where a guest reaches the API server (forwarded to the host's loopback).
-const GUEST_API: &str = "10.0.2.100:6443";
 const NODE: &str = "kiln-e2e-node";
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -127,12 +125,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let dir = tmp.path();
-    let c = Cluster::start(
-        &dir.join("cluster"),
-        &cluster::Options {
-            extra_sans: vec!["10.0.2.100".parse().unwrap()],
-        },
-    );
+    let c = Cluster::start(&dir.join("cluster"), &cluster::Options::for_guests());
 
     // The node bundle and its image.
     let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "", true);

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kiln_testkit::cluster::{self, Cluster};
 use kiln_testkit::k8s;
+use kiln_testkit::qemu::GUEST_API;
 
 const POOL: &str = "kiln.dev/pool=vmroll";
 const A: &str = "1.32.13-1";
@@ -195,12 +196,7 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let dir = tmp.path();
-    let c = Cluster::start(
-        &dir.join("cluster"),
-        &cluster::Options {
-            extra_sans: vec!["10.0.2.100".parse().unwrap()],
-        },
-    );
+    let c = Cluster::start(&dir.join("cluster"), &cluster::Options::for_guests());
     let firstboot = dir.join("kiln-firstboot");
     run(Command::new("strip")
         .arg("-o")
@@ -222,7 +218,7 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
     std::fs::write(
         &template,
         format!(
-            "#cloud-config\nhostname: {{name}}\nkiln:\n  apiServer: https://10.0.2.100:6443\n  clusterCA: |\n{ca}  bootstrapToken: {}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  labels:\n    kiln.dev/pool: vmroll\n",
+            "#cloud-config\nhostname: {{name}}\nkiln:\n  apiServer: https://{GUEST_API}\n  clusterCA: |\n{ca}  bootstrapToken: {}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  labels:\n    kiln.dev/pool: vmroll\n",
             c.bootstrap_token
         ),
     )

@@ -23,6 +23,16 @@ pub struct Options {
     pub extra_sans: Vec<IpAddr>,
 }
 
+impl Options {
+    /// A cluster QEMU guests join: the API server certificate is also valid for
+    /// [`crate::qemu::GUEST_API_IP`].
+    pub fn for_guests() -> Options {
+        Options {
+            extra_sans: vec![crate::qemu::GUEST_API_IP.parse().expect("an IP address")],
+        }
+    }
+}
+
 /// A running control plane.
 pub struct Cluster {
     pub dir: PathBuf,

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where a guest reaches the test API server: forwarded (`guestfwd`) to the host's loopback.
+/// QEMU refuses to forward 10.0.2.2, the host's own address in the guest's network.
+pub const GUEST_API_IP: &str = "10.0.2.100";
+pub const GUEST_API: &str = "10.0.2.100:6443";
+
 /// The guest's network.
 #[derive(Debug, Clone, Default)]
 pub enum Net {

@@ -132,7 +132,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 memory_mib: memory,
                 cpus,
                 net: Net::Restricted {
-                    forwards: vec![("10.0.2.100:6443".into(), api_port)],
+                    forwards: vec![(qemu::GUEST_API.into(), api_port)],
                 },
             };
             let out = qemu::command(&state, &name, &image, &seed, &opts)
