@@ -288,7 +288,7 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
             "--max-surge",
             "1",
             "--ready-timeout",
-            "10m",
+            "15m",
             "--ignore-daemonsets",
             "-o",
             "json",
