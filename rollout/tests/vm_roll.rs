@@ -355,9 +355,14 @@ fn roll_replaces_booted_vms_and_halts_on_a_kubelet_that_cannot_start() {
         .args(["--max-surge", "1", "--ready-timeout", "3m", "--ignore-daemonsets"])
         .output()
         .unwrap();
-    assert!(!halted.status.success(), "{}", String::from_utf8_lossy(&halted.stdout));
+    let out = String::from_utf8_lossy(&halted.stdout);
     let err = String::from_utf8_lossy(&halted.stderr);
-    assert!(err.contains("halt") || err.contains("not Ready"), "{err}");
+    assert!(!halted.status.success(), "{out}");
+    assert!(out.contains("roll HALTED"), "{out}");
+    assert!(
+        err.contains(&format!("no replacement became Ready on bundle {BAD}")),
+        "{err}"
+    );
     assert_eq!(ready_nodes(&c), before, "the nodes on B are untouched");
     let nodes = json(c.kubectl(&["get", "nodes", "-l", POOL, "-o", "json"]));
     for n in nodes["items"].as_array().unwrap() {
