@@ -3,7 +3,6 @@
 //! with backoff until the deadline, reports at once a PodDisruptionBudget that can never allow the
 //! eviction, and waits for each pod to be gone (same name and UID).
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,11 +10,13 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::plan::{plan, Decision, DrainOptions, Plan, PodRef};
+use crate::watch::{wait_for, Mirror, Snapshot};
 
 #[derive(Debug, Clone)]
 pub struct DrainArgs {
@@ -192,19 +193,17 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
         return Ok(report);
     }
     let deadline = Instant::now() + a.timeout;
-    let (tx, rx) = tokio::sync::watch::channel(Present::default());
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let evictions = async {
-        let r = join_all(
-            p.evict
-                .iter()
-                .map(|d| evict_one(client, d, a, deadline, rx.clone(), progress)),
-        )
-        .await;
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        r
-    };
-    let (results, ()) = tokio::join!(evictions, watch_node(client, node, &tx, &done));
+    // One watch of the node's pods tells every pod's wait when it is gone.
+    let pods = Mirror::start(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+    );
+    let results = join_all(
+        p.evict
+            .iter()
+            .map(|d| evict_one(client, d, a, deadline, pods.subscribe(), progress)),
+    )
+    .await;
     for (d, r) in p.evict.into_iter().zip(results) {
         match r {
             Ok(()) => report.evicted.push(d),
@@ -214,53 +213,13 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     Ok(report)
 }
 
-/// The pods on a node, (namespace, name, uid), as one list that started at `at`.
-#[derive(Debug, Clone, Default)]
-struct Present {
-    at: Option<Instant>,
-    pods: BTreeSet<(String, String, String)>,
-}
-
-/// One list of the node's pods every 100 ms while the drain waits, shared by every pod's wait: a
-/// few requests a second however many pods there are, instead of one poll per pod.
-async fn watch_node(
-    client: &Client,
-    node: &str,
-    tx: &tokio::sync::watch::Sender<Present>,
-    done: &std::sync::atomic::AtomicBool,
-) {
-    let api: Api<Pod> = Api::all(client.clone());
-    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
-    while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        let at = Instant::now();
-        if let Ok(list) = api.list(&lp).await {
-            let pods = list
-                .items
-                .iter()
-                .map(|p| {
-                    (
-                        p.metadata.namespace.clone().unwrap_or_default(),
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.metadata.uid.clone().unwrap_or_default(),
-                    )
-                })
-                .collect();
-            tx.send_replace(Present { at: Some(at), pods });
-        }
-        let next = at + Duration::from_millis(100);
-        while Instant::now() < next && !done.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Evict (or delete) one pod and wait for it to be gone; `Err` says why it is still there.
 async fn evict_one(
     client: &Client,
     d: &Decision,
     a: &DrainArgs,
     deadline: Instant,
-    mut present: tokio::sync::watch::Receiver<Present>,
+    mut present: tokio::sync::watch::Receiver<Snapshot<Pod>>,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), String> {
     let pod = &d.pod;
@@ -317,22 +276,19 @@ async fn evict_one(
         "{pod}: {}, waiting for it to terminate",
         if a.disable_eviction { "deleted" } else { "evicted" }
     ));
-    // Gone means: absent from a list of the node's pods that started after the eviction (not
-    // found, or a new pod with the same name has another UID).
-    let accepted = Instant::now();
-    let key = (pod.namespace.clone(), pod.name.clone(), pod.uid.clone());
-    loop {
-        {
-            let p = present.borrow_and_update();
-            if p.at.is_some_and(|at| at >= accepted) && !p.pods.contains(&key) {
-                break;
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("evicted but still terminating at the timeout".into());
-        }
-        let _ = tokio::time::timeout(left, present.changed()).await;
+    // Gone means: the watch of the node's pods, once it has listed them, no longer has it (or has
+    // a new pod of that name, with another UID).
+    let key = format!("{}/{}", pod.namespace, pod.name);
+    let gone = wait_for(&mut present, deadline, |s| {
+        (s.synced
+            && s.items
+                .get(&key)
+                .is_none_or(|p| p.metadata.uid.as_deref() != Some(pod.uid.as_str())))
+        .then_some(())
+    })
+    .await;
+    if gone.is_none() {
+        return Err("evicted but still terminating at the timeout".into());
     }
     progress(&format!("{pod}: gone"));
     Ok(())

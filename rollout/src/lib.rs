@@ -6,6 +6,7 @@ pub mod pdb;
 pub mod plan;
 pub mod replace;
 pub mod status;
+pub mod watch;
 
 use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};

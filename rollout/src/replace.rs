@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::drain::{self, DrainArgs};
 use crate::status::BUNDLE_VERSION;
+use crate::watch::{wait_for, Mirror, Snapshot};
 
 /// On an old node: the bundle version the roll replacing it moves to.
 pub const ROLL_TARGET: &str = "kiln.dev/roll-target";
@@ -202,23 +204,30 @@ fn rfc3339_now() -> String {
         .to_string()
 }
 
-/// Wait until node `name` is a usable replacement; `Err` describes what it last was.
+/// Wait until node `name` is a usable replacement (one watch of that node); `Err` describes what
+/// it last was.
 async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: Instant) -> Result<(), String> {
-    let api: Api<Node> = Api::all(client.clone());
-    loop {
-        let last = match api.get_opt(name).await {
-            Ok(Some(n)) => match unfit(&n, bundle) {
-                None => return Ok(()),
-                Some(why) => why,
-            },
-            Ok(None) => "not registered".to_string(),
-            Err(e) => format!("cannot read it: {e}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(last);
+    let mirror = Mirror::start(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    );
+    let mut last = "not registered".to_string();
+    let fit = wait_for(&mut mirror.subscribe(), deadline, |s| {
+        if let Some(e) = &s.error {
+            last = format!("cannot read it: {e}");
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        match s.items.get(name) {
+            Some(n) => match unfit(n, bundle) {
+                None => return Some(()),
+                Some(why) => last = why,
+            },
+            None if s.synced => last = "not registered".to_string(),
+            None => {}
+        }
+        None
+    })
+    .await;
+    fit.ok_or(last)
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +545,8 @@ struct Shared {
     /// The old nodes of this roll: never replacements.
     old: BTreeSet<String>,
     halted: Mutex<Option<String>>,
+    /// The pool as one watch sees it, for every replacement's wait.
+    pool: tokio::sync::watch::Receiver<Snapshot<Node>>,
 }
 
 impl Shared {
@@ -607,6 +618,10 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
     if report.halted.is_some() {
         return Ok(report);
     }
+    let pool_watch = Mirror::start(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().labels(&a.selector),
+    );
     let shared = Arc::new(Shared {
         claimed: Mutex::new(
             nodes
@@ -618,6 +633,7 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
         ),
         old: plan.replace.iter().map(|r| r.node.clone()).collect(),
         halted: Mutex::new(None),
+        pool: pool_watch.subscribe(),
     });
     let surge = Arc::new(Semaphore::new(a.max_surge));
     let unavailable = Arc::new(Semaphore::new(a.max_unavailable));
@@ -765,7 +781,7 @@ async fn replace_steps(
     let new = if phase == Some(Phase::Draining) {
         hint.clone().context("the roll annotations name no replacement")?
     } else {
-        let new = wait_replacement(client, a, old, hint.as_deref(), started.as_deref(), shared, deadline).await?;
+        let new = wait_replacement(a, old, hint.as_deref(), started.as_deref(), shared, deadline).await?;
         annotate(client, &new, &[(REPLACES, Some(old))]).await?;
         annotate(
             client,
@@ -802,7 +818,6 @@ async fn replace_steps(
 /// It must be Ready and schedulable before `deadline`; then it is claimed. A halt elsewhere does not
 /// stop this wait: a replacement already provisioned is used rather than abandoned.
 async fn wait_replacement(
-    client: &Client,
     a: &RollArgs,
     old: &str,
     hint: Option<&str>,
@@ -812,48 +827,48 @@ async fn wait_replacement(
 ) -> Result<String> {
     let started = started.and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok());
     let mut last = "no new node registered".to_string();
-    loop {
-        let nodes = pool(client, &a.selector).await;
-        if let Ok(nodes) = nodes {
-            let mut seen = Vec::new();
-            for n in &nodes {
-                let nm = name(n);
-                let candidate = match hint {
-                    Some(h) => nm == h,
-                    None => {
-                        !shared.old.contains(&nm)
-                            && annotations(n).get(REPLACES).is_none_or(|o| o == old)
-                            && started.is_none_or(|s| n.metadata.creation_timestamp.as_ref().is_some_and(|c| c.0 >= s))
-                    }
-                };
-                if !candidate {
-                    continue;
+    let found = wait_for(&mut shared.pool.clone(), deadline, |s| {
+        let mut seen = Vec::new();
+        for n in s.items.values() {
+            let nm = name(n);
+            let candidate = match hint {
+                Some(h) => nm == h,
+                None => {
+                    !shared.old.contains(&nm)
+                        && annotations(n).get(REPLACES).is_none_or(|o| o == old)
+                        && started.is_none_or(|s| n.metadata.creation_timestamp.as_ref().is_some_and(|c| c.0 >= s))
                 }
-                match unfit(n, Some(&a.target)) {
-                    None => {
-                        let mut claimed = shared.claimed.lock().unwrap();
-                        if hint.is_some() || claimed.insert(nm.clone()) {
-                            return Ok(nm);
-                        }
-                    }
-                    Some(why) => seen.push(format!("{nm}: {why}")),
-                }
+            };
+            if !candidate {
+                continue;
             }
-            if !seen.is_empty() {
-                last = seen.join("; ");
-            } else if let Some(h) = hint {
-                last = format!("{h} not registered");
+            match unfit(n, Some(&a.target)) {
+                None => {
+                    let mut claimed = shared.claimed.lock().unwrap();
+                    if hint.is_some() || claimed.insert(nm.clone()) {
+                        return Some(nm);
+                    }
+                }
+                Some(why) => seen.push(format!("{nm}: {why}")),
             }
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "no replacement became Ready on bundle {} within {:?} ({last}); the remaining old nodes are left untouched",
-                a.target,
-                a.ready_timeout
-            );
+        if !seen.is_empty() {
+            last = seen.join("; ");
+        } else if let Some(h) = hint.filter(|_| s.synced) {
+            last = format!("{h} not registered");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if let Some(e) = &s.error {
+            last = format!("{last} (the API: {e})");
+        }
+        None
+    })
+    .await;
+    found.with_context(|| {
+        format!(
+            "no replacement became Ready on bundle {} within {:?} ({last}); the remaining old nodes are left untouched",
+            a.target, a.ready_timeout
+        )
+    })
 }
 
 /// A duration exactly as kubectl parses one (Go's `time.ParseDuration`): an optional sign, then

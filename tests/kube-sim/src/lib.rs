@@ -117,7 +117,7 @@ fn labels_match(obj: &Value, selector: &str) -> bool {
     })
 }
 
-fn fields_match(pod: &Value, selector: &str) -> bool {
+fn fields_match(obj: &Value, selector: &str) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (k, v, neg) = match term.split_once("!=") {
             Some((k, v)) => (k, v, true),
@@ -127,10 +127,10 @@ fn fields_match(pod: &Value, selector: &str) -> bool {
             },
         };
         let actual = match k.trim() {
-            "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or(""),
-            "metadata.name" => pod["metadata"]["name"].as_str().unwrap_or(""),
-            "metadata.namespace" => pod["metadata"]["namespace"].as_str().unwrap_or(""),
-            "status.phase" => pod["status"]["phase"].as_str().unwrap_or(""),
+            "spec.nodeName" => obj["spec"]["nodeName"].as_str().unwrap_or(""),
+            "metadata.name" => obj["metadata"]["name"].as_str().unwrap_or(""),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str().unwrap_or(""),
+            "status.phase" => obj["status"]["phase"].as_str().unwrap_or(""),
             _ => return true,
         };
         (actual == v.trim()) != neg
@@ -757,12 +757,11 @@ fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>,
             let s = lock.lock().unwrap();
             let (s, _) = cv.wait_timeout(s, Duration::from_millis(200)).unwrap();
             let from = since;
-            let out: Vec<Value> = s
-                .events
+            // Events are in resourceVersion order: start at the first one this watch has not seen.
+            let first = s.events.partition_point(|(rv, ..)| *rv <= from);
+            let out: Vec<Value> = s.events[first..]
                 .iter()
-                .filter(|(rv, k, _, o)| {
-                    *rv > from && *k == kind && labels_match(o, &label) && (kind != "Pod" || fields_match(o, &field))
-                })
+                .filter(|(_, k, _, o)| *k == kind && labels_match(o, &label) && fields_match(o, &field))
                 .map(|(_, _, ty, o)| json!({"type": ty, "object": o}))
                 .collect();
             since = s.rv;
@@ -891,7 +890,12 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
             ),
         ),
         ("GET", ["api", "v1", "nodes"]) => {
-            let items: Vec<Value> = s.nodes.values().filter(|n| labels_match(n, &label)).cloned().collect();
+            let items: Vec<Value> = s
+                .nodes
+                .values()
+                .filter(|n| labels_match(n, &label) && fields_match(n, &field))
+                .cloned()
+                .collect();
             if wants_table(req) {
                 (200, node_table(&items))
             } else {
