@@ -280,15 +280,20 @@ async fn evict_one(
     // a new pod of that name, with another UID).
     let key = format!("{}/{}", pod.namespace, pod.name);
     let gone = wait_for(&mut present, deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            return Some(Err(format!("cannot watch the node's pods: {refused}")));
+        }
         (s.synced
             && s.items
                 .get(&key)
                 .is_none_or(|p| p.metadata.uid.as_deref() != Some(pod.uid.as_str())))
-        .then_some(())
+        .then_some(Ok(()))
     })
     .await;
-    if gone.is_none() {
-        return Err("evicted but still terminating at the timeout".into());
+    match gone {
+        Some(Ok(())) => {}
+        Some(Err(why)) => return Err(why),
+        None => return Err("evicted but still terminating at the timeout".into()),
     }
     progress(&format!("{pod}: gone"));
     Ok(())

@@ -2,6 +2,7 @@
 //! and [`status`] talk to the API through kube-rs.
 
 pub mod drain;
+pub mod lease;
 pub mod pdb;
 pub mod plan;
 pub mod replace;
@@ -39,8 +40,15 @@ pub fn kubectl_error(e: &anyhow::Error) -> String {
 }
 
 /// A client configured as kubectl would be: `--kubeconfig`, else `KUBECONFIG`, else ~/.kube/config,
-/// with `--context`.
+/// with `--context`; in a Pod with none of these, the Pod's ServiceAccount (in-cluster config:
+/// `KUBERNETES_SERVICE_HOST`/`_PORT` and the token and CA under
+/// `/var/run/secrets/kubernetes.io/serviceaccount`).
 pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Client> {
+    if kubeconfig.is_none() && context.is_none() && in_cluster() {
+        let mut config = Config::incluster().context("cannot use the Pod's ServiceAccount (in-cluster config)")?;
+        config.default_retry = false;
+        return Client::try_from(config).context("cannot create the Kubernetes client");
+    }
     let kc = match kubeconfig {
         Some(p) => Kubeconfig::read_from(p).with_context(|| format!("cannot read kubeconfig {}", p.display()))?,
         None => Kubeconfig::read().context("cannot read a kubeconfig (KUBECONFIG or ~/.kube/config)")?,
@@ -56,6 +64,12 @@ pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>)
     // a budget that can never allow the eviction), not something to retry blindly inside the client.
     config.default_retry = false;
     Client::try_from(config).context("cannot create the Kubernetes client")
+}
+
+/// No kubeconfig anywhere kubectl would look, and the environment a Pod gets.
+fn in_cluster() -> bool {
+    let home_config = std::env::var_os("HOME").is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists());
+    std::env::var_os("KUBECONFIG").is_none() && !home_config && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
 /// Run an idempotent API call again when it fails transiently (a 5xx, a 429 that is not a

@@ -184,6 +184,9 @@ enum Command {
         /// Print the plan and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Namespace of the Lease that lets one roll at a time replace this pool
+        #[arg(long, default_value = kiln_rollout::lease::DEFAULT_NAMESPACE)]
+        lease_namespace: String,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -326,6 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command_timeout,
             flags,
             dry_run,
+            lease_namespace,
             output,
         } => {
             let args = RollArgs {
@@ -338,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 provision: provision_cmd,
                 decommission: decommission_cmd,
                 drain: flags.args(DryRun::None),
+                lease_namespace,
             };
             replace::validate(&args)?;
             if dry_run {

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::drain::{self, DrainArgs};
+use crate::lease::PoolLease;
 use crate::status::BUNDLE_VERSION;
 use crate::watch::{wait_for, Mirror, Snapshot};
 
@@ -213,12 +214,16 @@ async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: I
     );
     let mut last = "not registered".to_string();
     let fit = wait_for(&mut mirror.subscribe(), deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            last = format!("cannot watch it: {refused}");
+            return Some(false);
+        }
         if let Some(e) = &s.error {
             last = format!("cannot read it: {e}");
         }
         match s.items.get(name) {
             Some(n) => match unfit(n, bundle) {
-                None => return Some(()),
+                None => return Some(true),
                 Some(why) => last = why,
             },
             None if s.synced => last = "not registered".to_string(),
@@ -227,7 +232,10 @@ async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: I
         None
     })
     .await;
-    fit.ok_or(last)
+    match fit {
+        Some(true) => Ok(()),
+        Some(false) | None => Err(last),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +428,8 @@ pub struct RollArgs {
     pub provision: Option<Hook>,
     pub decommission: Option<Hook>,
     pub drain: DrainArgs,
+    /// Where the pool's Lease lives (see [`crate::lease`]).
+    pub lease_namespace: String,
 }
 
 /// One old node in a roll plan.
@@ -545,12 +555,17 @@ struct Shared {
     /// The old nodes of this roll: never replacements.
     old: BTreeSet<String>,
     halted: Mutex<Option<String>>,
+    /// Set when the pool's Lease is lost: nothing new may start.
+    lease_lost: tokio::sync::watch::Receiver<Option<String>>,
     /// The pool as one watch sees it, for every replacement's wait.
     pool: tokio::sync::watch::Receiver<Snapshot<Node>>,
 }
 
 impl Shared {
     fn halted(&self) -> bool {
+        if let Some(why) = self.lease_lost.borrow().clone() {
+            self.halt(format!("{why}; another roll may be replacing this pool"));
+        }
         self.halted.lock().unwrap().is_some()
     }
 
@@ -583,6 +598,23 @@ pub async fn pool(client: &Client, selector: &str) -> Result<Vec<Node>> {
 pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<RollReport> {
     validate(a)?;
     let start = Instant::now();
+    let lease = PoolLease::acquire(client, &a.lease_namespace, &a.selector).await?;
+    let report = roll_holding(client, a, lease.lost(), start, progress).await;
+    if let Err(e) = lease.release().await {
+        progress(&format!(
+            "could not release the pool's Lease (it expires by itself): {e}"
+        ));
+    }
+    report
+}
+
+async fn roll_holding(
+    client: &Client,
+    a: &RollArgs,
+    lease_lost: tokio::sync::watch::Receiver<Option<String>>,
+    start: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<RollReport> {
     let nodes = pool(client, &a.selector).await?;
     let plan = plan_roll(&nodes, &a.selector, &a.target);
     let mut report = RollReport {
@@ -633,6 +665,7 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
         ),
         old: plan.replace.iter().map(|r| r.node.clone()).collect(),
         halted: Mutex::new(None),
+        lease_lost,
         pool: pool_watch.subscribe(),
     });
     let surge = Arc::new(Semaphore::new(a.max_surge));
@@ -644,6 +677,7 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
     )
     .await;
     report.nodes.extend(outcomes);
+    shared.halted();
     report.halted = shared.halted.lock().unwrap().clone();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -828,6 +862,9 @@ async fn wait_replacement(
     let started = started.and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok());
     let mut last = "no new node registered".to_string();
     let found = wait_for(&mut shared.pool.clone(), deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            return Some(Err(anyhow::anyhow!("cannot watch the pool's nodes: {refused}")));
+        }
         let mut seen = Vec::new();
         for n in s.items.values() {
             let nm = name(n);
@@ -846,7 +883,7 @@ async fn wait_replacement(
                 None => {
                     let mut claimed = shared.claimed.lock().unwrap();
                     if hint.is_some() || claimed.insert(nm.clone()) {
-                        return Some(nm);
+                        return Some(Ok(nm));
                     }
                 }
                 Some(why) => seen.push(format!("{nm}: {why}")),
@@ -863,10 +900,11 @@ async fn wait_replacement(
         None
     })
     .await;
-    found.with_context(|| {
-        format!(
+    found.unwrap_or_else(|| {
+        bail!(
             "no replacement became Ready on bundle {} within {:?} ({last}); the remaining old nodes are left untouched",
-            a.target, a.ready_timeout
+            a.target,
+            a.ready_timeout
         )
     })
 }

@@ -23,6 +23,9 @@ pub struct Snapshot<K> {
     pub items: BTreeMap<String, K>,
     /// The last error of the list or watch (cleared by the next event), for messages.
     pub error: Option<String>,
+    /// An error waiting cannot outlast (the API refused the list or watch: 401, 403, 404, 400,
+    /// as kubectl would print it); the mirror has stopped.
+    pub fatal: Option<String>,
 }
 
 impl<K> Default for Snapshot<K> {
@@ -31,6 +34,7 @@ impl<K> Default for Snapshot<K> {
             synced: false,
             items: BTreeMap::new(),
             error: None,
+            fatal: None,
         }
     }
 }
@@ -84,7 +88,13 @@ where
                         s.items.remove(&key(&o));
                         s.error = None;
                     }),
-                    Err(e) => tx.send_modify(|s| s.error = Some(e.to_string())),
+                    Err(e) => {
+                        if let Some(refused) = refusal(&e) {
+                            tx.send_modify(|s| s.fatal = Some(refused));
+                            return;
+                        }
+                        tx.send_modify(|s| s.error = Some(e.to_string()))
+                    }
                 }
             }
         });
@@ -95,6 +105,26 @@ where
     pub fn subscribe(&self) -> watch::Receiver<Snapshot<K>> {
         self.rx.clone()
     }
+}
+
+/// The API's refusal to list or watch, which no retry changes (a 5xx, a 429, a broken connection or
+/// an expired resourceVersion are retried by the watcher instead).
+fn refusal(e: &watcher::Error) -> Option<String> {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.as_ref(),
+        watcher::Error::WatchError(s) => s.as_ref(),
+        _ => return None,
+    };
+    matches!(status.code, 400 | 401 | 403 | 404).then(|| {
+        let reason = if status.reason.is_empty() {
+            "Unknown"
+        } else {
+            &status.reason
+        };
+        format!("Error from server ({reason}): {}", status.message)
+    })
 }
 
 /// Wait until `check` says yes (`Some`) for the mirrored objects, or until `deadline` (`None`).

@@ -53,6 +53,15 @@ impl Cluster {
     }
 }
 
+/// Wait (polling every 20 ms) until `done` holds; fail naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",

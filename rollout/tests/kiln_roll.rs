@@ -190,8 +190,9 @@ fn roll_replaces_the_pool_surge_first_and_holds_the_pdb_under_faults() {
     );
     assert_eq!(h.log("provisioned")[0], format!("old-0 {NEW} pool=blue"));
     // The web pods all live on the new nodes now.
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(c.sim.pending_pods().is_empty(), "{:?}", c.sim.pending_pods());
+    wait_until("the evicted web pods run again", Duration::from_secs(10), || {
+        c.sim.pending_pods().is_empty()
+    });
     assert_invariants(&c);
     assert!(
         c.sim.evictions().iter().any(|e| e.outcome == "blocked"),
@@ -255,17 +256,14 @@ fn an_interrupted_roll_resumes_where_it_stopped() {
         .spawn()
         .unwrap();
     // Kill it once old-0 is replaced and old-1's replacement is on its way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let nodes = c.sim.nodes();
-        if !nodes.contains(&"old-0".to_string())
-            && c.sim.node("old-1").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].is_string()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the roll did not get going: {nodes:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "old-0 is replaced and old-1's replacement started",
+        Duration::from_secs(60),
+        || {
+            !c.sim.nodes().contains(&"old-0".to_string())
+                && c.sim.node("old-1").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].is_string()
+        },
+    );
     first.kill().unwrap();
     first.wait().unwrap();
     let phase = c.sim.node("old-1").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].clone();
@@ -431,7 +429,10 @@ fn replace_waits_for_the_new_node_then_drains_and_deletes_the_old() {
                 .unwrap()
         }
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once kiln watches the nodes it is waiting for new-1: nothing may have happened to old-0.
+    wait_until("kubectl kiln waits on new-1", Duration::from_secs(10), || {
+        c.sim.log().iter().any(|l| l.starts_with("GET /api/v1/nodes ->"))
+    });
     assert!(c.sim.node("old-0").is_some(), "nothing happens before new-1 is Ready");
     assert!(c.sim.evictions().is_empty());
     c.sim.set_node_ready("new-1", true);
@@ -457,4 +458,88 @@ fn replace_refuses_an_unknown_old_node() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn one_roll_per_pool_a_lease_says_who_holds_it_and_a_stale_one_is_taken_over() {
+    let c = Cluster::new();
+    pool(&c, 2);
+    let h = Hooks::new(&c);
+    let name = kiln_rollout::lease::lease_name("pool=blue");
+    let lease = |holder: &str, renewed_ago: Duration| {
+        let t = std::time::SystemTime::now() - renewed_ago;
+        let at = k8s_openapi::jiff::Timestamp::try_from(t).unwrap();
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60,
+                     "renewTime": format!("{at:.6}"), "leaseTransitions": 3}
+        })
+    };
+
+    // Held and fresh: refused, naming the holder, and nothing touched.
+    c.sim
+        .put_lease("kube-system", lease("alice@laptop pid 7", Duration::from_secs(5)));
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is being rolled by alice@laptop pid 7") && err.contains(&format!("kube-system/{name}")),
+        "{err}"
+    );
+    assert_eq!(c.sim.nodes(), ["old-0", "old-1"]);
+    assert!(c.sim.node("old-0").unwrap()["metadata"]["annotations"]["kiln.dev/roll-phase"].is_null());
+    assert!(h.log("provisioned").is_empty());
+
+    // Not renewed for longer than its duration: taken over, and released when the roll ends.
+    c.sim
+        .put_lease("kube-system", lease("alice@laptop pid 7", Duration::from_secs(90)));
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "1", "--max-unavailable", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.sim.nodes(), ["old-0-next", "old-1-next"]);
+    let l = c.sim.lease("kube-system", &name).unwrap();
+    assert!(l["spec"]["holderIdentity"].is_null(), "released: {l}");
+    assert_eq!(l["spec"]["leaseTransitions"], 4, "{l}");
+
+    // Two rolls at once: the second is refused while the first holds the pool. The first one's
+    // provisioning waits for a gate file, so it holds the lease for as long as the test needs.
+    c.sim.add_node(
+        "old-9",
+        &[("pool", "blue"), ("kiln.dev/bundle-version", OLD)],
+        "v1.36.4",
+        "containerd://2.3.4",
+    );
+    let gate = h.dir.join("gate");
+    let real = h.dir.join("provision-ungated");
+    std::fs::rename(h.path("provision"), &real).unwrap();
+    let script = format!(
+        "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\nexec {}\n",
+        gate.display(),
+        real.display()
+    );
+    std::fs::write(h.path("provision"), script).unwrap();
+    std::fs::set_permissions(h.path("provision"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let first = roll_cmd(&c, &h, "300", &["--max-surge", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    wait_until("the first roll holds the lease", Duration::from_secs(20), || {
+        c.sim.lease("kube-system", &name).is_some_and(|l| {
+            l["spec"]["holderIdentity"]
+                .as_str()
+                .is_some_and(|h| h.ends_with(&format!(" pid {pid}")))
+        })
+    });
+    let second = roll_cmd(&c, &h, "300", &["--max-surge", "1"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(text(&second).contains(&format!("pid {pid}")), "{}", text(&second));
+    std::fs::write(&gate, "go\n").unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(c.sim.nodes(), ["old-0-next", "old-1-next", "old-9-next"]);
+    assert_invariants(&c);
 }

@@ -2,6 +2,8 @@
 //! `KILN_K8S_BIN`; etcd from Debian): for the same case, the same effect, the same exit code and
 //! kubectl's own words. Nodes are Node objects without kubelets (nothing here needs one to run).
 
+mod agent;
+
 use std::process::{Command, Output};
 
 use kiln_testkit::cluster::{Cluster, Options};
@@ -202,5 +204,168 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
     assert!(
         e.starts_with("Unable to connect to the server:") && !e.contains("ERROR"),
         "{e}"
+    );
+}
+
+/// Run kubectl-kiln as a Pod of the cluster would: no kubeconfig anywhere, the ServiceAccount's
+/// token and CA at `/var/run/secrets/kubernetes.io/serviceaccount` (a private mount namespace with
+/// a tmpfs over /run, so the host's /run is untouched) and `KUBERNETES_SERVICE_HOST`/`_PORT`.
+fn kiln_in_cluster(c: &Cluster, home: &std::path::Path, token: &str, args: &[&str]) -> Output {
+    let sa = home.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), token).unwrap();
+    std::fs::write(sa.join("ca.crt"), &c.ca_pem).unwrap();
+    std::fs::write(sa.join("namespace"), "kiln-system").unwrap();
+    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
+                  && cp \"$SA\"/* /run/secrets/kubernetes.io/serviceaccount/ && exec \"$@\"";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_kubectl-kiln"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", home)
+        .env("SA", &sa)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", c.api_port.to_string())
+        .env("ADMIN_KUBECONFIG", &c.admin_kubeconfig)
+        .output()
+        .expect("unshare (util-linux) runs kubectl-kiln in a mount namespace; CI runs as root");
+    out
+}
+
+fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn jsonpath(c: &Cluster, args: &[&str]) -> String {
+    String::from_utf8_lossy(&c.kubectl(args).stdout).trim().to_string()
+}
+
+/// The roll on the real API server, as a Job would run it: in-cluster config, the ServiceAccount
+/// and RBAC of `rollout/deploy/rbac.yaml` and nothing more, a Deployment with a budget placed by
+/// the real scheduler and recreated by the real ReplicaSet controller, the test agent as kubelet.
+#[test]
+fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(&tmp.path().join("cluster"), &Options::default());
+    let agent = agent::Agent::start(&c.admin_kubeconfig, 4);
+    for i in 0..2 {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: old-{i}\n  labels: {{pool: blue, kiln.dev/bundle-version: \"1\"}}\n"
+        ));
+    }
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml");
+    let out = c.kubectl(&["apply", "-f", rbac]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers: [{name: c, image: busybox}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: default}\nspec:\n  minAvailable: 3\n  selector: {matchLabels: {app: web}}\n";
+    c.apply(app);
+    wait_until(
+        "the 4 web pods run on the old nodes",
+        std::time::Duration::from_secs(60),
+        || agent.min_ready.lock().unwrap().contains_key("web"),
+    );
+    let token = c.kubectl(&["create", "token", "kubectl-kiln", "-n", "kiln-system", "--duration=1h"]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let provision = home.join("provision");
+    std::fs::write(
+        &provision,
+        "#!/bin/sh\nset -eu\nnew=\"$KILN_NODE-next\"\nkubectl --kubeconfig \"$ADMIN_KUBECONFIG\" apply -f - >&2 <<EOF\napiVersion: v1\nkind: Node\nmetadata:\n  name: $new\n  labels: {pool: blue, kiln.dev/bundle-version: \"$KILN_TARGET_BUNDLE\"}\n  annotations: {sim.kiln.dev/ready-after-ms: \"500\"}\nEOF\necho \"$new\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&provision, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let roll = |target: &str| {
+        kiln_in_cluster(
+            &c,
+            &home,
+            &token,
+            &[
+                "roll",
+                "-l",
+                "pool=blue",
+                "--to-bundle",
+                target,
+                "--provision-cmd",
+                provision.to_str().unwrap(),
+                "--max-surge",
+                "1",
+                "--ignore-daemonsets",
+                "--timeout",
+                "90s",
+                "--ready-timeout",
+                "60s",
+            ],
+        )
+    };
+    let lease = kiln_rollout::lease::lease_name("pool=blue");
+
+    // Another holder's fresh lease: refused, naming it; nothing touched.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    c.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {lease}, namespace: kube-system}}\nspec: {{holderIdentity: ci-job-7, leaseDurationSeconds: 60, renewTime: \"{now:.6}\"}}\n"
+    ));
+    let out = roll("2");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is being rolled by ci-job-7"), "{}", stderr(&out));
+    assert!(!unschedulable(&c, "old-0") && !unschedulable(&c, "old-1"));
+    let out = c.kubectl(&["delete", "lease", "-n", "kube-system", &lease]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = roll("2");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert_eq!(
+        jsonpath(&c, &["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
+        "old-0-next old-1-next"
+    );
+    wait_until(
+        "the web pods run again on the new nodes",
+        std::time::Duration::from_secs(60),
+        || {
+            let on = jsonpath(
+                &c,
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=web",
+                    "-o",
+                    "jsonpath={.items[*].spec.nodeName}",
+                ],
+            );
+            on.split_whitespace().filter(|n| n.ends_with("-next")).count() == 4
+        },
+    );
+    let min = agent.min_ready.lock().unwrap()["web"];
+    assert!(
+        min >= 3,
+        "the budget (minAvailable 3) was violated: {min} pods Ready at one point"
+    );
+    assert_eq!(
+        jsonpath(
+            &c,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                &lease,
+                "-o",
+                "jsonpath={.spec.holderIdentity}"
+            ]
+        ),
+        "",
+        "the roll released the pool's lease"
     );
 }

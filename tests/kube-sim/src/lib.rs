@@ -49,6 +49,7 @@ struct State {
     pdbs: BTreeMap<(String, String), Value>,
     daemonsets: BTreeMap<(String, String), Value>,
     replicasets: BTreeMap<(String, String), Value>,
+    leases: BTreeMap<(String, String), Value>,
     /// (resourceVersion, kind, type, object) for watches.
     events: Vec<(u64, &'static str, &'static str, Value)>,
     /// Pods being deleted: when their grace period ends.
@@ -634,6 +635,28 @@ impl Sim {
         });
     }
 
+    /// The Lease `ns/name`, if there is one.
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.with(|s| s.leases.get(&(ns.to_string(), name.to_string())).cloned())
+    }
+
+    /// Store a Lease as another client would have written it.
+    pub fn put_lease(&self, ns: &str, lease: Value) {
+        self.with(|s| {
+            s.rv += 1;
+            let mut lease = lease;
+            let name = lease["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            lease["metadata"]["namespace"] = json!(ns);
+            lease["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            s.leases.insert((ns.to_string(), name), lease);
+        })
+    }
+
+    /// Every request the API answered so far (watches count once, when they start).
+    pub fn requests(&self) -> u64 {
+        self.with(|s| s.requests)
+    }
+
     pub fn pods_on(&self, node: &str) -> Vec<String> {
         self.with(|s| {
             s.pods
@@ -986,6 +1009,48 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
                 ),
             }
         }
+        ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+            match s.leases.get(&(ns.to_string(), name.to_string())) {
+                Some(l) => (200, l.clone()),
+                None => (404, lease_not_found(name)),
+            }
+        }
+        ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
+            let Ok(mut l) = serde_json::from_slice::<Value>(&req.body) else {
+                return (400, status(400, "BadRequest", "the lease is not JSON"));
+            };
+            let name = l["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let key = (ns.to_string(), name.clone());
+            if s.leases.contains_key(&key) {
+                let msg = format!("leases.coordination.k8s.io \"{name}\" already exists");
+                return (409, status(409, "AlreadyExists", &msg));
+            }
+            s.rv += 1;
+            l["metadata"]["namespace"] = json!(ns);
+            l["metadata"]["uid"] = json!(format!("uid-lease-{ns}-{name}"));
+            l["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            l["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+            s.leases.insert(key, l.clone());
+            (201, l)
+        }
+        ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+            let Ok(mut l) = serde_json::from_slice::<Value>(&req.body) else {
+                return (400, status(400, "BadRequest", "the lease is not JSON"));
+            };
+            let key = (ns.to_string(), name.to_string());
+            let Some(current) = s.leases.get(&key) else {
+                return (404, lease_not_found(name));
+            };
+            // Optimistic concurrency, as the API server does it: a write must name the version it read.
+            if l["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                let msg = format!("Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again");
+                return (409, status(409, "Conflict", &msg));
+            }
+            s.rv += 1;
+            l["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            s.leases.insert(key, l.clone());
+            (200, l)
+        }
         _ => (
             404,
             status(
@@ -998,6 +1063,14 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
             ),
         ),
     }
+}
+
+fn lease_not_found(name: &str) -> Value {
+    status(
+        404,
+        "NotFound",
+        &format!("leases.coordination.k8s.io \"{name}\" not found"),
+    )
 }
 
 fn evict(s: &mut State, ns: &str, name: &str, body: &[u8]) -> (u16, Value) {

@@ -1,0 +1,270 @@
+//! One roll per pool at a time: a `coordination.k8s.io/v1` Lease per selector, held and renewed by
+//! the roll, as Kubernetes' own leader election holds its leases. A second roll of the same pool
+//! (another operator, a CI job) is refused and told who holds it; a lease its holder stopped
+//! renewing is taken over once its duration has passed since the last renewal, or at once when the
+//! holder was a process on this host that is gone (a roll interrupted and started again).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a lease stays valid after its last renewal; the roll renews it every third of that.
+pub const LEASE_DURATION: Duration = Duration::from_secs(60);
+/// The namespace kiln keeps its roll leases in unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "kube-system";
+/// Annotation on the lease: the selector it locks, for people reading `kubectl get lease`.
+pub const SELECTOR_ANNOTATION: &str = "kiln.dev/selector";
+
+/// The lease name for a pool: `kiln-roll-` and a digest of the selector (whitespace removed), a
+/// valid object name whatever the selector's characters.
+pub fn lease_name(selector: &str) -> String {
+    let norm: String = selector.chars().filter(|c| !c.is_whitespace()).collect();
+    format!(
+        "kiln-roll-{}",
+        &kiln_bundle::digest::Sha256::of(norm.as_bytes()).hex()[..16]
+    )
+}
+
+/// Who this roll is, for the lease's holderIdentity: `user@host pid N` (in a Pod, the host name
+/// is the Pod's name).
+pub fn identity() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{} pid {}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A holder that was a process on this host which no longer runs (a roll killed by Ctrl-C or
+/// SIGKILL): its lease need not be waited out.
+fn dead_here(holder: &str) -> bool {
+    let Some((who, pid)) = holder.rsplit_once(" pid ") else {
+        return false;
+    };
+    let here = who.rsplit_once('@').is_some_and(|(_, host)| host == hostname());
+    here && pid
+        .parse::<u32>()
+        .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// A held lease. Dropping it stops renewing (the lease then expires); [`PoolLease::release`] frees
+/// it at once.
+pub struct PoolLease {
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    lost: watch::Receiver<Option<String>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+/// Seconds since the lease was last renewed, and whether its holder still counts.
+fn held_by(l: &Lease, at: Timestamp) -> Option<(String, f64)> {
+    let spec = l.spec.as_ref()?;
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let duration = spec.lease_duration_seconds.unwrap_or(0) as f64;
+    let since = at.duration_since(renewed).as_secs_f64();
+    (since < duration).then_some((holder, since))
+}
+
+impl PoolLease {
+    /// Take the lease for `selector` in `namespace`, or say who holds it.
+    pub async fn acquire(client: &Client, namespace: &str, selector: &str) -> Result<PoolLease> {
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let name = lease_name(selector);
+        let holder = identity();
+        let what = format!("Lease {namespace}/{name}");
+        // A conflict means someone else wrote the lease between our read and our write: read again.
+        for _ in 0..5 {
+            let current = crate::retry(|| api.get_opt(&name))
+                .await
+                .with_context(|| format!("cannot read {what}"))?;
+            let mut lease = match current {
+                None => Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        annotations: Some([(SELECTOR_ANNOTATION.to_string(), selector.to_string())].into()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                },
+                Some(l) => {
+                    let held = held_by(&l, Timestamp::now()).filter(|(who, _)| !dead_here(who));
+                    if let Some((who, since)) = held {
+                        let left = LEASE_DURATION.as_secs_f64() - since;
+                        bail!(
+                            "the pool {selector:?} is being rolled by {who} ({what}, renewed {since:.0}s ago); \
+                             wait for that roll to end, or for the lease to expire {left:.0}s after its last renewal"
+                        );
+                    }
+                    let mut l = l;
+                    let spec = l.spec.get_or_insert_with(Default::default);
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                    l
+                }
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some(holder.clone());
+            spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
+            spec.acquire_time = Some(now());
+            spec.renew_time = Some(now());
+            let written = if lease.metadata.resource_version.is_some() {
+                api.replace(&name, &PostParams::default(), &lease).await
+            } else {
+                api.create(&PostParams::default(), &lease).await
+            };
+            match written {
+                Ok(_) => return Ok(Self::renewing(api, name, holder)),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot take {what}")),
+            }
+        }
+        bail!("cannot take {what}: it kept changing while kiln tried")
+    }
+
+    fn renewing(api: Api<Lease>, name: String, holder: String) -> PoolLease {
+        let (tx, lost) = watch::channel(None);
+        let (a, n, h) = (api.clone(), name.clone(), holder.clone());
+        let task = tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(LEASE_DURATION / 3).await;
+                match renew(&a, &n, &h).await {
+                    Ok(()) => last = tokio::time::Instant::now(),
+                    Err(Renew::Lost(why)) => {
+                        tx.send_replace(Some(why));
+                        return;
+                    }
+                    Err(Renew::Failed(e)) if last.elapsed() >= LEASE_DURATION => {
+                        tx.send_replace(Some(format!("could not renew the lease for {LEASE_DURATION:?}: {e}")));
+                        return;
+                    }
+                    Err(Renew::Failed(e)) => tracing::warn!("renewing Lease {n}: {e}; trying again"),
+                }
+            }
+        });
+        PoolLease {
+            api,
+            name,
+            holder,
+            lost,
+            task,
+        }
+    }
+
+    /// Why the lease was lost, once it is: the roll must stop starting new work.
+    pub fn lost(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
+    }
+
+    /// Free the lease for the next roll (holder cleared), if it is still ours.
+    pub async fn release(self) -> Result<()> {
+        self.task.abort();
+        let Some(mut l) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let spec = l.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        self.api.replace(&self.name, &PostParams::default(), &l).await?;
+        Ok(())
+    }
+}
+
+enum Renew {
+    /// Someone else holds it now, or it was deleted.
+    Lost(String),
+    /// The API could not be asked; the lease may still be ours.
+    Failed(kube::Error),
+}
+
+async fn renew(api: &Api<Lease>, name: &str, holder: &str) -> Result<(), Renew> {
+    let Some(mut l) = api.get_opt(name).await.map_err(Renew::Failed)? else {
+        return Err(Renew::Lost(format!("the roll's Lease {name} was deleted")));
+    };
+    let spec = l.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(holder) {
+        return Err(Renew::Lost(format!(
+            "the roll's Lease {name} was taken over by {}",
+            spec.holder_identity.as_deref().unwrap_or("nobody")
+        )));
+    }
+    spec.renew_time = Some(now());
+    match api.replace(name, &PostParams::default(), &l).await {
+        Ok(_) => Ok(()),
+        // Written by someone else since the read: the next round reads who holds it.
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Renew::Failed(kube::Error::Api(s))),
+        Err(e) => Err(Renew::Failed(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_object_names_and_ignore_spacing() {
+        let a = lease_name("pool=blue, zone in (a,b)");
+        assert_eq!(a, lease_name("pool=blue,zonein(a,b)"));
+        assert_eq!(a.len(), "kiln-roll-".len() + 16);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_ne!(a, lease_name("pool=green"));
+    }
+
+    #[test]
+    fn a_lease_counts_until_its_duration_after_the_last_renewal() {
+        let t = Timestamp::now();
+        let lease = |holder: Option<&str>, ago: i64| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                lease_duration_seconds: Some(60),
+                renew_time: Some(MicroTime(t - k8s_openapi::jiff::SignedDuration::from_secs(ago))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(held_by(&lease(Some("a"), 10), t).map(|h| h.0), Some("a".into()));
+        assert!(held_by(&lease(Some("a"), 61), t).is_none(), "expired");
+        assert!(held_by(&lease(None, 1), t).is_none(), "released");
+        assert!(held_by(&lease(Some(""), 1), t).is_none(), "released");
+    }
+
+    #[test]
+    fn a_holder_gone_from_this_host_is_dead_one_elsewhere_is_not() {
+        let host = hostname();
+        assert!(!dead_here(&format!("me@{host} pid {}", std::process::id())));
+        assert!(dead_here(&format!("me@{host} pid 4294967295")));
+        assert!(!dead_here("me@another-host pid 4294967295"));
+        assert!(!dead_here("written by something else"));
+    }
+}
