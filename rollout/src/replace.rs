@@ -866,7 +866,12 @@ async fn wait_replacement(
             return Some(Err(anyhow::anyhow!("cannot watch the pool's nodes: {refused}")));
         }
         let mut seen = Vec::new();
-        for n in s.items.values() {
+        // A named replacement is looked up; only an unnamed one is searched for.
+        let candidates: Box<dyn Iterator<Item = &Node>> = match hint {
+            Some(h) => Box::new(s.items.get(h).into_iter()),
+            None => Box::new(s.items.values()),
+        };
+        for n in candidates {
             let nm = name(n);
             let candidate = match hint {
                 Some(h) => nm == h,

@@ -46,12 +46,16 @@ struct State {
     rv: u64,
     nodes: BTreeMap<String, Value>,
     pods: BTreeMap<(String, String), Value>,
+    /// The pods on each node, as `spec.nodeName` says: lists of one node's pods at fleet scale.
+    pods_by_node: BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
     pdbs: BTreeMap<(String, String), Value>,
     daemonsets: BTreeMap<(String, String), Value>,
     replicasets: BTreeMap<(String, String), Value>,
     leases: BTreeMap<(String, String), Value>,
     /// (resourceVersion, kind, type, object) for watches.
     events: Vec<(u64, &'static str, &'static str, Value)>,
+    /// Open watches: each gets the events that match it, and only those wake it.
+    watchers: Vec<Watcher>,
     /// Pods being deleted: when their grace period ends.
     terminating: BTreeMap<(String, String), Instant>,
     evictions: Vec<Eviction>,
@@ -72,6 +76,19 @@ struct State {
     generation: u64,
     /// The most nodes there ever were at once.
     max_nodes: usize,
+}
+
+struct Watcher {
+    kind: &'static str,
+    label: String,
+    field: String,
+    tx: std::sync::mpsc::Sender<Value>,
+}
+
+impl Watcher {
+    fn wants(&self, kind: &str, obj: &Value) -> bool {
+        kind == self.kind && labels_match(obj, &self.label) && fields_match(obj, &self.field)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,10 +162,67 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 impl State {
+    /// Store a pod, keeping the by-node index.
+    fn put_pod(&mut self, key: (String, String), pod: Value) {
+        if let Some(old) = self.pods.get(&key).and_then(|p| p["spec"]["nodeName"].as_str()) {
+            if let Some(set) = self.pods_by_node.get_mut(old) {
+                set.remove(&key);
+            }
+        }
+        if let Some(node) = pod["spec"]["nodeName"].as_str() {
+            self.pods_by_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.pods.insert(key, pod);
+    }
+
+    fn take_pod(&mut self, key: &(String, String)) -> Option<Value> {
+        let pod = self.pods.remove(key)?;
+        if let Some(set) = pod["spec"]["nodeName"]
+            .as_str()
+            .and_then(|n| self.pods_by_node.get_mut(n))
+        {
+            set.remove(key);
+        }
+        Some(pod)
+    }
+
+    /// The pods a list asks for, through the by-node index when the field selector is one node.
+    fn list_pods(&self, ns: Option<&str>, label: &str, field: &str) -> Vec<Value> {
+        let keep = |p: &Value| labels_match(p, label) && fields_match(p, field);
+        let in_ns = |k: &(String, String)| ns.is_none_or(|n| k.0 == n);
+        match field
+            .strip_prefix("spec.nodeName=")
+            .filter(|n| !n.contains(',') && !n.starts_with('='))
+        {
+            Some(node) => self
+                .pods_by_node
+                .get(node)
+                .into_iter()
+                .flatten()
+                .filter(|k| in_ns(k))
+                .filter_map(|k| self.pods.get(k))
+                .filter(|p| keep(p))
+                .cloned()
+                .collect(),
+            None => self
+                .pods
+                .iter()
+                .filter(|(k, p)| in_ns(k) && keep(p))
+                .map(|(_, p)| p.clone())
+                .collect(),
+        }
+    }
+
     fn bump(&mut self, kind: &'static str, ty: &'static str, obj: &mut Value) {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.events.push((self.rv, kind, ty, obj.clone()));
+        // A watch whose connection is gone has dropped its receiver: forget it.
+        self.watchers
+            .retain(|w| !w.wants(kind, obj) || w.tx.send(json!({"type": ty, "object": obj})).is_ok());
     }
 
     /// PDB status as the disruption controller computes it: healthy pods are matching, Ready and not
@@ -219,7 +293,7 @@ impl State {
             self.terminating
                 .insert(key.clone(), Instant::now() + Duration::from_millis((g as u64) * 1000));
             self.bump("Pod", "MODIFIED", &mut pod);
-            self.pods.insert(key, pod.clone());
+            self.put_pod(key, pod.clone());
         }
         Some(pod)
     }
@@ -238,7 +312,7 @@ impl State {
         let mut changed = !due.is_empty();
         for k in &due {
             self.terminating.remove(k);
-            if let Some(mut p) = self.pods.remove(k) {
+            if let Some(mut p) = self.take_pod(k) {
                 self.bump("Pod", "DELETED", &mut p);
                 if self.replicaset_start.is_some() && p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet" {
                     self.recreate(&p);
@@ -264,7 +338,7 @@ impl State {
                     if let Some(mut p) = self.pods.get(&key).cloned() {
                         p["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
                         self.bump("Pod", "MODIFIED", &mut p);
-                        self.pods.insert(key, p);
+                        self.put_pod(key, p);
                     }
                 }
             }
@@ -285,7 +359,7 @@ impl State {
         pod["spec"]["nodeName"] = Value::Null;
         pod["status"] = json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]});
         self.bump("Pod", "ADDED", &mut pod);
-        self.pods.insert((ns, name), pod);
+        self.put_pod((ns, name), pod);
     }
 
     /// The scheduler: bind each pending pod to the schedulable Ready node with the fewest pods.
@@ -299,27 +373,32 @@ impl State {
             .filter(|(_, p)| p["spec"]["nodeName"].is_null())
             .map(|(k, _)| k.clone())
             .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        // Pods per schedulable Ready node, counted once and kept as pods are placed.
+        let mut load: BTreeMap<String, usize> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n["spec"]["unschedulable"] != true && node_ready(n))
+            .map(|(name, _)| (name.clone(), 0))
+            .collect();
+        for p in self.pods.values() {
+            if let Some(c) = p["spec"]["nodeName"].as_str().and_then(|n| load.get_mut(n)) {
+                *c += 1;
+            }
+        }
         let mut changed = false;
         for key in pending {
-            let mut load: BTreeMap<&str, usize> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| n["spec"]["unschedulable"] != true && node_ready(n))
-                .map(|(name, _)| (name.as_str(), 0))
-                .collect();
-            for p in self.pods.values() {
-                if let Some(c) = p["spec"]["nodeName"].as_str().and_then(|n| load.get_mut(n)) {
-                    *c += 1;
-                }
-            }
-            let Some(node) = load.iter().min_by_key(|(n, c)| (**c, **n)).map(|(n, _)| n.to_string()) else {
+            let Some(node) = load.iter().min_by_key(|(n, c)| (**c, *n)).map(|(n, _)| n.clone()) else {
                 break;
             };
+            *load.get_mut(&node).expect("a counted node") += 1;
             let mut p = self.pods[&key].clone();
             p["spec"]["nodeName"] = json!(node);
             p["status"]["phase"] = json!("Running");
             self.bump("Pod", "MODIFIED", &mut p);
-            self.pods.insert(key.clone(), p);
+            self.put_pod(key.clone(), p);
             self.becoming_ready
                 .push((Instant::now() + start, Ready::Pod(key.0, key.1)));
             changed = true;
@@ -384,7 +463,7 @@ impl State {
             .collect();
         for k in orphans {
             self.terminating.remove(&k);
-            if let Some(mut p) = self.pods.remove(&k) {
+            if let Some(mut p) = self.take_pod(&k) {
                 self.bump("Pod", "DELETED", &mut p);
             }
         }
@@ -418,6 +497,7 @@ impl Sim {
                     break;
                 }
                 if let Ok(c) = conn {
+                    let _ = c.set_nodelay(true);
                     let s = s.clone();
                     let st = st.clone();
                     std::thread::spawn(move || serve(c, &s, &st));
@@ -571,7 +651,7 @@ impl Sim {
                 }
             }
             s.bump("Pod", "ADDED", &mut pod);
-            s.pods.insert((ns.to_string(), name.to_string()), pod);
+            s.put_pod((ns.to_string(), name.to_string()), pod);
         });
     }
 
@@ -728,13 +808,17 @@ fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBoo
             watch(&mut w, &req, state, stop);
             return;
         }
-        let (code, body) = {
+        let (code, body, changed) = {
             let mut s = state.0.lock().unwrap();
+            let rv = s.rv;
             let r = route(&mut s, &req);
             s.log.push(format!("{} {} -> {}", req.method, req.path, r.0));
-            r
+            (r.0, r.1, s.rv != rv)
         };
-        state.1.notify_all();
+        // Watches wake for new events only, not for every read.
+        if changed {
+            state.1.notify_all();
+        }
         if respond(&mut w, code, body.to_string().as_bytes()).is_err() {
             return;
         }
@@ -745,19 +829,27 @@ fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>,
     let kind = if req.path.ends_with("/nodes") { "Node" } else { "Pod" };
     let field = req.query.get("fieldSelector").cloned().unwrap_or_default();
     let label = req.query.get("labelSelector").cloned().unwrap_or_default();
-    let mut since: u64 = req
+    let since: u64 = req
         .query
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let (lock, cv) = &**state;
-    let (drop_after, start_rv) = {
-        let s = lock.lock().unwrap();
-        (s.faults.drop_watch_after, s.rv)
+    let (tx, rx) = std::sync::mpsc::channel();
+    let drop_after = {
+        let mut s = state.0.lock().unwrap();
+        let watcher = Watcher { kind, label, field, tx };
+        // From a resourceVersion: the events after it first (in order), then every new one.
+        if since > 0 {
+            let first = s.events.partition_point(|(rv, ..)| *rv <= since);
+            for (_, k, ty, o) in &s.events[first..] {
+                if watcher.wants(k, o) {
+                    let _ = watcher.tx.send(json!({"type": ty, "object": o}));
+                }
+            }
+        }
+        s.watchers.push(watcher);
+        s.faults.drop_watch_after
     };
-    if since == 0 {
-        since = start_rv;
-    }
     if start_chunked(w).is_err() {
         return;
     }
@@ -776,26 +868,15 @@ fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>,
             let _ = chunk(w, b"");
             return;
         }
-        let batch: Vec<Value> = {
-            let s = lock.lock().unwrap();
-            let (s, _) = cv.wait_timeout(s, Duration::from_millis(200)).unwrap();
-            let from = since;
-            // Events are in resourceVersion order: start at the first one this watch has not seen.
-            let first = s.events.partition_point(|(rv, ..)| *rv <= from);
-            let out: Vec<Value> = s.events[first..]
-                .iter()
-                .filter(|(_, k, _, o)| *k == kind && labels_match(o, &label) && fields_match(o, &field))
-                .map(|(_, _, ty, o)| json!({"type": ty, "object": o}))
-                .collect();
-            since = s.rv;
-            out
+        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => ev,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        for ev in batch {
-            let mut line = ev.to_string().into_bytes();
-            line.push(b'\n');
-            if chunk(w, &line).is_err() {
-                return;
-            }
+        let mut line = ev.to_string().into_bytes();
+        line.push(b'\n');
+        if chunk(w, &line).is_err() {
+            return;
         }
     }
 }
@@ -944,23 +1025,9 @@ fn route(s: &mut State, req: &Request) -> (u16, Value) {
         }
         ("POST", ["api", "v1", "nodes"]) => s.register_node(&req.body),
         ("DELETE", ["api", "v1", "nodes", name]) => s.delete_node(name),
-        ("GET", ["api", "v1", "pods"]) => {
-            let items = s
-                .pods
-                .values()
-                .filter(|p| labels_match(p, &label) && fields_match(p, &field))
-                .cloned()
-                .collect();
-            (200, list("Pod", items, s.rv))
-        }
+        ("GET", ["api", "v1", "pods"]) => (200, list("Pod", s.list_pods(None, &label, &field), s.rv)),
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
-            let items = s
-                .pods
-                .iter()
-                .filter(|((pns, _), p)| pns == ns && labels_match(p, &label) && fields_match(p, &field))
-                .map(|(_, p)| p.clone())
-                .collect();
-            (200, list("Pod", items, s.rv))
+            (200, list("Pod", s.list_pods(Some(ns), &label, &field), s.rv))
         }
         ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => match s.pods.get(&(ns.to_string(), name.to_string()))
         {
