@@ -252,7 +252,7 @@ fn jsonpath(c: &Cluster, args: &[&str]) -> String {
 fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_pool() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Cluster::start(&tmp.path().join("cluster"), &Options::default());
-    let agent = agent::Agent::start(&c.admin_kubeconfig, 4);
+    let agent = agent::Agent::start(&c.admin_kubeconfig);
     for i in 0..2 {
         c.apply(&format!(
             "apiVersion: v1\nkind: Node\nmetadata:\n  name: old-{i}\n  labels: {{pool: blue, kiln.dev/bundle-version: \"1\"}}\n"
@@ -266,7 +266,7 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
     wait_until(
         "the 4 web pods run on the old nodes",
         std::time::Duration::from_secs(60),
-        || agent.min_ready.lock().unwrap().contains_key("web"),
+        || agent.was_full("web", 4),
     );
     let token = c.kubectl(&["create", "token", "kubectl-kiln", "-n", "kiln-system", "--duration=1h"]);
     assert!(token.status.success(), "{}", stderr(&token));
@@ -347,10 +347,10 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
             on.split_whitespace().filter(|n| n.ends_with("-next")).count() == 4
         },
     );
-    let min = agent.min_ready.lock().unwrap()["web"];
     assert!(
-        min >= 3,
-        "the budget (minAvailable 3) was violated: {min} pods Ready at one point"
+        agent.budget_held("web", 4, 3),
+        "the budget (minAvailable 3) was violated: {:?}",
+        agent.ready.lock().unwrap()["web"]
     );
     assert_eq!(
         jsonpath(

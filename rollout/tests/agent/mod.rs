@@ -3,8 +3,8 @@
 //! real scheduler places pods on it) once its `sim.kiln.dev/ready-after-ms` has passed since it
 //! was created (`never`: it stays NotReady), and keeps its heartbeat fresh; a pod bound to such a
 //! node becomes Running and Ready; a pod being deleted is removed once its grace period is over,
-//! as a kubelet confirms a terminated pod. It also records the fewest Ready pods of each app label
-//! it ever saw, to check PodDisruptionBudgets were never violated.
+//! as a kubelet confirms a terminated pod. It also records how many pods of each app label were
+//! Ready at each look, to check PodDisruptionBudgets were never violated.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -23,9 +23,8 @@ use serde_json::json;
 pub struct Agent {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// app label → the fewest pods of that app seen Ready (and not terminating) at once, counted
-    /// from when the app first had `counted_from` Ready pods.
-    pub min_ready: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// app label → the number of its pods Ready (and not terminating) at each look, in order.
+    pub ready: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
 }
 
 impl Drop for Agent {
@@ -40,12 +39,11 @@ impl Drop for Agent {
 const ANNOTATION: &str = "sim.kiln.dev/ready-after-ms";
 
 impl Agent {
-    /// Start acting as the kubelet of every node in the cluster `kubeconfig` points at; the
-    /// minimum Ready count of an app is recorded once it first reaches `counted_from` Ready pods.
-    pub fn start(kubeconfig: &Path, counted_from: usize) -> Agent {
+    /// Start acting as the kubelet of every node in the cluster `kubeconfig` points at.
+    pub fn start(kubeconfig: &Path) -> Agent {
         let stop = Arc::new(AtomicBool::new(false));
-        let min_ready = Arc::new(Mutex::new(BTreeMap::new()));
-        let (s, m, kc) = (stop.clone(), min_ready.clone(), kubeconfig.to_path_buf());
+        let ready = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s, m, kc) = (stop.clone(), ready.clone(), kubeconfig.to_path_buf());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -57,9 +55,8 @@ impl Agent {
                     .await
                     .unwrap();
                 let client = Client::try_from(config).unwrap();
-                let mut full: BTreeMap<String, bool> = BTreeMap::new();
                 while !s.load(Ordering::SeqCst) {
-                    if let Err(e) = tick(&client, &m, &mut full, counted_from).await {
+                    if let Err(e) = tick(&client, &m).await {
                         eprintln!("test agent: {e}");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -69,8 +66,24 @@ impl Agent {
         Agent {
             stop,
             thread: Some(thread),
-            min_ready,
+            ready,
         }
+    }
+
+    /// Once `app` had `replicas` pods Ready, it never had fewer than `min`.
+    pub fn budget_held(&self, app: &str, replicas: usize, min: usize) -> bool {
+        let ready = self.ready.lock().unwrap();
+        let seen = ready.get(app).map(Vec::as_slice).unwrap_or_default();
+        match seen.iter().position(|n| *n >= replicas) {
+            Some(full) => seen[full..].iter().all(|n| *n >= min),
+            None => false,
+        }
+    }
+
+    /// `app` has had `replicas` pods Ready at some look.
+    pub fn was_full(&self, app: &str, replicas: usize) -> bool {
+        let ready = self.ready.lock().unwrap();
+        ready.get(app).is_some_and(|v| v.iter().any(|n| *n >= replicas))
     }
 }
 
@@ -81,12 +94,7 @@ fn ready_condition(conditions: Option<&Vec<k8s_openapi::api::core::v1::NodeCondi
         .and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0))
 }
 
-async fn tick(
-    client: &Client,
-    min_ready: &Mutex<BTreeMap<String, usize>>,
-    full: &mut BTreeMap<String, bool>,
-    counted_from: usize,
-) -> kube::Result<()> {
+async fn tick(client: &Client, history: &Mutex<BTreeMap<String, Vec<usize>>>) -> kube::Result<()> {
     let now = Timestamp::now();
     let nodes: Api<Node> = Api::all(client.clone());
     let mut ready_nodes = Vec::new();
@@ -149,16 +157,11 @@ async fn tick(
                 .await?;
         }
     }
-    let mut min = min_ready.lock().unwrap();
-    for (app, n) in &ready_by_app {
-        if *n >= counted_from {
-            full.insert(app.clone(), true);
-        }
-    }
-    for app in full.keys() {
-        let n = ready_by_app.get(app).copied().unwrap_or(0);
-        let m = min.entry(app.clone()).or_insert(n);
-        *m = (*m).min(n);
+    let mut history = history.lock().unwrap();
+    let apps: Vec<String> = history.keys().chain(ready_by_app.keys()).cloned().collect();
+    for app in apps {
+        let n = ready_by_app.get(&app).copied().unwrap_or(0);
+        history.entry(app).or_default().push(n);
     }
     Ok(())
 }

@@ -1,0 +1,328 @@
+//! One test body, two backends: each case below runs against the simulator and against the real
+//! API server (v1.32 from `../shared/k8s/` or `KILN_K8S_BIN`, with its real scheduler, ReplicaSet
+//! and disruption controllers, and the test agent as the nodes' kubelet), and asserts the same
+//! outcome, output and exit code on both. A difference between the two is a simulator defect.
+
+mod agent;
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kiln_testkit::cluster::{Cluster, Options};
+
+/// What a case needs from a cluster.
+trait Backend {
+    fn name(&self) -> &'static str;
+    fn kubeconfig(&self) -> &Path;
+    fn add_node(&self, name: &str);
+    /// A node that registered but whose kubelet does not report Ready until [`Backend::make_ready`].
+    fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]);
+    fn make_ready(&self, name: &str);
+    fn node_exists(&self, name: &str) -> bool;
+    /// `replicas` pods of app `app` (a ReplicaSet's, recreated elsewhere when evicted), each taking
+    /// `grace` seconds to terminate, all Running and Ready on `node` when this returns.
+    fn add_app(&self, app: &str, node: &str, replicas: usize, grace: i64);
+    fn add_pdb(&self, name: &str, app: &str, min_available: Option<i64>, max_unavailable: Option<i64>);
+    fn pods_on(&self, node: &str) -> Vec<String>;
+    /// Once the app had `replicas` pods Ready, it never had fewer than `min`.
+    fn budget_held(&self, app: &str, replicas: usize, min: usize) -> bool;
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+struct Simulated(common::Cluster);
+
+impl Backend for Simulated {
+    fn name(&self) -> &'static str {
+        "simulator"
+    }
+    fn kubeconfig(&self) -> &Path {
+        &self.0.kubeconfig
+    }
+    fn add_node(&self, name: &str) {
+        self.0.sim.add_node(name, &[], "v1.32.13", "containerd://2.3.4");
+    }
+    fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]) {
+        self.0.sim.add_node(name, labels, "v1.32.13", "containerd://2.3.4");
+        self.0.sim.set_node_ready(name, false);
+    }
+    fn make_ready(&self, name: &str) {
+        self.0.sim.set_node_ready(name, true);
+    }
+    fn node_exists(&self, name: &str) -> bool {
+        self.0.sim.node(name).is_some()
+    }
+    fn add_app(&self, app: &str, node: &str, replicas: usize, grace: i64) {
+        self.0.sim.run_replicaset_controller(Duration::from_millis(200));
+        for i in 0..replicas {
+            self.0
+                .sim
+                .add_rs_pod("default", &format!("{app}-{i}"), node, app, grace);
+        }
+    }
+    fn add_pdb(&self, name: &str, app: &str, min_available: Option<i64>, max_unavailable: Option<i64>) {
+        self.0
+            .sim
+            .add_pdb("default", name, &[("app", app)], min_available, max_unavailable);
+    }
+    fn pods_on(&self, node: &str) -> Vec<String> {
+        self.0.sim.pods_on(node)
+    }
+    fn budget_held(&self, _app: &str, _replicas: usize, _min: usize) -> bool {
+        self.0.sim.violations().is_empty()
+    }
+}
+
+struct Real {
+    cluster: Cluster,
+    agent: agent::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl Real {
+    fn start() -> Real {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(&dir.path().join("cluster"), &Options::default());
+        let agent = agent::Agent::start(&cluster.admin_kubeconfig);
+        Real {
+            cluster,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    fn jsonpath(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.cluster.kubectl(args).stdout)
+            .trim()
+            .to_string()
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Backend for Real {
+    fn name(&self) -> &'static str {
+        "real API server"
+    }
+    fn kubeconfig(&self) -> &Path {
+        &self.cluster.admin_kubeconfig
+    }
+    fn add_node(&self, name: &str) {
+        self.cluster
+            .apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"));
+    }
+    fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
+        self.cluster.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{{}}}\n  annotations: {{sim.kiln.dev/ready-after-ms: never}}\n",
+            labels.join(", ")
+        ));
+    }
+    fn make_ready(&self, name: &str) {
+        let out = self
+            .cluster
+            .kubectl(&["annotate", "node", name, "sim.kiln.dev/ready-after-ms-"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    fn node_exists(&self, name: &str) -> bool {
+        self.cluster.kubectl(&["get", "node", name]).status.success()
+    }
+    fn add_app(&self, app: &str, node: &str, replicas: usize, grace: i64) {
+        // The scheduler places the pods; pinning them to `node` at first keeps the case the same
+        // as the simulator's, and the pin is lifted so the ReplicaSet can recreate them elsewhere.
+        self.cluster.apply(&format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {app}, namespace: default}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata: {{labels: {{app: {app}}}}}\n    spec:\n      terminationGracePeriodSeconds: {grace}\n      nodeName: {node}\n      containers: [{{name: c, image: busybox}}]\n"
+        ));
+        wait_until(
+            &format!("{replicas} {app} pods are Ready on {node}"),
+            Duration::from_secs(60),
+            || {
+                let ready = self.jsonpath(&[
+                    "get",
+                    "pods",
+                    "-l",
+                    &format!("app={app}"),
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                ]);
+                ready.lines().filter(|l| *l == "True").count() == replicas
+            },
+        );
+        let out = self.cluster.kubectl(&[
+            "patch",
+            "rs",
+            app,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/template/spec/nodeName"}]"#,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    fn add_pdb(&self, name: &str, app: &str, min_available: Option<i64>, max_unavailable: Option<i64>) {
+        let mut spec = String::new();
+        if let Some(m) = min_available {
+            spec.push_str(&format!("  minAvailable: {m}\n"));
+        }
+        if let Some(m) = max_unavailable {
+            spec.push_str(&format!("  maxUnavailable: {m}\n"));
+        }
+        self.cluster.apply(&format!(
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}  selector: {{matchLabels: {{app: {app}}}}}\n"
+        ));
+        // The disruption controller computes the budget's status shortly after.
+        wait_until(
+            &format!("the disruption controller observes {name}"),
+            Duration::from_secs(30),
+            || {
+                !self
+                    .jsonpath(&["get", "pdb", name, "-o", "jsonpath={.status.observedGeneration}"])
+                    .is_empty()
+            },
+        );
+    }
+    fn pods_on(&self, node: &str) -> Vec<String> {
+        let names = self.jsonpath(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        names.split_whitespace().map(String::from).collect()
+    }
+    fn budget_held(&self, app: &str, replicas: usize, min: usize) -> bool {
+        self.agent.budget_held(app, replicas, min)
+    }
+}
+
+fn both(case: impl Fn(&dyn Backend)) {
+    case(&Simulated(common::Cluster::new()));
+    case(&Real::start());
+}
+
+fn text(o: &Output) -> String {
+    common::text(o)
+}
+
+#[test]
+fn a_drain_waits_on_the_budget_and_moves_every_pod() {
+    both(|b| {
+        b.add_node("node-a");
+        b.add_app("web", "node-a", 3, 1);
+        b.add_node("node-b");
+        b.add_pdb("web", "web", None, Some(1));
+        let out = b.kiln(&["drain", "node-a", "--ignore-daemonsets", "--timeout", "60s"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.matches(": evicted default/web-").count(),
+            3,
+            "{}: {stdout}",
+            b.name()
+        );
+        assert!(
+            stdout.trim_end().ends_with("node/node-a drained"),
+            "{}: {stdout}",
+            b.name()
+        );
+        assert!(b.pods_on("node-a").is_empty(), "{}", b.name());
+        assert!(
+            b.budget_held("web", 3, 2),
+            "{}: maxUnavailable 1 was exceeded",
+            b.name()
+        );
+    });
+}
+
+#[test]
+fn a_budget_that_can_never_allow_is_reported_at_once_and_the_node_stays_cordoned() {
+    both(|b| {
+        b.add_node("node-a");
+        b.add_app("db", "node-a", 2, 1);
+        b.add_pdb("db", "db", Some(2), None);
+        let started = std::time::Instant::now();
+        let out = b.kiln(&["drain", "node-a", "--timeout", "120s"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}: waited for nothing",
+            b.name()
+        );
+        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let all = text(&out);
+        assert!(
+            all.contains("blocked by PodDisruptionBudget db: "),
+            "{}: {all}",
+            b.name()
+        );
+        assert!(all.contains("left cordoned"), "{}: {all}", b.name());
+        assert_eq!(b.pods_on("node-a").len(), 2, "{}", b.name());
+    });
+}
+
+#[test]
+fn replace_waits_for_the_new_node_then_drains_and_deletes_the_old() {
+    both(|b| {
+        b.add_node("old-0");
+        b.add_app("web", "old-0", 2, 1);
+        b.add_node_not_ready("new-0", &[("kiln.dev/bundle-version", "2")]);
+        let mut replace = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+            .arg("--kubeconfig")
+            .arg(b.kubeconfig())
+            .args([
+                "replace",
+                "old-0",
+                "--with",
+                "new-0",
+                "--bundle",
+                "2",
+                "--ready-timeout",
+                "60s",
+            ])
+            .args(["--ignore-daemonsets", "--timeout", "60s", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once kubectl kiln says it waits for new-0 (NotReady), nothing may have happened to old-0.
+        let mut stderr = std::io::BufReader::new(replace.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("waiting for new-0 to be Ready") {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+            assert!(n > 0, "{}: kubectl kiln ended before waiting: {said}", b.name());
+            said.push_str(&line);
+        }
+        assert!(b.node_exists("old-0"), "{}", b.name());
+        assert_eq!(b.pods_on("old-0").len(), 2, "{}: nothing evicted yet", b.name());
+        b.make_ready("new-0");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let mut out = replace.wait_with_output().unwrap();
+        out.stderr = format!("{said}{rest}").into_bytes();
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["result"], "replaced", "{}: {r}", b.name());
+        assert_eq!(r["replacement"], "new-0", "{}: {r}", b.name());
+        assert!(!b.node_exists("old-0"), "{}: the old node is deleted", b.name());
+        wait_until("the web pods run on new-0", Duration::from_secs(30), || {
+            b.pods_on("new-0").len() == 2
+        });
+    });
+}
