@@ -82,7 +82,7 @@ pub struct MigrateArgs {
     /// The Kubernetes version the new bundle targets
     #[arg(long, value_name = "VERSION")]
     pub kubernetes_version: String,
-    /// yaml: the config section on stdout and the report on stderr; json: both on stdout
+    /// table: the config section (YAML) on stdout and the report on stderr; json: both on stdout
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

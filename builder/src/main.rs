@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    kiln_bundle::term::end_quietly_on_closed_pipe();
     let cli = kiln_builder::cli::Cli::parse();
     kiln_builder::cli::init_logging(cli.verbose);
     match kiln_builder::cli::run(cli) {

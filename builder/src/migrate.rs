@@ -80,8 +80,8 @@ pub fn parse(text: &str, origin: &str) -> Result<OldSettings, String> {
 }
 
 fn parse_yaml_map(text: &str, origin: &str) -> Result<OldSettings, String> {
-    let v: Value = serde_saphyr::from_str(text)
-        .map_err(|e| format!("{origin}: not a kubelet command line, unit or YAML map: {e}"))?;
+    let v: Value = kiln_bundle::yaml::from_str(text, origin)
+        .map_err(|e| format!("not a kubelet command line, unit or YAML map: {e:#}"))?;
     let map = v
         .as_object()
         .ok_or_else(|| format!("{origin}: expected a YAML map of kubelet flags"))?;
@@ -371,6 +371,19 @@ fn scalar(v: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_yaml_map_is_read_with_kilns_limits() {
+        let e = parse_yaml_map("network-plugin: cni\nnetwork-plugin: kubenet\n", "flags.yaml").unwrap_err();
+        assert!(
+            e.contains("flags.yaml") && e.to_lowercase().contains("duplicate"),
+            "{e}"
+        );
+        let huge = format!("a: \"{}\"\n", "x".repeat(kiln_bundle::yaml::MAX_YAML_BYTES));
+        let e = parse_yaml_map(&huge, "flags.yaml").unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -127,3 +127,31 @@ fn a_removed_flag_in_a_manifest_fails_the_build_with_version_and_replacement() {
     );
     assert!(listing(&tmp.path().join("out")).is_empty());
 }
+
+#[test]
+fn help_names_only_the_outputs_it_takes_and_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let help = ok(&kiln(tmp.path(), &["migrate", "--help"]));
+    assert!(help.contains("[possible values: table, json]"), "{help}");
+    assert!(!help.contains("yaml:"), "an output -o does not take: {help}");
+    for output in ["table", "json"] {
+        // `kiln migrate ... | head -0`: the reader is gone before kiln writes.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "migrate",
+                fixture("input.yaml").to_str().unwrap(),
+                "--kubernetes-version",
+                "1.36.4",
+                "-o",
+                output,
+            ])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{output}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{output}: {stderr}");
+    }
+}

@@ -53,6 +53,9 @@ pub struct NodeSection {
     pub bundle_public_key: Option<String>,
 }
 
+/// The longest join timeout user data may ask for: a day.
+pub const MAX_JOIN_TIMEOUT_S: u64 = 86_400;
+
 impl NodeSection {
     /// Apply `later` over `self`.
     pub fn merge(&mut self, later: NodeSection) {
@@ -76,8 +79,15 @@ impl NodeSection {
         self.kubelet_settings.extend(later.kubelet_settings);
     }
 
-    /// Values the types cannot check: taints, the node IP and the host name.
+    /// Values the types cannot check: taints, the node IP, the host name and the join timeout.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(t) = self.join_timeout_seconds {
+            if !(1..=MAX_JOIN_TIMEOUT_S).contains(&t) {
+                return Err(format!(
+                    "joinTimeoutSeconds: {t} is outside 1..={MAX_JOIN_TIMEOUT_S} (a day)"
+                ));
+            }
+        }
         for t in self.taints.iter().flatten() {
             parse_taint(t).map_err(|e| format!("taints: {e}"))?;
         }
@@ -247,6 +257,13 @@ mod tests {
             ..Default::default()
         };
         assert!(n.validate().unwrap_err().starts_with("hostname: `Node_1`"));
+        for t in [0, u64::MAX] {
+            let n = NodeSection {
+                join_timeout_seconds: Some(t),
+                ..Default::default()
+            };
+            assert!(n.validate().unwrap_err().starts_with("joinTimeoutSeconds: "), "{t}");
+        }
         let n = NodeSection {
             hostname: Some("node-1.example".into()),
             node_ip: Some("auto".into()),

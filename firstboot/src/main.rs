@@ -49,8 +49,8 @@ struct RunArgs {
     /// kubelet health endpoint
     #[arg(long, default_value = "http://127.0.0.1:10248/healthz")]
     kubelet_healthz: String,
-    /// Seconds to wait for containerd and kubelet to become healthy
-    #[arg(long, default_value_t = 120)]
+    /// Seconds to wait for containerd and kubelet to become healthy (at most a day)
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     health_timeout: u64,
     /// `host` manages the running system; `record` only records what it would do (activating into
     /// an image's root, or tests)
@@ -80,6 +80,7 @@ enum SystemKind {
 }
 
 fn main() -> ExitCode {
+    kiln_bundle::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // No timestamps: journald adds its own.

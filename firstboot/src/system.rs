@@ -143,7 +143,10 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
     let kubeconfig = format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG);
     let bootstrap = layout.on_node(kiln_bundle::layout::files::KUBELET_BOOTSTRAP, true);
     let timeout = Duration::from_secs(node.timeout_s);
-    let deadline = Instant::now() + timeout;
+    // Checked: a timeout from an old state file may predate the bound user data has now.
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .with_context(|| format!("join timeout {}s is too long", node.timeout_s))?;
     let mut next_diagnosis = Instant::now() + Duration::from_secs(5);
     let mut last = anyhow!("not checked yet");
     // What the API server said to the bootstrap credentials, the likeliest cause while kubelet has
@@ -187,7 +190,9 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
 
 /// Retry `check` until it succeeds or `timeout` passes; the last error explains the failure.
 pub fn poll(timeout: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .with_context(|| format!("timeout {timeout:?} is too long"))?;
     loop {
         match check() {
             Ok(()) => return Ok(()),

@@ -59,6 +59,22 @@ fn boot_phases_then_status() {
     assert_eq!(json["result"], "ok");
     assert!(json["steps"].as_array().unwrap().iter().any(|s| s["step"] == "health"));
 
+    // `kiln-firstboot status -o json | head -1` with the reader gone: no panic, a quiet end.
+    for format in ["json", "table"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln-firstboot"))
+            .arg("--root")
+            .arg(&root)
+            .args(["status", "-o", format])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
+    }
+
     // A re-run is a no-op.
     let again = firstboot(&root, &["run", "--system", "record"]);
     assert!(

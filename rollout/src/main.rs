@@ -193,6 +193,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    kiln_bundle::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     // Quiet like kubectl: kube-rs's own error logs would repeat the one error line below.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

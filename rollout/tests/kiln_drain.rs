@@ -271,3 +271,27 @@ fn drain_shows_live_progress_on_a_terminal_only() {
     );
     assert!(stderr.contains("node-a: default/web-x: gone"), "{stderr}");
 }
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let c = Cluster::new();
+    mixed(&c);
+    for args in [
+        &["status", "-o", "json"][..],
+        &["status"],
+        &["drain", "node-a", "--dry-run", "--ignore-daemonsets", "--force"],
+    ] {
+        // `kubectl kiln status -o json | head -0`: the reader is gone before anything is written.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+            .args(args)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

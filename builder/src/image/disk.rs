@@ -142,7 +142,7 @@ fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("vmlinuz-"))
         .collect();
-    kernels.sort();
+    kernels.sort_by_key(|k| version_order(k));
     let Some(k) = kernels.pop() else {
         bail!("the base has no kernel in /boot: add a kernel package (for example linux-image-amd64) to the recipe");
     };
@@ -152,6 +152,30 @@ fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
         bail!("the base has kernel {k} but no /boot/initrd.img-{version}");
     }
     Ok((boot.join(&k), initrd, version))
+}
+
+/// A name as `sort -V` orders it: runs of digits compare as numbers (6.9 before 6.10), the rest as
+/// text.
+fn version_order(name: &str) -> Vec<VersionPart> {
+    let mut parts = Vec::new();
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        let digit = c.is_ascii_digit();
+        let end = rest.find(|c: char| c.is_ascii_digit() != digit).unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(end);
+        parts.push(match run.parse::<u128>() {
+            Ok(n) if digit => VersionPart::Number(n),
+            _ => VersionPart::Text(run.to_string()),
+        });
+        rest = tail;
+    }
+    parts
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum VersionPart {
+    Number(u128),
+    Text(String),
 }
 
 /// The ESP as a FAT32 image: systemd-boot as the default EFI loader, the kernel and initrd, and one
@@ -394,6 +418,22 @@ pub fn build_raw(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_newest_kernel_is_chosen_by_version_not_by_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let boot = tmp.path().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        for v in ["6.1.0-28-amd64", "6.10.0-1-amd64", "6.9.12-amd64"] {
+            std::fs::write(boot.join(format!("vmlinuz-{v}")), "k").unwrap();
+            std::fs::write(boot.join(format!("initrd.img-{v}")), "i").unwrap();
+        }
+        let (_, initrd, version) = kernel(tmp.path()).unwrap();
+        assert_eq!(version, "6.10.0-1-amd64");
+        assert!(initrd.ends_with("initrd.img-6.10.0-1-amd64"));
+        assert!(version_order("6.1.0-9-amd64") < version_order("6.1.0-10-amd64"));
+    }
+
     use super::*;
 
     #[test]

@@ -75,8 +75,7 @@ fn merge_kubelet_settings(
     yaml: &str,
     settings: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> Result<String> {
-    let mut doc: serde_json::Value =
-        serde_saphyr::from_str(yaml).map_err(|e| anyhow!("the bundle's kubelet config: {e}"))?;
+    let mut doc: serde_json::Value = kiln_bundle::yaml::from_str(yaml, "the bundle's kubelet config")?;
     for (k, v) in settings {
         if k == "apiVersion" || k == "kind" {
             bail!("kubeletSettings: `{k}` cannot be changed");
