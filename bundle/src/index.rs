@@ -36,6 +36,10 @@ pub struct Index {
     /// Node-specific placeholders (`@kiln:NAME@`) in rendered files, substituted at first boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placeholders: Vec<PlaceholderRecord>,
+    /// Files the manifest declares setuid/setgid (`spec.setid`), sorted. Any other file with such a
+    /// bit is refused: node runtimes never need one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setid: Vec<String>,
     pub build: BuildInfo,
 }
 
@@ -188,6 +192,12 @@ impl Index {
                     if f.sha256.is_none() || f.target.is_some() {
                         return Err(bad(format!("`{}`: a file needs a sha256 and no target", f.path)));
                     }
+                    if f.mode.is_setid() && self.setid.binary_search(&f.path).is_err() {
+                        return Err(bad(format!(
+                            "`{}` is setuid/setgid (mode {}): a node bundle never needs that; a manifest that means it lists the file in spec.setid",
+                            f.path, f.mode
+                        )));
+                    }
                 }
                 EntryKind::Symlink => {
                     let target = f
@@ -199,6 +209,16 @@ impl Index {
                         return Err(bad(format!("`{}`: a symlink has no size or digest", f.path)));
                     }
                 }
+            }
+        }
+        for pair in self.setid.windows(2) {
+            if pair[0] >= pair[1] {
+                return Err(bad(format!("setid is not sorted and unique at `{}`", pair[1])));
+            }
+        }
+        for p in &self.setid {
+            if !self.file(p).is_some_and(|f| f.kind == EntryKind::File) {
+                return Err(bad(format!("setid names `{p}`, which is not a file in the bundle")));
             }
         }
         for p in &self.placeholders {
@@ -251,12 +271,29 @@ pub(crate) mod tests {
                 },
             ],
             placeholders: vec![],
+            setid: vec![],
             build: BuildInfo {
                 tool: "kiln test".into(),
                 source_date_epoch: 0,
                 compression: "zstd-3".into(),
             },
         }
+    }
+
+    #[test]
+    fn setuid_files_must_be_declared_and_declared_ones_must_exist() {
+        let mut i = sample();
+        i.files[0].mode = Mode(0o4755);
+        let e = i.validate("b").unwrap_err().to_string();
+        assert!(e.contains("`bin/a` is setuid/setgid (mode 4755)"), "{e}");
+        i.setid = vec!["bin/a".into()];
+        i.validate("b").unwrap();
+        i.setid = vec!["bin/a".into(), "bin/nope".into()];
+        let e = i.validate("b").unwrap_err().to_string();
+        assert!(e.contains("setid names `bin/nope`"), "{e}");
+        i.files[0].mode = Mode(0o2755);
+        i.setid = vec![];
+        assert!(i.validate("b").is_err(), "setgid too");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct Spec {
     /// without registry access.
     #[serde(default)]
     pub images: Vec<PreloadedImage>,
+    /// Bundle paths allowed to keep a setuid/setgid bit. Empty by default: kiln refuses such bits
+    /// everywhere else, in the build and in the verifier on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setid: Vec<String>,
     /// Node configuration compiled into the bundle; every field has a default.
     #[serde(default)]
     pub config: NodeConfig,

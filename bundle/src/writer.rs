@@ -74,6 +74,8 @@ pub fn write_bundle(
 ) -> Result<Written> {
     let workers = opts.workers;
     let dest = dir.join(index.file_name());
+    // The writer refuses what the verifier would: nothing is written for a bad index.
+    index.validate(&dest.display().to_string())?;
     let mut tmp = atomic::temp_beside(&dest)?;
     let tmp_path = tmp.path().to_path_buf();
     let sink = HashingWriter::new(BufWriter::with_capacity(BUF, tmp.as_file_mut()));

@@ -56,6 +56,7 @@ fn sample() -> (Index, BTreeMap<String, Content>) {
         components: vec![],
         files,
         placeholders: vec![],
+        setid: vec![],
         build: BuildInfo {
             tool: "kiln test".into(),
             source_date_epoch: 1_700_000_000,
@@ -432,4 +433,16 @@ fn a_bomb_after_the_last_member_trips_the_trailing_limit() {
         p,
         ["more than the limit of 1048576 bytes of data after the last member"]
     );
+}
+
+#[test]
+fn the_writer_refuses_an_undeclared_setuid_file_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = one_file_index(b"x", 0o4755);
+    let contents: BTreeMap<String, Content> = [("bin/x".to_string(), Content::Bytes(b"x".to_vec()))].into();
+    let e = write_bundle(dir.path(), &index, &contents, WriteOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("`bin/x` is setuid/setgid"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+    index.setid = vec!["bin/x".into()];
+    write_bundle(dir.path(), &index, &contents, WriteOptions::default()).unwrap();
 }

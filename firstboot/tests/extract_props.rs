@@ -100,6 +100,12 @@ fn bundle(members: &[Member]) -> Vec<u8> {
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files.dedup_by(|a, b| a.path == b.path);
+    // Setuid files the index lists are declared, as a manifest's spec.setid would.
+    let setid = files
+        .iter()
+        .filter(|f| f.kind == EntryKind::File && f.mode.is_setid())
+        .map(|f| f.path.clone())
+        .collect();
     let index = Index {
         schema_version: SCHEMA_VERSION,
         name: "p".into(),
@@ -109,6 +115,7 @@ fn bundle(members: &[Member]) -> Vec<u8> {
         components: vec![],
         files,
         placeholders: vec![],
+        setid,
         build: BuildInfo {
             tool: "t".into(),
             source_date_epoch: 0,

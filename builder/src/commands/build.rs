@@ -178,6 +178,12 @@ pub fn assemble(
         components,
         files,
         placeholders,
+        setid: {
+            let mut s = m.spec.setid.clone();
+            s.sort();
+            s.dedup();
+            s
+        },
         build: BuildInfo {
             tool: crate::tool_version(),
             source_date_epoch: epoch,

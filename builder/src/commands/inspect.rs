@@ -29,6 +29,11 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
         "built by    {} (SOURCE_DATE_EPOCH {})",
         index.build.tool, index.build.source_date_epoch
     );
+    // Declared setuid/setgid files, always shown: they are the bundle's privileged surface.
+    for path in &index.setid {
+        let mode = index.file(path).map(|f| f.mode.to_string()).unwrap_or_default();
+        println!("setid       {path} ({mode})");
+    }
     println!();
     let rows: Vec<Vec<String>> = index
         .components
