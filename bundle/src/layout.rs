@@ -84,6 +84,15 @@ pub mod units {
     pub const KUBELET: &str = "kubelet.service";
     pub const IMAGES: &str = "kiln-images.service";
     pub const KUBE_PROXY: &str = "kube-proxy.service";
+    pub const FIRSTBOOT: &str = "kiln-firstboot.service";
+    pub const FIRSTBOOT_HEALTH: &str = "kiln-firstboot-health.service";
+
+    /// kiln-firstboot's own units, as `kiln image` installs them (`bundle/units/`): the contract
+    /// between the image and the node binary lives here, beside the paths they name.
+    pub const FIRSTBOOT_UNITS: [(&str, &str); 2] = [
+        (FIRSTBOOT, include_str!("../units/kiln-firstboot.service")),
+        (FIRSTBOOT_HEALTH, include_str!("../units/kiln-firstboot-health.service")),
+    ];
 }
 
 /// The labels a kiln node registers with (set by kiln-firstboot through kubelet's

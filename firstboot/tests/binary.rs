@@ -165,9 +165,8 @@ fn shipped_units_pass_systemd_analyze_verify() {
         root.join("usr/bin/kiln-firstboot"),
     )
     .unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
-    for u in ["kiln-firstboot.service", "kiln-firstboot-health.service"] {
-        std::fs::copy(dir.join(u), units.join(u)).unwrap();
+    for (u, text) in kiln_bundle::layout::units::FIRSTBOOT_UNITS {
+        std::fs::write(units.join(u), text).unwrap();
     }
     std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
     let st = Command::new("cp")

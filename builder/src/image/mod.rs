@@ -31,9 +31,6 @@ pub use recipe::Recipe;
 /// Where the image carries its bundle; kiln-firstboot activates the one bundle found there.
 pub const BAKED: &str = "usr/lib/kiln/bundles";
 
-const FIRSTBOOT_UNIT: &str = include_str!("../../../firstboot/units/kiln-firstboot.service");
-const HEALTH_UNIT: &str = include_str!("../../../firstboot/units/kiln-firstboot-health.service");
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Raw,
@@ -371,10 +368,7 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids, net
     fs::create_dir_all(&units)?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     fs::create_dir_all(&wants)?;
-    for (name, text) in [
-        ("kiln-firstboot.service", FIRSTBOOT_UNIT),
-        ("kiln-firstboot-health.service", HEALTH_UNIT),
-    ] {
+    for (name, text) in kiln_bundle::layout::units::FIRSTBOOT_UNITS {
         write(&units.join(name), text.as_bytes(), 0o644)?;
         let link = wants.join(name);
         let _ = fs::remove_file(&link);
