@@ -255,6 +255,23 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     assert!(e.contains(&format!("{}.sha256 not found", bare.display())), "{e}");
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));
 
+    // A bundle for another architecture: refused, naming both, before anything is built.
+    let mirror = production_mirror();
+    let manifest = standin_manifest(dir, &mirror);
+    let mut args = vec!["build".to_string(), manifest.display().to_string(), "-o".into()];
+    args.push(dir.join("arm").display().to_string());
+    args.extend(["--arch".to_string(), "arm64".to_string()]);
+    args.extend(mirror_args(&mirror));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&kiln(&dir.join("cache"), &args));
+    let arm = dir.join("arm/k8s-node-1.36.4-1-arm64.kiln.tar.zst");
+    let e = fails(&image(dir, &good, &arm, &out, "raw"));
+    assert!(
+        e.contains("the bundle is for arm64, but kiln image builds x86-64 images"),
+        "{e}"
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+
     // A missing base tarball, a bad recipe, a missing firstboot binary.
     let missing = recipe(dir, "rootfsTar: nowhere.tar");
     let e = fails(&image(dir, &missing, &bundle, &out, "raw"));

@@ -92,6 +92,15 @@ pub fn verified_bundle(path: &Path) -> Result<Bundle> {
     )?;
     let report = report.into_result(&path.display().to_string())?;
     let index = report.index.ok_or_else(|| anyhow!("{}: no index", path.display()))?;
+    // The image layout is x86-64's: its DPS root partition type, BOOTX64.EFI, an amd64 base.
+    if index.arch != kiln_bundle::manifest::Arch::Amd64 {
+        bail!(
+            "{}: the bundle is for {}, but kiln image builds x86-64 images (root partition type, \
+             EFI loader and base are amd64); build the bundle with --arch amd64",
+            path.display(),
+            index.arch
+        );
+    }
     Ok(Bundle {
         path: path.to_path_buf(),
         sha256: expected,
