@@ -120,3 +120,43 @@ fn activation_from_a_make_mime_nocloud_seed() {
         "{unit}"
     );
 }
+
+/// The README's make-mime command line, run as written (from a shell, in a directory holding the two
+/// files it names), gives user data kiln reads; without `--force` make-mime refuses kiln's type, as
+/// the README says.
+#[test]
+fn the_readmes_make_mime_command_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cloud-init devel make-mime "))
+        .expect("the README shows a make-mime command");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("minimal.yaml"), tmp.path().join("cloud-config.yaml")).unwrap();
+    std::fs::copy(fixture("node-part.yaml"), tmp.path().join("node.yaml")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut cfg = NodeConfig::default();
+    userdata::apply(
+        &std::fs::read(tmp.path().join("user-data")).unwrap(),
+        "user-data",
+        &mut cfg,
+    )
+    .unwrap();
+    assert_eq!(cfg.node.node_ip.as_deref(), Some("10.8.0.209"));
+
+    let unforced = line.replace(" --force", "");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&unforced)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "make-mime took kiln's type without --force");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may be incorrect"));
+}
