@@ -357,3 +357,76 @@ fn ctrl_c_while_writing_leaves_no_output() {
     assert!(err.contains("interrupted"), "{err}");
     assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
 }
+
+#[test]
+fn a_stalled_download_times_out_and_sigterm_stops_one_at_once_leaving_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = production_mirror();
+    let manifest = standin_manifest(tmp.path(), &mirror);
+    let flags = mirror_args(&mirror);
+    let runc = "/github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64";
+    mirror.set_fault(runc, Fault::Stall(1000));
+
+    // Headers and 1,000 bytes, then silence: the idle timeout ends the attempt.
+    let out = tmp.path().join("out");
+    let mut args = build_args(manifest.to_str().unwrap(), out.to_str().unwrap(), &flags);
+    args.extend(["--arch", "amd64", "--retries", "0"]);
+    let started = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_CACHE", tmp.path().join("c1"))
+        .args(&args)
+        .env("KILN_HTTP_IDLE_TIMEOUT_MS", "700")
+        .output()
+        .unwrap();
+    let err = fails(&o);
+    assert!(err.contains("sent nothing for 700ms after 1000 bytes"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(listing(&out).is_empty());
+    assert!(
+        listing(&tmp.path().join("c1/tmp")).is_empty(),
+        "no partial download left"
+    );
+
+    // With the default timeout (a minute), SIGTERM during the stalled read ends kiln at once.
+    let cache = tmp.path().join("c2");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_CACHE", &cache)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while mirror.requests_for(runc) < 2 || listing(&cache.join("tmp")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kiln never started the stalled download"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        listing(&cache.join("tmp")).is_empty(),
+        "no partial download left: {:?}",
+        listing(&cache.join("tmp"))
+    );
+}

@@ -1,9 +1,13 @@
-//! HTTP(S) downloads with reqwest and rustls: bounded retries with exponential backoff on transient
-//! failures (connection errors, timeouts, 5xx, 429, truncated bodies), a progress bar on a terminal,
-//! and the digest checked before the file enters the cache.
+//! HTTP(S) downloads with reqwest and rustls: bounded retries with exponential backoff (capped) on
+//! transient failures (connection errors, timeouts, 5xx, 429, truncated or stalled bodies), a
+//! progress bar on a terminal, and the digest checked before the file enters the cache. A server
+//! that stops sending fails the attempt after the idle timeout; a body past the size cap is refused;
+//! Ctrl-C or SIGTERM stops a download at once (the network is read on a helper thread, so a stalled
+//! read never delays it), and the partial file is removed.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use kiln_bundle::digest::{HashingWriter, Sha256};
@@ -15,6 +19,21 @@ pub struct Http {
     client: reqwest::blocking::Client,
     retries: u32,
     backoff: Duration,
+    /// How long a response may send nothing (headers or body) before the attempt fails.
+    idle: Duration,
+}
+
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The largest artifact kiln downloads: more than any component or image it pins.
+pub const MAX_BODY_BYTES: u64 = 8 << 30;
+
+/// What the reading thread saw.
+enum Got {
+    Head(StatusCode, Option<u64>),
+    Data(Vec<u8>),
+    End,
+    Failed(String),
 }
 
 /// Why one attempt failed, and whether another attempt may help.
@@ -32,14 +51,12 @@ impl Http {
             .build()
             .context("cannot set up the HTTP client")?;
         // The first retry waits this long, each next one twice as long. Tests shorten it.
-        let ms = std::env::var("KILN_HTTP_BACKOFF_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500);
+        let ms = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         Ok(Http {
             client,
             retries,
-            backoff: Duration::from_millis(ms),
+            backoff: Duration::from_millis(ms("KILN_HTTP_BACKOFF_MS", 500)),
+            idle: Duration::from_millis(ms("KILN_HTTP_IDLE_TIMEOUT_MS", 60_000)),
         })
     }
 
@@ -49,9 +66,16 @@ impl Http {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                let wait = self.backoff * 2u32.saturating_pow(attempt - 1);
+                let wait = self
+                    .backoff
+                    .saturating_mul(2u32.saturating_pow(attempt - 1))
+                    .min(MAX_BACKOFF);
                 tracing::warn!("{what}: {last}; retrying in {wait:?} ({attempt}/{})", self.retries);
-                std::thread::sleep(wait);
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    crate::check_interrupted()?;
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+                }
             }
             match self.attempt(url, expected, cache, what) {
                 Ok(()) => return Ok(()),
@@ -66,17 +90,36 @@ impl Http {
     }
 
     fn attempt(&self, url: &str, expected: &Sha256, cache: &Cache, what: &str) -> Result<(), Attempt> {
-        let mut resp = match self.client.get(url).send() {
-            Ok(r) => r,
-            Err(e) if e.is_builder() => return Err(Attempt::Fatal(anyhow!("{what}: `{url}` is not a valid URL: {e}"))),
-            Err(e) => {
-                return Err(Attempt::Transient(format!(
-                    "request to {url} failed: {}",
-                    error_chain(&e)
-                )))
+        let rx = self.start(url);
+        let mut received = 0u64;
+        // Waits for the next message while checking for a signal and the idle timeout.
+        let next = |received: u64| -> Result<Got, Attempt> {
+            let since = Instant::now();
+            loop {
+                crate::check_interrupted().map_err(Attempt::Fatal)?;
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(got) => return Ok(got),
+                    Err(mpsc::RecvTimeoutError::Timeout) if since.elapsed() >= self.idle => {
+                        return Err(Attempt::Transient(format!(
+                            "{url} sent nothing for {:?} after {received} bytes",
+                            self.idle
+                        )))
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(Attempt::Transient(format!("the connection to {url} ended")))
+                    }
+                }
             }
         };
-        let status = resp.status();
+        let (status, length) = match next(0)? {
+            Got::Head(status, length) => (status, length),
+            Got::Failed(e) if e.starts_with("builder error") => {
+                return Err(Attempt::Fatal(anyhow!("{what}: `{url}` is not a valid URL: {e}")))
+            }
+            Got::Failed(e) => return Err(Attempt::Transient(format!("request to {url} failed: {e}"))),
+            Got::Data(_) | Got::End => return Err(Attempt::Transient(format!("{url}: no response head"))),
+        };
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
         {
             return Err(Attempt::Transient(format!("{url} answered {status}")));
@@ -84,28 +127,38 @@ impl Http {
         if !status.is_success() {
             return Err(Attempt::Fatal(anyhow!("{what}: {url} answered {status}")));
         }
-        let length = resp.content_length();
+        if length.is_some_and(|l| l > MAX_BODY_BYTES) {
+            return Err(Attempt::Fatal(anyhow!(
+                "{what}: {url} announces {} bytes, more than kiln downloads ({MAX_BODY_BYTES})",
+                length.unwrap_or_default()
+            )));
+        }
         let tmp = cache.temp().map_err(Attempt::Fatal)?;
-        let bar = progress_bar(length, what);
+        let b = progress_bar(length, what);
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file()));
-        let mut buf = vec![0u8; 1 << 16];
         loop {
-            crate::check_interrupted().map_err(Attempt::Fatal)?;
-            let n = match resp.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
+            match next(received)? {
+                Got::Data(d) => {
+                    received += d.len() as u64;
+                    if received > MAX_BODY_BYTES {
+                        return Err(Attempt::Fatal(anyhow!(
+                            "{what}: {url} sent more than {MAX_BODY_BYTES} bytes, more than kiln downloads"
+                        )));
+                    }
+                    w.write_all(&d)
+                        .map_err(|e| Attempt::Fatal(anyhow!("cannot write {}: {e}", tmp.path().display())))?;
+                    b.inc(d.len() as u64);
+                }
+                Got::End => break,
+                Got::Failed(e) => {
                     return Err(Attempt::Transient(format!(
-                        "reading {url} failed after {} bytes: {e}",
-                        bar.position()
+                        "reading {url} failed after {received} bytes: {e}"
                     )))
                 }
-            };
-            w.write_all(&buf[..n])
-                .map_err(|e| Attempt::Fatal(anyhow!("cannot write {}: {e}", tmp.path().display())))?;
-            bar.inc(n as u64);
+                Got::Head(..) => unreachable!("one head per response"),
+            }
         }
-        bar.finish_and_clear();
+        b.finish_and_clear();
         let (actual, size, mut out) = w.finish();
         out.flush()
             .map_err(|e| Attempt::Fatal(anyhow!("cannot write {}: {e}", tmp.path().display())))?;
@@ -122,6 +175,40 @@ impl Http {
         }
         cache.commit(tmp, &actual).map_err(Attempt::Fatal)?;
         Ok(())
+    }
+
+    /// Request `url` on a helper thread that sends the head, then the body in pieces. A reader that
+    /// is abandoned (a signal, the idle timeout) ends with its connection when its next send fails,
+    /// or with the process.
+    fn start(&self, url: &str) -> mpsc::Receiver<Got> {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let (client, url) = (self.client.clone(), url.to_string());
+        std::thread::spawn(move || {
+            let mut resp = match client.get(&url).send() {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.is_builder() { "builder error: " } else { "" };
+                    let _ = tx.send(Got::Failed(format!("{kind}{}", error_chain(&e))));
+                    return;
+                }
+            };
+            if tx.send(Got::Head(resp.status(), resp.content_length())).is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let got = match resp.read(&mut buf) {
+                    Ok(0) => Got::End,
+                    Ok(n) => Got::Data(buf[..n].to_vec()),
+                    Err(e) => Got::Failed(e.to_string()),
+                };
+                let last = !matches!(got, Got::Data(_));
+                if tx.send(got).is_err() || last {
+                    return;
+                }
+            }
+        });
+        rx
     }
 }
 

@@ -21,6 +21,9 @@ pub enum Fault {
     Truncate(usize),
     /// Truncate the first `n` responses, then serve normally.
     TruncateFirst(u32, usize),
+    /// Announce the full Content-Length, send this many bytes, then send nothing more while the
+    /// connection stays open (for two minutes).
+    Stall(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +138,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, body, cut) = {
+    let (status, body, cut, stall) = {
         let mut s = state.lock().unwrap();
         let decision = match s.routes.get_mut(&path) {
             None => (404, Arc::new(b"not found\n".to_vec()), None),
@@ -149,11 +152,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                     Fault::Truncate(at) => (200, r.body.clone(), Some(at)),
                     Fault::TruncateFirst(n, at) if r.hits <= n => (200, r.body.clone(), Some(at)),
                     Fault::TruncateFirst(..) => (200, r.body.clone(), None),
+                    Fault::Stall(at) => (200, r.body.clone(), Some(at)),
                 }
             }
         };
         s.log.push(format!("GET {path} -> {}", decision.0));
-        decision
+        let stall = matches!(s.routes.get(&path).map(|r| &r.fault), Some(Fault::Stall(_)));
+        (decision.0, decision.1, decision.2, stall)
     };
     let reason = match status {
         200 => "OK",
@@ -173,4 +178,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     let n = cut.unwrap_or(body.len()).min(body.len());
     let _ = conn.write_all(&body[..n]);
     let _ = conn.flush();
+    if stall {
+        // Keep the connection open, silent; a client with no read timeout waits all along.
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
 }
