@@ -1,7 +1,9 @@
 //! The one way the builder runs external tools: arguments as a vector (never a shell string), stdout
 //! and stderr captured, and a failure that names the program and quotes what it printed.
 //!
-//! External tools the builder needs: `apt-get` (the `apt` source). Nothing else.
+//! External tools the builder runs: `apt-get` (the `apt` source); for `kiln image`, debootstrap,
+//! `tar` and `zstd`, `sfdisk`, `mkfs.ext4`, `debugfs`, `mkfs.vfat`, `mmd`/`mcopy`, `mksquashfs`,
+//! `qemu-img`, `dd` and `cp` (all from the Debian packages `scripts/setup` installs).
 
 use std::process::{Command, Output};
 
