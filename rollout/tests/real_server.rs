@@ -3,6 +3,9 @@
 //! kubectl's own words. Nodes are Node objects without kubelets (nothing here needs one to run).
 
 mod agent;
+mod common;
+
+use common::wait_until;
 
 use std::process::{Command, Output};
 
@@ -231,14 +234,6 @@ fn kiln_in_cluster(c: &Cluster, home: &std::path::Path, token: &str, args: &[&st
         .output()
         .expect("unshare (util-linux) runs kubectl-kiln in a mount namespace; CI runs as root");
     out
-}
-
-fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 fn jsonpath(c: &Cluster, args: &[&str]) -> String {

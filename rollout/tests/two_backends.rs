@@ -6,6 +6,8 @@
 mod agent;
 mod common;
 
+use common::wait_until;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -104,14 +106,6 @@ impl Real {
         String::from_utf8_lossy(&self.cluster.kubectl(args).stdout)
             .trim()
             .to_string()
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -34,6 +34,8 @@ enum Got {
     Data(Vec<u8>),
     End,
     Failed(String),
+    /// The URL cannot be requested at all: retrying cannot help.
+    BadUrl(String),
 }
 
 /// Why one attempt failed, and whether another attempt may help.
@@ -114,9 +116,7 @@ impl Http {
         };
         let (status, length) = match next(0)? {
             Got::Head(status, length) => (status, length),
-            Got::Failed(e) if e.starts_with("builder error") => {
-                return Err(Attempt::Fatal(anyhow!("{what}: `{url}` is not a valid URL: {e}")))
-            }
+            Got::BadUrl(e) => return Err(Attempt::Fatal(anyhow!("{what}: `{url}` is not a valid URL: {e}"))),
             Got::Failed(e) => return Err(Attempt::Transient(format!("request to {url} failed: {e}"))),
             Got::Data(_) | Got::End => return Err(Attempt::Transient(format!("{url}: no response head"))),
         };
@@ -155,7 +155,7 @@ impl Http {
                         "reading {url} failed after {received} bytes: {e}"
                     )))
                 }
-                Got::Head(..) => unreachable!("one head per response"),
+                Got::Head(..) | Got::BadUrl(_) => unreachable!("one head per response, before the body"),
             }
         }
         b.finish_and_clear();
@@ -187,8 +187,12 @@ impl Http {
             let mut resp = match client.get(&url).send() {
                 Ok(r) => r,
                 Err(e) => {
-                    let kind = if e.is_builder() { "builder error: " } else { "" };
-                    let _ = tx.send(Got::Failed(format!("{kind}{}", error_chain(&e))));
+                    let chain = error_chain(&e);
+                    let _ = tx.send(if e.is_builder() {
+                        Got::BadUrl(chain)
+                    } else {
+                        Got::Failed(chain)
+                    });
                     return;
                 }
             };

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -103,7 +103,7 @@ pub const READY_AFTER_ANNOTATION: &str = "sim.kiln.dev/ready-after-ms";
 
 pub struct Sim {
     addr: SocketAddr,
-    state: Arc<(Mutex<State>, Condvar)>,
+    state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -482,13 +482,10 @@ impl Sim {
     pub fn start() -> Sim {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new((
-            Mutex::new(State {
-                kubelet_ready_after: Duration::from_millis(500),
-                ..State::default()
-            }),
-            Condvar::new(),
-        ));
+        let state = Arc::new(Mutex::new(State {
+            kubelet_ready_after: Duration::from_millis(500),
+            ..State::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -504,15 +501,12 @@ impl Sim {
                 }
             }
         });
-        // The reaper ends graceful deletions on time and wakes watchers.
+        // The reaper ends graceful deletions on time (its events reach the watches that want them).
         let (s, st) = (state.clone(), stop.clone());
         std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
-                let (lock, cv) = &*s;
-                if lock.lock().unwrap().tick() {
-                    cv.notify_all();
-                }
+                s.lock().unwrap().tick();
             }
         });
         Sim { addr, state, stop }
@@ -531,10 +525,7 @@ impl Sim {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let (lock, cv) = &*self.state;
-        let r = f(&mut lock.lock().unwrap());
-        cv.notify_all();
-        r
+        f(&mut self.state.lock().unwrap())
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -766,11 +757,10 @@ impl Drop for Sim {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
-        self.state.1.notify_all();
     }
 }
 
-fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBool) {
+fn serve(conn: TcpStream, state: &Arc<Mutex<State>>, stop: &AtomicBool) {
     let mut reader = BufReader::new(match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
@@ -781,7 +771,7 @@ fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBoo
             return;
         }
         let (latency, fail) = {
-            let mut s = state.0.lock().unwrap();
+            let mut s = state.lock().unwrap();
             s.requests += 1;
             (
                 s.faults.latency,
@@ -794,7 +784,6 @@ fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBoo
         if fail && !req.query.contains_key("watch") {
             let body = status(500, "InternalError", "injected fault").to_string();
             state
-                .0
                 .lock()
                 .unwrap()
                 .log
@@ -808,24 +797,19 @@ fn serve(conn: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBoo
             watch(&mut w, &req, state, stop);
             return;
         }
-        let (code, body, changed) = {
-            let mut s = state.0.lock().unwrap();
-            let rv = s.rv;
+        let (code, body) = {
+            let mut s = state.lock().unwrap();
             let r = route(&mut s, &req);
             s.log.push(format!("{} {} -> {}", req.method, req.path, r.0));
-            (r.0, r.1, s.rv != rv)
+            r
         };
-        // Watches wake for new events only, not for every read.
-        if changed {
-            state.1.notify_all();
-        }
         if respond(&mut w, code, body.to_string().as_bytes()).is_err() {
             return;
         }
     }
 }
 
-fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBool) {
+fn watch(w: &mut TcpStream, req: &Request, state: &Arc<Mutex<State>>, stop: &AtomicBool) {
     let kind = if req.path.ends_with("/nodes") { "Node" } else { "Pod" };
     let field = req.query.get("fieldSelector").cloned().unwrap_or_default();
     let label = req.query.get("labelSelector").cloned().unwrap_or_default();
@@ -836,7 +820,7 @@ fn watch(w: &mut TcpStream, req: &Request, state: &Arc<(Mutex<State>, Condvar)>,
         .unwrap_or(0);
     let (tx, rx) = std::sync::mpsc::channel();
     let drop_after = {
-        let mut s = state.0.lock().unwrap();
+        let mut s = state.lock().unwrap();
         let watcher = Watcher { kind, label, field, tx };
         // From a resourceVersion: the events after it first (in order), then every new one.
         if since > 0 {

@@ -29,3 +29,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// Run `cmd` with its standard output a pipe whose reader is already gone (`cmd | head -0`), and
+/// check that it ends quietly: exit 0 and no panic on standard error.
+pub fn assert_quiet_on_closed_pipe(cmd: &mut std::process::Command) {
+    let (reader, writer) = rustix::pipe::pipe().expect("a pipe");
+    drop(reader);
+    let out = cmd
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .expect("run the command");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{cmd:?}: {stderr}");
+}
