@@ -77,8 +77,15 @@ pub struct ImageArgs {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Old settings: a YAML map of kubelet flags, a kubelet command line, or a kubelet unit (- for stdin)
-    pub input: PathBuf,
+    /// Old settings, one or more, later ones winning as the kubelet would see them: a YAML map of
+    /// kubelet flags, a kubelet or dockerd command line, systemd units and their drop-ins,
+    /// environment files (kubeadm-flags.env, /etc/default/kubelet), Docker's daemon.json (- for stdin)
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// The old KubeletConfiguration (the file --config named): its fields are checked against the
+    /// target version and merged into spec.config.kubelet.settings
+    #[arg(long, value_name = "FILE")]
+    pub kubelet_config: Option<PathBuf>,
     /// The Kubernetes version the new bundle targets
     #[arg(long, value_name = "VERSION")]
     pub kubernetes_version: String,

@@ -1,4 +1,4 @@
-//! `kiln migrate INPUT --kubernetes-version V`: the manifest `config:` section on stdout, the
+//! `kiln migrate INPUT... [--kubelet-config FILE] --kubernetes-version V`: the manifest `config:` section on stdout, the
 //! per-flag report on stderr (or both as JSON with `-o json`).
 
 use std::process::ExitCode;
@@ -9,14 +9,29 @@ use crate::cli::{MigrateArgs, OutputFormat};
 use crate::migrate;
 
 pub fn run(a: &MigrateArgs) -> Result<ExitCode> {
-    let origin = a.input.display().to_string();
-    let text = if origin == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
-    } else {
-        std::fs::read_to_string(&a.input).with_context(|| format!("cannot read {origin}"))?
+    let read = |path: &std::path::Path| -> Result<(String, String)> {
+        let origin = path.display().to_string();
+        let text = if origin == "-" {
+            std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {origin}"))?
+        };
+        Ok((origin, text))
     };
-    let old = migrate::parse(&text, &origin).map_err(anyhow::Error::msg)?;
-    let m = migrate::migrate(&old, &a.kubernetes_version).map_err(anyhow::Error::msg)?;
+    let mut inputs = Vec::new();
+    for path in &a.inputs {
+        let (origin, text) = read(path)?;
+        inputs.push(migrate::Input { origin, text });
+    }
+    let kubelet_config = match &a.kubelet_config {
+        Some(p) => {
+            let (origin, text) = read(p)?;
+            Some(migrate::OldKubeletConfig { origin, text })
+        }
+        None => None,
+    };
+    let old = migrate::read(&inputs).map_err(anyhow::Error::msg)?;
+    let m = migrate::migrate(&old, &a.kubernetes_version, kubelet_config.as_ref()).map_err(anyhow::Error::msg)?;
     if a.output == OutputFormat::Json {
         println!(
             "{}",
@@ -39,9 +54,18 @@ pub fn run(a: &MigrateArgs) -> Result<ExitCode> {
             } else {
                 r.value.clone()
             };
-            vec![r.flag.clone(), value, r.outcome.to_string(), r.detail.clone()]
+            vec![
+                r.flag.clone(),
+                value,
+                r.outcome.to_string(),
+                r.source.clone(),
+                r.detail.clone(),
+            ]
         })
         .collect();
-    eprint!("{}", super::table(&["FLAG", "VALUE", "RESULT", "DETAIL"], &rows));
+    eprint!(
+        "{}",
+        super::table(&["SETTING", "VALUE", "RESULT", "SOURCE", "DETAIL"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }
