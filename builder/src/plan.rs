@@ -347,6 +347,22 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
             &format!("spec.files[{i}]"),
         )?;
     }
+    for ca in crate::render::registries::ca_files(&m.spec.config.containerd) {
+        let p = ctx.base.join(&ca.from);
+        let bytes = std::fs::read(&p).with_context(|| format!("{}: cannot read {}", ca.field, p.display()))?;
+        if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
+            bail!("{}: {} is not a PEM certificate", ca.field, p.display());
+        }
+        let mut record = file_record(&ca.path, Mode::FILE, bytes.len() as u64, Sha256::of(&bytes), "");
+        record.component = None;
+        add(
+            Planned {
+                record,
+                content: Content::Bytes(bytes),
+            },
+            &ca.field,
+        )?;
+    }
     Ok(out.into_values().collect())
 }
 

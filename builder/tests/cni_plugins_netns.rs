@@ -88,6 +88,10 @@ fn default_conflist_adds_and_deletes_with_debian_plugins() {
     let tmp = tempfile::tempdir().unwrap();
     let mirror = production_mirror();
     let manifest = standin_manifest(tmp.path(), &mirror);
+    // An overlay network's MTU, as `kiln migrate` carries it over from dockerd's --mtu.
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("  config:\n    cni:\n      mtu: 1450\n");
+    std::fs::write(&manifest, text).unwrap();
     let (o, bundle) = build_amd64(tmp.path(), &manifest, &mirror, &[]);
     ok(&o);
     let x = tmp.path().join("x");
@@ -131,6 +135,12 @@ fn default_conflist_adds_and_deletes_with_debian_plugins() {
         .unwrap();
     assert!(
         String::from_utf8_lossy(&shown.stdout).contains(&address),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+    // The real bridge plugin applied the configured MTU to the pod's interface.
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(" mtu 1450 "),
         "{}",
         String::from_utf8_lossy(&shown.stdout)
     );

@@ -60,6 +60,19 @@ pub mod files {
     pub const IMAGES_UNIT: &str = "systemd/kiln-images.service";
     /// The directory of preloaded image archives.
     pub const IMAGES_DIR: &str = "images";
+    /// containerd's registry host directory (CRI `registry.config_path`): `<host>/hosts.toml` and
+    /// CA certificates. Every file under it is rendered at first boot into the node directory,
+    /// because credentials are node-specific, and containerd reads it there.
+    pub const REGISTRY_HOSTS_DIR: &str = "etc/containerd/certs.d";
+    /// RuntimeClass manifests, one per extra runtime handler, for `kubectl apply -f`.
+    pub const RUNTIME_CLASSES_DIR: &str = "runtimeclasses";
+
+    /// Whether a bundle file is rendered into the node directory at first boot even without a
+    /// placeholder in it.
+    pub fn rendered_on_node(path: &str) -> bool {
+        path.strip_prefix(REGISTRY_HOSTS_DIR)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
 
     /// The bundle path of the archive of preloaded image `name` (`registry.k8s.io/pause:3.10` is
     /// `images/registry.k8s.io_pause_3.10.oci.tar`).

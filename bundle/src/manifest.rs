@@ -81,6 +81,14 @@ pub struct ContainerdConfig {
     /// (containers, VMs without CAP_SYS_RESOURCE).
     #[serde(default)]
     pub restrict_oom_score_adj: bool,
+    /// The snapshotter CRI unpacks images with (`overlayfs`; `native`, `btrfs`, `zfs`, `devmapper`
+    /// need the filesystem or device on the node).
+    #[serde(default = "default_snapshotter")]
+    pub snapshotter: String,
+    /// Per registry host (`registry.example.com:5000`, `docker.io`, or `_default` for every host
+    /// without its own entry): rendered as containerd's `certs.d/<host>/hosts.toml`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, Registry>,
     /// Merged into the rendered config.toml last: tables merge key by key, other values replace.
     #[serde(default)]
     pub overrides: BTreeMap<String, serde_json::Value>,
@@ -92,9 +100,61 @@ impl Default for ContainerdConfig {
             sandbox_image: default_sandbox_image(),
             systemd_cgroup: true,
             restrict_oom_score_adj: false,
+            snapshotter: default_snapshotter(),
+            registries: BTreeMap::new(),
             overrides: BTreeMap::new(),
         }
     }
+}
+
+fn default_snapshotter() -> String {
+    "overlayfs".into()
+}
+
+/// One registry host's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Registry {
+    /// The registry's own URL; `https://HOST` by default (`https://registry-1.docker.io` for
+    /// `docker.io`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Hosts tried before the server, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    /// A CA certificate (PEM) for the server, relative to the manifest; carried in the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Skip verifying the server's certificate (test registries only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_verify: bool,
+    /// The server needs credentials: they are node-specific secrets, never in the bundle, filled at
+    /// first boot from the node configuration's `registryAuth.<host>` (the file is then 0600).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auth: bool,
+}
+
+/// A mirror of a registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    /// `https://mirror.example.com` (or `http://` for a plain-HTTP mirror).
+    pub host: String,
+    /// What the mirror may do: `pull`, `resolve` (turn a tag into a digest), `push`.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_verify: bool,
+}
+
+fn default_capabilities() -> Vec<String> {
+    vec!["pull".into(), "resolve".into()]
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_sandbox_image() -> String {
@@ -127,6 +187,9 @@ pub struct CniConfig {
     pub subnet: String,
     #[serde(default = "default_bridge")]
     pub bridge: String,
+    /// The bridge's MTU (for overlay or tunnelled node networks); the kernel's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 impl Default for CniConfig {
@@ -135,6 +198,7 @@ impl Default for CniConfig {
             mode: CniMode::Bridge,
             subnet: default_subnet(),
             bridge: default_bridge(),
+            mtu: None,
         }
     }
 }
@@ -545,7 +609,7 @@ impl Manifest {
                 }
             }
         }
-        Ok(())
+        self.spec.config.validate().map_err(|(field, m)| err(&field, m))
     }
 
     /// The artifact format of a component: explicit, `.deb` for apt, or inferred from the URL.
@@ -556,6 +620,106 @@ impl Manifest {
             (None, None) => Format::Deb,
         }
     }
+}
+
+impl NodeConfig {
+    /// What types cannot say: registry hosts and URLs, capabilities, file paths, the MTU.
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        if let Some(mtu) = self.cni.mtu {
+            if !(576..=65535).contains(&mtu) {
+                return Err((
+                    "spec.config.cni.mtu".into(),
+                    format!("{mtu} is not an MTU between 576 and 65535"),
+                ));
+            }
+        }
+        for (host, r) in &self.containerd.registries {
+            let at = format!("spec.config.containerd.registries[{host}]");
+            check_registry_host(host).map_err(|m| (at.clone(), m))?;
+            if let Some(server) = &r.server {
+                check_registry_url(server).map_err(|m| (format!("{at}.server"), m))?;
+            }
+            if r.auth && host == "_default" {
+                return Err((
+                    format!("{at}.auth"),
+                    "credentials belong to one registry host, not to `_default`".into(),
+                ));
+            }
+            let mut cas = Vec::new();
+            if let Some(ca) = &r.ca {
+                cas.push((format!("{at}.ca"), ca));
+            }
+            for (i, m) in r.mirrors.iter().enumerate() {
+                let mat = format!("{at}.mirrors[{i}]");
+                check_registry_url(&m.host).map_err(|e| (format!("{mat}.host"), e))?;
+                if m.capabilities.is_empty() {
+                    return Err((
+                        format!("{mat}.capabilities"),
+                        "at least one of pull, resolve, push".into(),
+                    ));
+                }
+                for c in &m.capabilities {
+                    if !matches!(c.as_str(), "pull" | "resolve" | "push") {
+                        return Err((
+                            format!("{mat}.capabilities"),
+                            format!("`{c}` is not a capability (pull, resolve or push)"),
+                        ));
+                    }
+                }
+                if let Some(ca) = &m.ca {
+                    cas.push((format!("{mat}.ca"), ca));
+                }
+            }
+            for (field, ca) in cas {
+                if ca.starts_with('/') || ca.split('/').any(|c| c == "..") || ca.is_empty() {
+                    return Err((
+                        field,
+                        format!("`{ca}`: a file relative to the manifest, inside its directory"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `registry.example.com`, `registry.example.com:5000`, `10.0.0.5:5000`, `docker.io` or `_default`.
+fn check_registry_host(host: &str) -> std::result::Result<(), String> {
+    if host == "_default" {
+        return Ok(());
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a registry host (HOST or HOST:PORT, no scheme or path, or `_default`)"
+        ))
+    }
+}
+
+fn check_registry_url(url: &str) -> std::result::Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    check_registry_host(host).map_err(|_| format!("`{url}` does not name a host"))?;
+    if url.contains(['"', '\\', '\n', '@']) {
+        return Err(format!(
+            "`{url}`: quotes, backslashes, `@` and newlines are not allowed"
+        ));
+    }
+    Ok(())
 }
 
 /// Replace `{version}` and `{arch}` in a URL template.
@@ -688,6 +852,28 @@ spec:
             ),
             "https://example.com/containerd-2.3.4-linux-arm64.tar.gz"
         );
+    }
+
+    #[test]
+    fn registries_and_mtu_are_checked() {
+        let with = |config: &str| format!("{GOOD}  config:\n{config}");
+        let ok = with("    containerd:\n      registries:\n        registry.example.com:5000:\n          ca: certs/ca.pem\n          auth: true\n          mirrors:\n            - host: https://m.example.com\n    cni:\n      mtu: 1450\n");
+        let m = parse(&ok).unwrap();
+        assert_eq!(
+            m.spec.config.containerd.registries["registry.example.com:5000"].mirrors[0].capabilities,
+            ["pull", "resolve"]
+        );
+        for (config, expected) in [
+            ("    containerd:\n      registries:\n        https://r.example.com: {}\n", "registries[https://r.example.com]: `https://r.example.com` is not a registry host"),
+            ("    containerd:\n      registries:\n        r.example.com:\n          server: r.example.com\n", "registries[r.example.com].server: `r.example.com` is not an http:// or https:// URL"),
+            ("    containerd:\n      registries:\n        r.example.com:\n          ca: /etc/ssl/ca.pem\n", "registries[r.example.com].ca: `/etc/ssl/ca.pem`: a file relative to the manifest"),
+            ("    containerd:\n      registries:\n        _default:\n          auth: true\n", "registries[_default].auth: credentials belong to one registry host"),
+            ("    containerd:\n      registries:\n        r.example.com:\n          mirrors:\n            - host: https://m\n              capabilities: [pull, delete]\n", "mirrors[0].capabilities: `delete` is not a capability"),
+            ("    cni:\n      mtu: 100\n", "spec.config.cni.mtu: 100 is not an MTU"),
+        ] {
+            let e = parse(&with(config)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

@@ -30,14 +30,26 @@ pub const KNOWN: &[(&str, bool, &str)] = &[
     ),
 ];
 
+/// Placeholders named `PREFIX<host>`: one per registry that needs credentials. Secret.
+pub const REGISTRY_AUTH: &str = "registry-auth/";
+
 const OPEN: &str = "@kiln:";
 
+/// The registry host of a `registry-auth/<host>` placeholder name.
+pub fn registry_auth_host(name: &str) -> Option<&str> {
+    name.strip_prefix(REGISTRY_AUTH).filter(|h| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    })
+}
+
 pub fn is_known(name: &str) -> bool {
-    KNOWN.iter().any(|(n, _, _)| *n == name)
+    KNOWN.iter().any(|(n, _, _)| *n == name) || registry_auth_host(name).is_some()
 }
 
 pub fn is_secret(name: &str) -> bool {
-    KNOWN.iter().any(|(n, s, _)| *n == name && *s)
+    KNOWN.iter().any(|(n, s, _)| *n == name && *s) || registry_auth_host(name).is_some()
 }
 
 /// `@kiln:NAME@` for a known name.
@@ -124,5 +136,8 @@ mod tests {
             "no value for placeholder `node-ip`"
         );
         assert!(is_secret("bootstrap-token") && !is_secret("node-ip"));
+        assert!(is_secret("registry-auth/registry.example.com:5000"));
+        assert!(scan("@kiln:registry-auth/@").is_err());
+        assert!(scan("@kiln:registry-auth/a b@").is_err());
     }
 }

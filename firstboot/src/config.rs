@@ -51,6 +51,35 @@ pub struct NodeSection {
     /// against; without it only digests are checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_public_key: Option<String>,
+    /// Credentials of the registries the bundle marks `auth`, by registry host. Secret: they go
+    /// only into that registry's `hosts.toml`, written 0600, and are never logged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_auth: BTreeMap<String, RegistryAuth>,
+}
+
+/// A registry user name and password (or token).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RegistryAuth {
+    /// The value of HTTP Basic authentication: base64 of `username:password`.
+    pub fn basic(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.username, self.password))
+    }
 }
 
 /// The longest join timeout user data may ask for: a day.
@@ -77,6 +106,7 @@ impl NodeSection {
         );
         self.labels.extend(later.labels);
         self.kubelet_settings.extend(later.kubelet_settings);
+        self.registry_auth.extend(later.registry_auth);
     }
 
     /// Values the types cannot check: taints, the node IP, the host name and the join timeout.
@@ -110,6 +140,18 @@ impl NodeSection {
             if !ok {
                 return Err(format!(
                     "hostname: `{h}` is not a valid node name (lowercase letters, digits, `-` and `.`, as Kubernetes requires)"
+                ));
+            }
+        }
+        for (host, a) in &self.registry_auth {
+            if a.username.is_empty() || a.username.contains(':') || a.username.chars().any(char::is_control) {
+                return Err(format!(
+                    "registryAuth[{host}].username: empty or contains `:` or a control character"
+                ));
+            }
+            if a.password.is_empty() || a.password.chars().any(char::is_control) {
+                return Err(format!(
+                    "registryAuth[{host}].password: empty or contains a control character"
                 ));
             }
         }

@@ -434,3 +434,69 @@ fn the_kubelet_health_probe_wants_ok_from_healthz() {
         "{e:#}"
     );
 }
+
+/// A bundle with a private registry: first boot renders its hosts.toml into the node directory
+/// with the node's credentials (0600, base64 of user:password in the Authorization header), next
+/// to the bundle's CA; without the credentials activation stops before anything is written.
+#[test]
+fn registry_credentials_are_filled_at_first_boot_and_kept_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = production_mirror();
+    kiln_testkit::cluster::Pki::new(tmp.path());
+    std::fs::copy(tmp.path().join("ca.crt"), tmp.path().join("registry-ca.pem")).unwrap();
+    let bundle = build_bundle(
+        tmp.path(),
+        &mirror,
+        "1.36.4-1",
+        true,
+        "  config:\n    containerd:\n      registries:\n        registry.example.com:5000:\n          ca: registry-ca.pem\n          auth: true\n        docker.io:\n          mirrors:\n            - host: https://mirror.example.com\n",
+    );
+
+    // Without registryAuth: refused, naming the registry, and no bundle is activated.
+    let root = node_root(tmp.path(), &bundle);
+    write(&root, "etc/kiln/node.yaml", NODE_SECTION);
+    let (r, _) = activate(&root);
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(e.contains("lacks registryAuth[registry.example.com:5000]"), "{e}");
+    assert!(!root.join("var/lib/kiln/current").exists());
+
+    let root = node_root(&tmp.path().join("second"), &bundle);
+    write(
+        &root,
+        "etc/kiln/node.yaml",
+        &format!(
+            "{NODE_SECTION}registryAuth:\n  registry.example.com:5000: {{username: ci-puller, password: s3cret}}\n"
+        ),
+    );
+    let (r, _) = activate(&root);
+    r.unwrap();
+    let dir = root.join("var/lib/kiln/node/etc/containerd/certs.d");
+    let hosts = dir.join("registry.example.com:5000/hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    // base64("ci-puller:s3cret")
+    assert!(
+        text.contains("Authorization = \"Basic Y2ktcHVsbGVyOnMzY3JldA==\""),
+        "{text}"
+    );
+    assert_eq!(std::fs::metadata(&hosts).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(dir.join("registry.example.com:5000/ca.crt"))
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    // A registry without credentials is rendered too (one config_path for all), world-readable.
+    let mirror_hosts = dir.join("docker.io/hosts.toml");
+    assert!(std::fs::read_to_string(&mirror_hosts)
+        .unwrap()
+        .contains("[host.\"https://mirror.example.com\"]"));
+    assert_eq!(
+        std::fs::metadata(&mirror_hosts).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let config = read(&root, "var/lib/kiln/current/etc/containerd/config.toml");
+    assert!(
+        config.contains("config_path = \"/var/lib/kiln/node/etc/containerd/certs.d\""),
+        "{config}"
+    );
+    // The password never reaches the state file.
+    assert!(!read(&root, "var/lib/kiln/state.json").contains("s3cret"));
+}

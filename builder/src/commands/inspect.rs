@@ -34,6 +34,24 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
         let mode = index.file(path).map(|f| f.mode.to_string()).unwrap_or_default();
         println!("setid       {path} ({mode})");
     }
+    // Registries the bundle configures, and which need credentials at first boot.
+    let hosts_dir = format!("{}/", kiln_bundle::layout::files::REGISTRY_HOSTS_DIR);
+    for f in &index.files {
+        let Some(host) = f
+            .path
+            .strip_prefix(&hosts_dir)
+            .and_then(|r| r.strip_suffix("/hosts.toml"))
+        else {
+            continue;
+        };
+        let auth = format!("{}{host}", kiln_bundle::placeholder::REGISTRY_AUTH);
+        let creds = if index.placeholders.iter().any(|p| p.name == auth) {
+            format!(" (credentials from the node configuration: registryAuth[{host}], placeholder {auth})")
+        } else {
+            String::new()
+        };
+        println!("registry    {host}{creds}");
+    }
     println!();
     let rows: Vec<Vec<String>> = index
         .components

@@ -870,7 +870,7 @@ mod tests {
             .map(|s| (s.name.as_str(), s.value.as_str()))
             .collect();
         assert_eq!(flags, [("network-plugin", "cni"), ("max-pods", "50")]);
-        assert_eq!(old.kubelet[1].source, "u ($KUBELET_EXTRA from u (Environment=))");
+        assert_eq!(old.kubelet[1].source, "u ($KUBELET_EXTRA)");
         let deps: Vec<&str> = old.notes.iter().map(|r| r.value.as_str()).collect();
         assert_eq!(deps, ["After=docker.service", "Requires=docker.service"]);
     }

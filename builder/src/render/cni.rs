@@ -24,6 +24,10 @@ pub fn conflist(cfg: &CniConfig) -> String {
             {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
     });
+    let mut v = v;
+    if let Some(mtu) = cfg.mtu {
+        v["plugins"][0]["mtu"] = json!(mtu);
+    }
     serde_json::to_string_pretty(&v).expect("serializes") + "\n"
 }
 

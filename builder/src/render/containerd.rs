@@ -47,6 +47,7 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
     ]);
     let runtimes = table([("runc", runc.into())]);
     let cni_bin = format!("{}/cni/bin", l.current);
+    let registry = table([("config_path", super::registries::config_path(l).into())]);
     let mut doc = table([
         ("version", Value::Integer(version.into())),
         ("root", l.containerd_root.clone().into()),
@@ -59,14 +60,14 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
         );
     }
     let mut plugins = if version == 2 {
-        let cri = table([
+        let mut cri = table([
             ("sandbox_image", cfg.sandbox_image.clone().into()),
             ("restrict_oom_score_adj", cfg.restrict_oom_score_adj.into()),
             (
                 "containerd",
                 table([
                     ("default_runtime_name", "runc".into()),
-                    ("snapshotter", "overlayfs".into()),
+                    ("snapshotter", cfg.snapshotter.clone().into()),
                     ("runtimes", runtimes.into()),
                 ])
                 .into(),
@@ -76,6 +77,9 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
                 table([("bin_dir", cni_bin.into()), ("conf_dir", l.cni_conf_dir.clone().into())]).into(),
             ),
         ]);
+        if !cfg.registries.is_empty() {
+            cri.insert("registry".into(), registry.into());
+        }
         table([(V2_CRI, cri.into())])
     } else {
         let bin = if matches!(minor(containerd), Some((2, 0))) {
@@ -83,13 +87,16 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
         } else {
             ("bin_dirs", Value::Array(vec![cni_bin.into()]))
         };
-        let images = table([
-            ("snapshotter", "overlayfs".into()),
+        let mut images = table([
+            ("snapshotter", cfg.snapshotter.clone().into()),
             (
                 "pinned_images",
                 table([("sandbox", cfg.sandbox_image.clone().into())]).into(),
             ),
         ]);
+        if !cfg.registries.is_empty() {
+            images.insert("registry".into(), registry.clone().into());
+        }
         let runtime = table([
             ("restrict_oom_score_adj", cfg.restrict_oom_score_adj.into()),
             (

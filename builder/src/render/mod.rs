@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod flags;
 pub mod kube_proxy;
 pub mod kubelet;
+pub mod registries;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use kiln_bundle::placeholder;
 /// One rendered file for the bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    pub path: &'static str,
+    pub path: String,
     pub mode: Mode,
     pub text: String,
 }
@@ -40,35 +41,36 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
     let cfg = &m.spec.config;
     let mut out = vec![
         Rendered {
-            path: files::CONTAINERD_CONFIG,
+            path: files::CONTAINERD_CONFIG.into(),
             mode: Mode::FILE,
             text: containerd::render(&v.containerd, &cfg.containerd, layout).map_err(|e| anyhow!("spec.config.containerd: {e}"))?,
         },
-        Rendered { path: files::CONTAINERD_UNIT, mode: Mode::FILE, text: units::containerd(layout) },
-        Rendered { path: files::MODULES_LOAD, mode: Mode::FILE, text: "overlay\nbr_netfilter\n".into() },
+        Rendered { path: files::CONTAINERD_UNIT.into(), mode: Mode::FILE, text: units::containerd(layout) },
+        Rendered { path: files::MODULES_LOAD.into(), mode: Mode::FILE, text: "overlay\nbr_netfilter\n".into() },
         Rendered {
-            path: files::SYSCTL,
+            path: files::SYSCTL.into(),
             mode: Mode::FILE,
             text: "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n".into(),
         },
-        Rendered { path: files::CRICTL, mode: Mode::FILE, text: crictl_yaml(layout) },
+        Rendered { path: files::CRICTL.into(), mode: Mode::FILE, text: crictl_yaml(layout) },
     ];
+    out.extend(registries::render(&cfg.containerd, layout));
     if !m.spec.images.is_empty() {
         let archives: Vec<String> = m.spec.images.iter().map(|i| files::image_archive(&i.name)).collect();
         out.push(Rendered {
-            path: files::IMAGES_UNIT,
+            path: files::IMAGES_UNIT.into(),
             mode: Mode::FILE,
             text: units::images(layout, &archives),
         });
     }
     if cfg.cni.mode == CniMode::Bridge {
         out.push(Rendered {
-            path: files::CNI_CONFLIST,
+            path: files::CNI_CONFLIST.into(),
             mode: Mode::FILE,
             text: cni::conflist(&cfg.cni),
         });
         out.push(Rendered {
-            path: files::CNI_LOOPBACK,
+            path: files::CNI_LOOPBACK.into(),
             mode: Mode::FILE,
             text: cni::loopback(),
         });
@@ -88,40 +90,40 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
         let kubelet_cfg = kubelet::config(&v.kubernetes, &cfg.kubelet, cfg.containerd.systemd_cgroup, layout)
             .map_err(|e| anyhow!("spec.config.kubelet.settings: {e}"))?;
         out.push(Rendered {
-            path: files::KUBELET_CONFIG,
+            path: files::KUBELET_CONFIG.into(),
             mode: Mode::FILE,
             text: kubelet_cfg,
         });
         let args = kubelet::flags(&v.kubernetes, &cfg.kubelet, layout);
         out.push(Rendered {
-            path: files::KUBELET_UNIT,
+            path: files::KUBELET_UNIT.into(),
             mode: Mode::FILE,
             text: units::kubelet(layout, &args, !m.spec.images.is_empty()),
         });
         out.push(Rendered {
-            path: files::KUBELET_BOOTSTRAP,
+            path: files::KUBELET_BOOTSTRAP.into(),
             mode: Mode::SECRET,
             text: kubelet::bootstrap_kubeconfig(layout),
         });
         out.push(Rendered {
-            path: files::CLUSTER_CA,
+            path: files::CLUSTER_CA.into(),
             mode: Mode::FILE,
             text: format!("{}\n", placeholder::token("cluster-ca")),
         });
     }
     if m.spec.components.kube_proxy.is_some() {
         out.push(Rendered {
-            path: files::KUBE_PROXY_CONFIG,
+            path: files::KUBE_PROXY_CONFIG.into(),
             mode: Mode::FILE,
             text: kube_proxy::config(&cfg.cni, layout),
         });
         out.push(Rendered {
-            path: files::KUBE_PROXY_KUBECONFIG,
+            path: files::KUBE_PROXY_KUBECONFIG.into(),
             mode: Mode::SECRET,
             text: kube_proxy::kubeconfig(layout),
         });
         out.push(Rendered {
-            path: files::KUBE_PROXY_UNIT,
+            path: files::KUBE_PROXY_UNIT.into(),
             mode: Mode::FILE,
             text: kube_proxy::unit(layout),
         });
@@ -131,7 +133,7 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
             ));
         }
     }
-    out.sort_by_key(|r| r.path);
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((out, warnings))
 }
 
@@ -140,7 +142,7 @@ pub fn placeholders(rendered: &[Rendered]) -> Result<Vec<PlaceholderRecord>> {
     let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rendered {
         for name in placeholder::scan(&r.text).map_err(|e| anyhow!("{}: {e}", r.path))? {
-            by_name.entry(name).or_default().push(r.path.to_string());
+            by_name.entry(name).or_default().push(r.path.clone());
         }
     }
     Ok(by_name

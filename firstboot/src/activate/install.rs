@@ -38,6 +38,13 @@ pub fn render(
         .placeholders
         .iter()
         .flat_map(|p| p.files.iter().map(String::as_str))
+        .chain(
+            index
+                .files
+                .iter()
+                .map(|f| f.path.as_str())
+                .filter(|p| files::rendered_on_node(p)),
+        )
         .collect();
     templates.sort();
     templates.dedup();

@@ -579,7 +579,15 @@ pub fn placeholder_values(
     let n = &cfg.node;
     let mut v = BTreeMap::new();
     let needed: Vec<&str> = index.placeholders.iter().map(|p| p.name.as_str()).collect();
-    if needed.is_empty() {
+    for name in &needed {
+        if let Some(host) = kiln_bundle::placeholder::registry_auth_host(name) {
+            let auth = n.registry_auth.get(host).ok_or_else(|| {
+                anyhow!("the node configuration lacks registryAuth[{host}] (the bundle's registry {host} needs credentials)")
+            })?;
+            v.insert(name.to_string(), auth.basic());
+        }
+    }
+    if needed.iter().all(|n| v.contains_key(*n)) {
         return Ok(v);
     }
     let missing = n.missing_for_kubelet();

@@ -49,17 +49,19 @@ pub struct Cluster {
 /// The group kubeadm puts bootstrapping kubelets in.
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Pki {
+/// A test certificate authority and the leaf certificates it signs.
+pub struct Pki {
     ca: Issuer<'static, KeyPair>,
     ca_pem: String,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    /// A new CA, written to `dir/ca.crt` and `dir/ca.key`.
+    pub fn new(dir: &Path) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "kiln-test-ca");
@@ -79,7 +81,7 @@ impl Pki {
     }
 
     /// A leaf certificate `name.crt`/`name.key` in `dir`.
-    fn leaf(&self, dir: &Path, name: &str, cn: &str, org: Option<&str>, sans: &[String], server: bool) {
+    pub fn leaf(&self, dir: &Path, name: &str, cn: &str, org: Option<&str>, sans: &[String], server: bool) {
         let mut params = CertificateParams::new(sans.to_vec()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(o) = org {

@@ -7,11 +7,13 @@
 pub mod bench;
 pub mod cluster;
 pub mod containerd;
+pub mod cri;
 pub mod hostile;
 pub mod k8s;
 pub mod mirror;
 pub mod oci;
 pub mod qemu;
+pub mod registry;
 pub mod standin;
 
 use std::path::PathBuf;
