@@ -79,8 +79,8 @@ impl Lock {
         let mut out = Vec::new();
         for arch in archs {
             for (name, c) in m.spec.components.iter() {
-                let at = format!("{}/{arch}", Components::key(name));
-                let Some(l) = self.find(name, *arch) else {
+                let at = format!("{}/{arch}", Components::key(&name));
+                let Some(l) = self.find(&name, *arch) else {
                     out.push(format!("{at}: not in the lock"));
                     continue;
                 };
@@ -122,9 +122,9 @@ impl Lock {
                 }
             }
         }
-        let names: Vec<&str> = m.spec.components.iter().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = m.spec.components.iter().into_iter().map(|(n, _)| n).collect();
         for l in &self.artifacts {
-            if !names.contains(&l.component.as_str()) || !m.spec.architectures.contains(&l.arch) {
+            if !names.contains(&l.component) || !m.spec.architectures.contains(&l.arch) {
                 out.push(format!(
                     "{}/{}: in the lock but not in the manifest",
                     Components::key(&l.component),

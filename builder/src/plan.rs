@@ -55,7 +55,7 @@ impl<'a> Ctx<'a> {
 /// One component's artifact for one architecture, in the cache.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub component: &'static str,
+    pub component: String,
     pub version: String,
     pub arch: Arch,
     /// The upstream URL (before mirror rewriting) or `apt:<package>=<version>`.
@@ -83,7 +83,7 @@ pub fn resolve(m: &Manifest, arch: Arch, lock: Option<&Lock>, ctx: &Ctx) -> Resu
     let mut wanted = Vec::new();
     for (name, c) in m.spec.components.iter() {
         if let Some(apt) = &c.source.apt {
-            let (pinned, expected) = apt_pins(c, name, arch, lock);
+            let (pinned, expected) = apt_pins(&c, &name, arch, lock);
             if !(pinned.is_some() && expected.is_some_and(|d| ctx.cache.has(&d))) {
                 wanted.push((apt.package.clone(), pinned));
             }
@@ -95,7 +95,7 @@ pub fn resolve(m: &Manifest, arch: Arch, lock: Option<&Lock>, ctx: &Ctx) -> Resu
         .components
         .iter()
         .into_iter()
-        .map(|(name, c)| resolve_one(m, name, c, arch, lock, &candidates, ctx))
+        .map(|(name, c)| resolve_one(m, name, &c, arch, lock, &candidates, ctx))
         .collect()
 }
 
@@ -114,14 +114,14 @@ fn apt_pins(c: &Component, name: &str, arch: Arch, lock: Option<&Lock>) -> (Opti
 
 fn resolve_one(
     m: &Manifest,
-    name: &'static str,
+    name: String,
     c: &Component,
     arch: Arch,
     lock: Option<&Lock>,
     candidates: &BTreeMap<String, (String, Sha256)>,
     ctx: &Ctx,
 ) -> Result<Resolved> {
-    let what = format!("component {} ({arch})", Components::key(name));
+    let what = format!("component {} ({arch})", Components::key(&name));
     let format = m.format_of(c);
     let (source, sha256) = match (&c.source.url, &c.source.apt) {
         (Some(template), _) => {
@@ -131,7 +131,7 @@ fn resolve_one(
             (url, expected)
         }
         (None, Some(apt)) => {
-            let (pinned, expected) = apt_pins(c, name, arch, lock);
+            let (pinned, expected) = apt_pins(c, &name, arch, lock);
             let digest = match candidates.get(&apt.package) {
                 // Fully pinned and cached: no apt call at all, so a rebuild works offline.
                 None => expected.expect("only pinned and cached packages skip apt"),
@@ -284,11 +284,17 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
             .find(|(n, _)| *n == r.component)
             .map(|(_, c)| c)
             .expect("resolved from this manifest");
-        let what = format!("component {} ({})", Components::key(r.component), r.arch);
+        let what = format!("component {} ({})", Components::key(&r.component), r.arch);
         let blob = ctx.cache.blob(&r.sha256);
         if r.format == Format::Binary {
             for rule in &c.install {
-                let record = file_record(&rule.to, rule.mode.unwrap_or(Mode::EXEC), r.size, r.sha256, r.component);
+                let record = file_record(
+                    &rule.to,
+                    rule.mode.unwrap_or(Mode::EXEC),
+                    r.size,
+                    r.sha256,
+                    &r.component,
+                );
                 add(
                     Planned {
                         record,
@@ -311,7 +317,7 @@ pub fn install(m: &Manifest, resolved: &[Resolved], ctx: &Ctx) -> Result<Vec<Pla
                 } else {
                     Mode::FILE
                 });
-                let record = file_record(&to, mode, size, sha256, r.component);
+                let record = file_record(&to, mode, size, sha256, &r.component);
                 add(
                     Planned {
                         record,

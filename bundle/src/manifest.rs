@@ -279,15 +279,63 @@ pub struct Components {
     /// kubeconfig rendered; its token comes from the node configuration (`kubeProxyToken`).
     #[serde(default)]
     pub kube_proxy: Option<Component>,
+    /// Extra OCI runtimes, by handler name (`crun`, `runsc`): each is installed like a component,
+    /// rendered as a containerd runtime handler, and offered to pods as a RuntimeClass of the same
+    /// name (the bundle's `runtimeclasses/<name>.yaml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtimes: BTreeMap<String, Runtime>,
 }
 
+/// An extra OCI runtime: the artifact, as for a component, and how containerd runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Runtime {
+    pub version: String,
+    pub source: Source,
+    pub install: Vec<Install>,
+    /// containerd's runtime type: `io.containerd.runc.v2` (the default: runc's shim driving
+    /// another OCI runtime binary, e.g. crun) or a shim of the runtime's own
+    /// (`io.containerd.runsc.v1`, whose `containerd-shim-runsc-v1` must be installed under `bin/`).
+    #[serde(default = "default_runtime_type")]
+    pub runtime_type: String,
+    /// The OCI runtime binary, a bundle path (`bin/crun`): runc's shim runs it as `BinaryName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// More options for the runtime's shim (`options` of the containerd runtime handler).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_runtime_type() -> String {
+    RUNC_SHIM.into()
+}
+
+/// runc's shim, which also drives other OCI runtimes through `BinaryName`.
+pub const RUNC_SHIM: &str = "io.containerd.runc.v2";
+
+impl Runtime {
+    /// The artifact part, as a component.
+    pub fn component(&self) -> Component {
+        Component {
+            version: self.version.clone(),
+            source: self.source.clone(),
+            install: self.install.clone(),
+        }
+    }
+}
+
+/// The prefix of an extra runtime's component name (`runtime/crun`), which keeps runtimes apart from
+/// the fixed components in the lock, the index and messages.
+pub const RUNTIME_PREFIX: &str = "runtime/";
+
 impl Components {
-    /// The components present, by their bundle name, in a fixed order.
-    pub fn iter(&self) -> Vec<(&'static str, &Component)> {
+    /// The components present, by their bundle name, in a fixed order; extra runtimes last, by
+    /// name, as `runtime/<name>`.
+    pub fn iter(&self) -> Vec<(String, Component)> {
         let mut v = vec![
-            ("runc", &self.runc),
-            ("containerd", &self.containerd),
-            ("cni-plugins", &self.cni_plugins),
+            ("runc".to_string(), self.runc.clone()),
+            ("containerd".to_string(), self.containerd.clone()),
+            ("cni-plugins".to_string(), self.cni_plugins.clone()),
         ];
         for (name, c) in [
             ("kubelet", &self.kubelet),
@@ -296,18 +344,25 @@ impl Components {
             ("kube-proxy", &self.kube_proxy),
         ] {
             if let Some(c) = c {
-                v.push((name, c));
+                v.push((name.to_string(), c.clone()));
             }
+        }
+        for (name, r) in &self.runtimes {
+            v.push((format!("{RUNTIME_PREFIX}{name}"), r.component()));
         }
         v
     }
 
-    /// The manifest key of a component name (`cni-plugins` is `cniPlugins`).
-    pub fn key(name: &str) -> &str {
+    /// The manifest key of a component name (`cni-plugins` is `cniPlugins`, `runtime/crun` is
+    /// `runtimes.crun`).
+    pub fn key(name: &str) -> String {
         match name {
-            "cni-plugins" => "cniPlugins",
-            "kube-proxy" => "kubeProxy",
-            _ => name,
+            "cni-plugins" => "cniPlugins".into(),
+            "kube-proxy" => "kubeProxy".into(),
+            _ => match name.strip_prefix(RUNTIME_PREFIX) {
+                Some(r) => format!("runtimes.{r}"),
+                None => name.into(),
+            },
         }
     }
 }
@@ -473,7 +528,7 @@ impl Manifest {
 
         let mut targets: BTreeMap<String, String> = BTreeMap::new();
         for (name, c) in self.spec.components.iter() {
-            let at = format!("spec.components.{}", Components::key(name));
+            let at = format!("spec.components.{}", Components::key(&name));
             if c.version.trim().is_empty() {
                 return Err(err(&format!("{at}.version"), "must not be empty".into()));
             }
@@ -531,7 +586,7 @@ impl Manifest {
                     "at least one install rule is required".into(),
                 ));
             }
-            let format = self.format_of(c);
+            let format = self.format_of(&c);
             for (i, rule) in c.install.iter().enumerate() {
                 let at = format!("{at}.install[{i}]");
                 let tree = rule.to.ends_with('/');
@@ -607,6 +662,58 @@ impl Manifest {
                         format!("no digest for `{arch}`; every image archive is pinned by its sha256"),
                     ));
                 }
+            }
+        }
+        for (name, r) in &self.spec.components.runtimes {
+            let at = format!("spec.components.runtimes.{name}");
+            let name_ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !name_ok {
+                return Err(err(
+                    &at,
+                    format!(
+                        "`{name}` is not a handler name (lowercase letters, digits and `-`: it names the RuntimeClass)"
+                    ),
+                ));
+            }
+            if name == "runc" {
+                return Err(err(&at, "`runc` is the default runtime handler already".into()));
+            }
+            if r.runtime_type.is_empty() || !r.runtime_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                return Err(err(
+                    &format!("{at}.runtimeType"),
+                    format!(
+                        "`{}` is not a containerd runtime type such as io.containerd.runc.v2",
+                        r.runtime_type
+                    ),
+                ));
+            }
+            match (&r.binary, r.runtime_type == RUNC_SHIM) {
+                (Some(b), _) => {
+                    check_relative(b).map_err(|e| err(&format!("{at}.binary"), e.to_string()))?;
+                    let installed = r
+                        .install
+                        .iter()
+                        .any(|i| i.to == *b || (i.to.ends_with('/') && b.starts_with(&i.to)));
+                    if !installed {
+                        return Err(err(
+                            &format!("{at}.binary"),
+                            format!("`{b}` is not a path this runtime's install rules write"),
+                        ));
+                    }
+                }
+                (None, true) => {
+                    return Err(err(
+                        &format!("{at}.binary"),
+                        format!("required with {RUNC_SHIM}: the OCI runtime binary runc's shim runs (e.g. bin/crun)"),
+                    ))
+                }
+                (None, false) => {}
             }
         }
         self.spec.config.validate().map_err(|(field, m)| err(&field, m))
@@ -852,6 +959,47 @@ spec:
             ),
             "https://example.com/containerd-2.3.4-linux-arm64.tar.gz"
         );
+    }
+
+    #[test]
+    fn extra_runtimes_are_components_with_a_handler() {
+        let rt = |name: &str, body: &str| {
+            GOOD.replace(
+                "    cniPlugins:\n",
+                &format!("    runtimes:\n      {name}:\n        version: \"1.8.1\"\n        source: {{apt: {{package: crun}}}}\n        install: [{{from: usr/bin/crun, to: bin/crun}}]\n{body}    cniPlugins:\n"),
+            )
+        };
+        let m = parse(&rt("crun", "        binary: bin/crun\n")).unwrap();
+        let names: Vec<String> = m.spec.components.iter().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["runc", "containerd", "cni-plugins", "runtime/crun"]);
+        assert_eq!(Components::key("runtime/crun"), "runtimes.crun");
+        assert_eq!(m.spec.components.runtimes["crun"].runtime_type, RUNC_SHIM);
+        for (name, body, expected) in [
+            (
+                "crun",
+                "",
+                "spec.components.runtimes.crun.binary: required with io.containerd.runc.v2",
+            ),
+            (
+                "crun",
+                "        binary: bin/runc\n",
+                "`bin/runc` is not a path this runtime's install rules write",
+            ),
+            (
+                "runc",
+                "        binary: bin/crun\n",
+                "`runc` is the default runtime handler already",
+            ),
+            ("Crun", "        binary: bin/crun\n", "`Crun` is not a handler name"),
+            (
+                "crun",
+                "        binary: bin/crun\n        runtimeType: \"io.containerd.runc.v2\\\"x\"\n",
+                "is not a containerd runtime type",
+            ),
+        ] {
+            let e = parse(&rt(name, body)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

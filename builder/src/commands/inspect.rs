@@ -52,6 +52,13 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
         };
         println!("registry    {host}{creds}");
     }
+    // Extra runtime handlers, each with the RuntimeClass pods select it by.
+    let classes_dir = format!("{}/", kiln_bundle::layout::files::RUNTIME_CLASSES_DIR);
+    for f in &index.files {
+        if let Some(name) = f.path.strip_prefix(&classes_dir).and_then(|r| r.strip_suffix(".yaml")) {
+            println!("runtime     {name} (RuntimeClass {name}: {})", f.path);
+        }
+    }
     println!();
     let rows: Vec<Vec<String>> = index
         .components

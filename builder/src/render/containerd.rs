@@ -12,7 +12,9 @@
 //! (`builder/tests/containerd2_real.rs`).
 
 use kiln_bundle::layout::Layout;
-use kiln_bundle::manifest::ContainerdConfig;
+use std::collections::BTreeMap;
+
+use kiln_bundle::manifest::{ContainerdConfig, Runtime, RUNC_SHIM};
 use toml::{Table, Value};
 
 use super::minor;
@@ -35,7 +37,12 @@ pub fn schema_version(containerd: &str) -> Result<u32, String> {
     }
 }
 
-pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<String, String> {
+pub fn render(
+    containerd: &str,
+    cfg: &ContainerdConfig,
+    extra: &BTreeMap<String, Runtime>,
+    l: &Layout,
+) -> Result<String, String> {
     let version = schema_version(containerd)?;
     let runc_options = table([
         ("BinaryName", Value::String(format!("{}/bin/runc", l.current))),
@@ -45,7 +52,32 @@ pub fn render(containerd: &str, cfg: &ContainerdConfig, l: &Layout) -> Result<St
         ("runtime_type", "io.containerd.runc.v2".into()),
         ("options", runc_options.into()),
     ]);
-    let runtimes = table([("runc", runc.into())]);
+    let mut runtimes = table([("runc", runc.into())]);
+    // Extra runtimes as handlers of the same name (the RuntimeClass's `handler`).
+    for (name, r) in extra {
+        let mut options = Table::new();
+        if let Some(binary) = &r.binary {
+            if r.runtime_type == RUNC_SHIM {
+                options.insert("BinaryName".into(), format!("{}/{binary}", l.current).into());
+                options.insert("SystemdCgroup".into(), cfg.systemd_cgroup.into());
+            }
+        }
+        for (k, v) in &r.options {
+            options.insert(
+                k.clone(),
+                json_to_toml(v).map_err(|e| format!("runtimes.{name}.options.{k}: {e}"))?,
+            );
+        }
+        let mut handler = table([("runtime_type", r.runtime_type.clone().into())]);
+        if let (Some(binary), false) = (&r.binary, r.runtime_type == RUNC_SHIM) {
+            // A runtime with a shim of its own: containerd runs that shim binary.
+            handler.insert("runtime_path".into(), format!("{}/{binary}", l.current).into());
+        }
+        if !options.is_empty() {
+            handler.insert("options".into(), options.into());
+        }
+        runtimes.insert(name.clone(), handler.into());
+    }
     let cni_bin = format!("{}/cni/bin", l.current);
     let registry = table([("config_path", super::registries::config_path(l).into())]);
     let mut doc = table([
@@ -420,6 +452,49 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    #[test]
+    fn extra_runtimes_are_handlers_checked_against_the_schema() {
+        let crun: Runtime = serde_json::from_value(serde_json::json!({
+            "version": "1.8.1", "source": {"apt": {"package": "crun"}},
+            "install": [{"from": "usr/bin/crun", "to": "bin/crun"}], "binary": "bin/crun"
+        }))
+        .unwrap();
+        let runsc: Runtime = serde_json::from_value(serde_json::json!({
+            "version": "20250512", "source": {"apt": {"package": "runsc"}},
+            "install": [{"from": "usr/bin/containerd-shim-runsc-v1", "to": "bin/containerd-shim-runsc-v1"}],
+            "runtimeType": "io.containerd.runsc.v1", "binary": "bin/containerd-shim-runsc-v1",
+            "options": {"TypeUrl": "io.containerd.runsc.v1.options"}
+        }))
+        .unwrap();
+        let extra = BTreeMap::from([("crun".to_string(), crun), ("gvisor".to_string(), runsc)]);
+        for version in ["1.6.20", "2.3.4"] {
+            let text = render(version, &ContainerdConfig::default(), &extra, &Layout::default()).unwrap();
+            let t = parse(&text);
+            let runtimes = if version == "1.6.20" {
+                &t["plugins"][V2_CRI]["containerd"]["runtimes"]
+            } else {
+                &t["plugins"][V3_RUNTIME]["containerd"]["runtimes"]
+            };
+            assert_eq!(runtimes["crun"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+            assert_eq!(
+                runtimes["crun"]["options"]["BinaryName"].as_str(),
+                Some("/var/lib/kiln/current/bin/crun")
+            );
+            assert_eq!(
+                runtimes["gvisor"]["runtime_type"].as_str(),
+                Some("io.containerd.runsc.v1")
+            );
+            assert_eq!(
+                runtimes["gvisor"]["runtime_path"].as_str(),
+                Some("/var/lib/kiln/current/bin/containerd-shim-runsc-v1")
+            );
+            assert_eq!(
+                runtimes["gvisor"]["options"]["TypeUrl"].as_str(),
+                Some("io.containerd.runsc.v1.options")
+            );
+        }
+    }
+
     fn parse(s: &str) -> Table {
         let body: String = s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
         body.parse().unwrap()
@@ -442,7 +517,7 @@ mod tests {
             restrict_oom_score_adj: true,
             ..Default::default()
         };
-        let t = parse(&render("2.2.1", &cfg, &Layout::default()).unwrap());
+        let t = parse(&render("2.2.1", &cfg, &BTreeMap::new(), &Layout::default()).unwrap());
         assert_eq!(t["version"].as_integer(), Some(3));
         assert_eq!(t["grpc"]["address"].as_str(), Some("/run/containerd/containerd.sock"));
         let p = &t["plugins"];
@@ -463,14 +538,20 @@ mod tests {
         assert!(p.get("io.containerd.grpc.v1.cri").is_none());
         assert!(p.get("io.containerd.server.v1.grpc").is_none());
         check_schema(&t, 3).unwrap();
-        let t20 = parse(&render("2.0.5", &cfg, &Layout::default()).unwrap());
+        let t20 = parse(&render("2.0.5", &cfg, &BTreeMap::new(), &Layout::default()).unwrap());
         assert!(t20["plugins"]["io.containerd.cri.v1.runtime"]["cni"]["bin_dir"].is_str());
         check_schema(&t20, 3).unwrap();
     }
 
     #[test]
     fn version_4_for_containerd_2_3_moves_the_socket_to_server_plugins() {
-        let text = render("2.3.4", &ContainerdConfig::default(), &Layout::default()).unwrap();
+        let text = render(
+            "2.3.4",
+            &ContainerdConfig::default(),
+            &BTreeMap::new(),
+            &Layout::default(),
+        )
+        .unwrap();
         assert!(
             text.starts_with("# Rendered by kiln for containerd 2.3.4 (config version 4).\nversion = 4\n"),
             "{text}"
@@ -497,6 +578,7 @@ mod tests {
                 overrides,
                 ..Default::default()
             },
+            &BTreeMap::new(),
             &Layout::default(),
         )
         .unwrap_err();
@@ -517,8 +599,8 @@ mod tests {
             overrides,
             ..Default::default()
         };
-        let a = render("2.3.4", &cfg, &Layout::default()).unwrap();
-        assert_eq!(a, render("2.3.4", &cfg, &Layout::default()).unwrap());
+        let a = render("2.3.4", &cfg, &BTreeMap::new(), &Layout::default()).unwrap();
+        assert_eq!(a, render("2.3.4", &cfg, &BTreeMap::new(), &Layout::default()).unwrap());
         let t = parse(&a);
         let images = &t["plugins"]["io.containerd.cri.v1.images"];
         assert_eq!(images["max_concurrent_downloads"].as_integer(), Some(5));
@@ -543,6 +625,7 @@ mod tests {
                 overrides,
                 ..Default::default()
             },
+            &BTreeMap::new(),
             &Layout::default(),
         )
         .unwrap_err();
@@ -558,6 +641,7 @@ mod tests {
                 overrides,
                 ..Default::default()
             },
+            &BTreeMap::new(),
             &Layout::default(),
         )
         .unwrap_err();
@@ -573,6 +657,7 @@ mod tests {
                 overrides,
                 ..Default::default()
             },
+            &BTreeMap::new(),
             &Layout::default(),
         )
         .unwrap_err();
@@ -585,6 +670,7 @@ mod tests {
                 overrides,
                 ..Default::default()
             },
+            &BTreeMap::new(),
             &Layout::default()
         )
         .unwrap_err()

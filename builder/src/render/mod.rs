@@ -43,7 +43,7 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
         Rendered {
             path: files::CONTAINERD_CONFIG.into(),
             mode: Mode::FILE,
-            text: containerd::render(&v.containerd, &cfg.containerd, layout).map_err(|e| anyhow!("spec.config.containerd: {e}"))?,
+            text: containerd::render(&v.containerd, &cfg.containerd, &m.spec.components.runtimes, layout).map_err(|e| anyhow!("spec.config.containerd: {e}"))?,
         },
         Rendered { path: files::CONTAINERD_UNIT.into(), mode: Mode::FILE, text: units::containerd(layout) },
         Rendered { path: files::MODULES_LOAD.into(), mode: Mode::FILE, text: "overlay\nbr_netfilter\n".into() },
@@ -55,6 +55,15 @@ pub fn render_all(m: &Manifest, v: &Versions, layout: &Layout) -> Result<(Vec<Re
         Rendered { path: files::CRICTL.into(), mode: Mode::FILE, text: crictl_yaml(layout) },
     ];
     out.extend(registries::render(&cfg.containerd, layout));
+    for name in m.spec.components.runtimes.keys() {
+        out.push(Rendered {
+            path: format!("{}/{name}.yaml", files::RUNTIME_CLASSES_DIR),
+            mode: Mode::FILE,
+            text: format!(
+                "# The RuntimeClass for the bundle's `{name}` runtime handler: kubectl apply -f this file, then\n# set `runtimeClassName: {name}` in a pod.\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: {name}\nhandler: {name}\n"
+            ),
+        });
+    }
     if !m.spec.images.is_empty() {
         let archives: Vec<String> = m.spec.images.iter().map(|i| files::image_archive(&i.name)).collect();
         out.push(Rendered {

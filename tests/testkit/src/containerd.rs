@@ -16,9 +16,27 @@ impl Containerd {
     /// Start `bin/containerd --config config` with `bin` first on PATH (for the shim), and wait up to
     /// 30 s for it to answer on `socket`.
     pub fn start(bin: &Path, config: &Path, socket: &Path, log: &Path) -> Containerd {
-        let child = Command::new(bin.join("containerd"))
+        let mut cmd = Command::new(bin.join("containerd"));
+        cmd.arg("--config").arg(config);
+        Self::spawn(cmd, bin, socket, log)
+    }
+
+    /// Like [`Containerd::start`], in a private mount namespace without the cgroup v2 hierarchy
+    /// that a hybrid cgroup host mounts at `/sys/fs/cgroup/unified`. crun refuses hybrid mode when
+    /// that hierarchy has controllers ("cgroups in hybrid mode not supported"), which is how this
+    /// test host is set up; real nodes run either pure v1 or pure v2.
+    pub fn start_without_unified_cgroup(bin: &Path, config: &Path, socket: &Path, log: &Path) -> Containerd {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi; exec \"$0\" \"$@\"")
+            .arg(bin.join("containerd"))
             .arg("--config")
-            .arg(config)
+            .arg(config);
+        Self::spawn(cmd, bin, socket, log)
+    }
+
+    fn spawn(mut cmd: Command, bin: &Path, socket: &Path, log: &Path) -> Containerd {
+        let child = cmd
             .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())

@@ -166,7 +166,9 @@ fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
             namespace: "default".into(),
             attempt: 0,
         }),
-        hostname: name.to_string(),
+        // A host-network pod shares the host's UTS namespace: no hostname of its own (crun refuses
+        // one without a UTS namespace; runc ignores it).
+        hostname: String::new(),
         log_directory: log_dir.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
