@@ -4,7 +4,8 @@
 //! both filesystems placed with `dd` at their offsets. Partition types follow the Discoverable
 //! Partitions Specification.
 
-use std::fs;
+// fs-err: every error names the path, so a node image build that fails says which file.
+use fs_err as fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -400,8 +401,8 @@ pub fn build_raw(
     let o = sfdisk.wait_with_output()?;
     if !o.status.success() {
         bail!(
-            "sfdisk could not write the partition table: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+            "{}",
+            kiln_bundle::process::failed("sfdisk (writing the partition table)", o.status, &o.stderr)
         );
     }
     for (img, offset) in [(first.0, MIB), (second.0, MIB + first.1)] {

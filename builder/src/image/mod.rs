@@ -13,7 +13,8 @@
 pub mod disk;
 pub mod recipe;
 
-use std::fs;
+// fs-err: every error names the path, so a node image build that fails says which file.
+use fs_err as fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -381,14 +382,14 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids, net
         write(&units.join(name), text.as_bytes(), 0o644)?;
         let link = wants.join(name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
+        fs::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
     }
     // systemd's first-boot semantics: an empty machine-id is filled in at boot.
     write(&root.join("etc/machine-id"), b"", 0o444)?;
     let dbus_id = root.join("var/lib/dbus/machine-id");
     if dbus_id.symlink_metadata().is_ok() {
         fs::remove_file(&dbus_id)?;
-        std::os::unix::fs::symlink("/etc/machine-id", &dbus_id)?;
+        fs::os::unix::fs::symlink("/etc/machine-id", &dbus_id)?;
     }
     if let Ok(entries) = fs::read_dir(root.join("etc/ssh")) {
         for e in entries.flatten() {
@@ -440,7 +441,7 @@ fn network(root: &Path, net: &recipe::Network) -> Result<()> {
     if root.join("usr/lib/systemd/systemd-resolved").exists() || root.join("lib/systemd/systemd-resolved").exists() {
         // The upstream servers rather than the 127.0.0.53 stub: kubelet hands this file to pods
         // with dnsPolicy Default, and the stub is not reachable from their network namespace.
-        std::os::unix::fs::symlink("../run/systemd/resolve/resolv.conf", &resolv)?;
+        fs::os::unix::fs::symlink("../run/systemd/resolve/resolv.conf", &resolv)?;
         enable(root, "systemd-resolved.service", "multi-user.target.wants")?;
     } else {
         write(
@@ -486,7 +487,7 @@ fn enable(root: &Path, unit: &str, wants: &str) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let link = dir.join(unit);
     let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(format!("/{source}/{unit}"), &link).with_context(|| format!("cannot enable {unit}"))?;
+    fs::os::unix::fs::symlink(format!("/{source}/{unit}"), &link).with_context(|| format!("cannot enable {unit}"))?;
     Ok(())
 }
 
@@ -558,7 +559,7 @@ fn rootfs_tar(root: &Path, epoch: u64, out: &Path) -> Result<()> {
     let zstd = Command::new("zstd")
         .args(["-q", "-T0", "-3", "-c"])
         .stdin(stdout)
-        .stdout(file)
+        .stdout(file.into_file())
         .status()
         .context("cannot run zstd")?;
     let t = tar.wait()?;
