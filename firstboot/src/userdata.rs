@@ -268,22 +268,12 @@ fn mime(text: &str, origin: &str, out: &mut NodeConfig, depth: u32) -> Result<()
     let boundary = params
         .get("boundary")
         .ok_or_else(|| invalid(origin, "multipart user data has no boundary"))?;
-    let delimiter = format!("--{boundary}");
-    let mut sections = body.split(delimiter.as_str());
-    sections.next(); // preamble
     let mut n = 0;
-    for section in sections {
-        if section.starts_with("--") {
-            break; // closing delimiter
-        }
+    for section in parts_of(body, boundary) {
         n += 1;
         if n > MAX_PARTS {
             return Err(invalid(origin, format!("more than {MAX_PARTS} MIME parts")));
         }
-        let section = section
-            .strip_prefix("\r\n")
-            .or_else(|| section.strip_prefix('\n'))
-            .unwrap_or(section);
         let (h, b) = split_headers(section);
         let (pty, _) = content_type(h.get("content-type").map(String::as_str).unwrap_or("text/plain"));
         let name = h
@@ -301,6 +291,70 @@ fn mime(text: &str, origin: &str, out: &mut NodeConfig, depth: u32) -> Result<()
     Ok(())
 }
 
+/// The parts of a multipart body (RFC 2046 5.1.1): a delimiter is a line that is exactly `--boundary`
+/// (trailing whitespace allowed), the closing one `--boundary--`; the same text inside a line is
+/// content. The preamble and epilogue are dropped; the line break before a delimiter belongs to it.
+fn parts_of<'a>(body: &'a str, boundary: &str) -> Vec<&'a str> {
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    while pos <= body.len() {
+        let end = body[pos..].find('\n').map_or(body.len(), |i| pos + i);
+        let line = body[pos..end].trim_end_matches(['\r', ' ', '\t']);
+        if let Some(rest) = line.strip_prefix(delimiter.as_str()) {
+            if rest.is_empty() || rest == "--" {
+                if let Some(s) = start {
+                    // The CRLF or LF before the delimiter line is part of the delimiter.
+                    let before = body[s..pos].strip_suffix('\n').unwrap_or(&body[s..pos]);
+                    parts.push(before.strip_suffix('\r').unwrap_or(before));
+                }
+                if rest == "--" {
+                    return parts;
+                }
+                start = Some((end + 1).min(body.len()));
+            }
+        }
+        pos = end + 1;
+    }
+    // No closing delimiter: what follows the last delimiter is the last part.
+    if let Some(s) = start {
+        parts.push(&body[s..]);
+    }
+    parts
+}
+
+/// Quoted-printable (RFC 2045 6.7): `=XX` is a byte, `=` at the end of a line joins it to the next.
+fn quoted_printable(body: &str, at: &str) -> Result<Vec<u8>, UserDataError> {
+    let mut out = Vec::with_capacity(body.len());
+    let b = body.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'=' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1..i + 3) {
+            Some([b'\r', b'\n']) => i += 3,
+            Some([b'\n', _]) => i += 2,
+            Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => {
+                let text = std::str::from_utf8(hex).expect("ascii hex digits");
+                out.push(u8::from_str_radix(text, 16).expect("two hex digits"));
+                i += 3;
+            }
+            None if b.get(i + 1) == Some(&b'\n') || i + 1 == b.len() => i += 2,
+            _ => {
+                return Err(invalid(
+                    at,
+                    "malformed quoted-printable data (`=` not followed by two hex digits)",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn part(
     ty: &str,
     headers: &BTreeMap<String, String>,
@@ -312,6 +366,7 @@ fn part(
     let body = body.trim_end_matches(['\r', '\n']);
     let bytes = match headers.get("content-transfer-encoding").map(|e| e.to_ascii_lowercase()) {
         Some(e) if e == "base64" => b64(body.as_bytes(), at)?,
+        Some(e) if e == "quoted-printable" => quoted_printable(body, at)?,
         _ => body.as_bytes().to_vec(),
     };
     match ty {
@@ -413,6 +468,24 @@ mod tests {
             data = base64::engine::general_purpose::STANDARD.encode(&data).into_bytes();
         }
         assert!(run(&data).unwrap_err().to_string().contains("nests"));
+    }
+
+    #[test]
+    fn mime_boundaries_are_whole_lines_and_quoted_printable_decodes() {
+        // The boundary text inside a line is content, not a delimiter; CRLF line ends.
+        let msg = "Content-Type: multipart/mixed; boundary=\"b1\"\r\nMIME-Version: 1.0\r\n\r\npreamble --b1 here\r\n--b1\r\nContent-Type: text/x-kiln-node+yaml\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nlabels:\r\n  note: \"see --b1 =3D fine\"\r\n  long: \"a=\r\nb\"\r\nhostname: n=C3=A9ud-1\r\n--b1--  \r\nepilogue\r\n--b1\r\nContent-Type: text/cloud-config\r\n\r\n#cloud-config\r\nhostname: never\r\n";
+        let c = run(msg.as_bytes()).unwrap();
+        // Decoded as UTF-8 bytes, and the part after the closing delimiter was never read.
+        assert_eq!(c.node.hostname.as_deref(), Some("néud-1"));
+        assert_eq!(c.sources.len(), 1, "{:?}", c.sources);
+        assert_eq!(c.node.labels["note"], "see --b1 = fine");
+        assert_eq!(c.node.labels["long"], "ab");
+        let ok = msg.to_string();
+        let bad = ok.replace("=3D", "=ZZ");
+        assert!(run(bad.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("malformed quoted-printable"));
     }
 
     #[test]
