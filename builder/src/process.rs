@@ -22,35 +22,15 @@ pub enum ProcessError {
 /// Run `cmd` to completion, capturing its output; a non-zero exit is an error with stderr attached.
 pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|source| ProcessError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    let out = cmd.output().map_err(|source| ProcessError::Spawn { program, source })?;
     if !out.status.success() {
-        let command = std::iter::once(program)
-            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ");
         return Err(ProcessError::Failed {
-            command,
+            command: kiln_bundle::process::command_line(cmd),
             status: out.status.to_string(),
-            stderr: tail(&out.stderr),
+            stderr: kiln_bundle::process::stderr_tail(&out.stderr),
         });
     }
     Ok(out)
-}
-
-/// The last lines of a tool's stderr, enough to explain a failure without flooding the terminal.
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(8);
-    let joined = lines[start..].join("\n  ");
-    if joined.is_empty() {
-        "(no output on stderr)".into()
-    } else {
-        joined
-    }
 }
 
 #[cfg(test)]

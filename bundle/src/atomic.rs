@@ -41,6 +41,26 @@ pub fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     persist(tmp, dest)
 }
 
+/// Point the symlink `path` at `target` atomically: a new link beside it (`<path>.kiln-new`),
+/// renamed over it, so readers see the old target or the new one, never none. True when it
+/// changed; a link already pointing there is left alone. The caller fsyncs the directory when the
+/// change must survive a crash.
+pub fn replace_symlink(path: &Path, target: &Path) -> Result<bool> {
+    if fs::read_link(path).is_ok_and(|t| t == target) {
+        return Ok(false);
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".kiln-new");
+    let tmp = std::path::PathBuf::from(tmp);
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&tmp),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(target, &tmp).at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    Ok(true)
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
@@ -55,6 +75,24 @@ fn parent_dir(p: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaces_a_symlink_in_one_rename() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("current");
+        assert!(replace_symlink(&link, Path::new("bundles/a")).unwrap());
+        assert!(replace_symlink(&link, Path::new("bundles/b")).unwrap());
+        assert!(!replace_symlink(&link, Path::new("bundles/b")).unwrap());
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("bundles/b"));
+        // A leftover from an interrupted swap is replaced, and nothing is left beside the link.
+        std::os::unix::fs::symlink("stale", d.path().join("current.kiln-new")).unwrap();
+        assert!(replace_symlink(&link, Path::new("bundles/c")).unwrap());
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["current"]);
+    }
 
     #[test]
     fn writes_and_replaces() {

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod mode;
 pub mod path;
 pub mod placeholder;
+pub mod process;
 pub mod reader;
 pub mod signature;
 pub mod term;

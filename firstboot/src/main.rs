@@ -204,7 +204,7 @@ fn status(root: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
             .join(", ")
     );
     println!("total     {total:.1}ms");
-    Ok(if s.result == "ok" {
+    Ok(if s.result == kiln_firstboot::state::Status::Ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -33,8 +33,7 @@ pub struct State {
     pub config_digest: String,
     /// The rendered directory's name under /var/lib/kiln/rendered.
     pub rendered: String,
-    /// `ok` or `failed`.
-    pub result: String,
+    pub result: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The version and rendered directory that were active before, for rollback.
@@ -51,6 +50,28 @@ pub struct State {
     /// The Node this activation registers (bundles with a kubelet), for the health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeJoin>,
+}
+
+/// How the last activation ended, as `state.json` and `kiln-firstboot status` spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Active and healthy.
+    Ok,
+    /// Active at boot (`--phase boot`); the health check after the services start decides.
+    PendingHealth,
+    /// Failed, and rolled back where there was something to roll back to.
+    Failed,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::PendingHealth => "pending-health",
+            Status::Failed => "failed",
+        })
+    }
 }
 
 /// What the health check waits for: the Node `name` Ready within `timeout_s`.

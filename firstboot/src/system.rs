@@ -37,13 +37,8 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let what = format!("`{}`", kiln_bundle::process::command_line(cmd));
+        bail!("{}", kiln_bundle::process::failed(&what, out.status, &out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

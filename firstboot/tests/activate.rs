@@ -287,7 +287,7 @@ fn stopping_after_any_step_then_rerunning_equals_a_clean_run() {
     activate(&clean).0.unwrap();
     let expected = tree(&clean);
 
-    for step in Step::ALL {
+    for &step in Step::ALL {
         let dir = tempfile::tempdir().unwrap();
         let root = node_root(dir.path(), &bundle);
         write(&root, "etc/kiln/node.yaml", NODE_SECTION);

@@ -313,7 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_outcome(&o);
             }
-            Ok(if o.result == replace::Outcome::Replaced && o.message.is_none() {
+            Ok(if o.result == replace::Outcome::Replaced {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

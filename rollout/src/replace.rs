@@ -113,16 +113,8 @@ impl Hook {
             .map_err(|_| anyhow::anyhow!("{what} command `{}` did not finish within {timeout:?}", self.text))?
             .with_context(|| format!("cannot run the {what} command `{}`", self.text))?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{what} command `{}` failed ({}){}{}",
-                self.text,
-                out.status,
-                if tail.is_empty() { "" } else { ": " },
-                tail.join(" | ")
-            );
+            let command = format!("{what} command `{}`", self.text);
+            bail!("{}", kiln_bundle::process::failed(&command, out.status, &out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -255,6 +247,9 @@ pub struct ReplaceArgs {
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Replaced,
+    /// Drained and deleted, but the decommission command (or its bookkeeping) failed; the next
+    /// run retries it.
+    DecommissionFailed,
     Untouched,
     Failed,
     AtTarget,
@@ -264,6 +259,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Replaced => "replaced",
+            Outcome::DecommissionFailed => "decommission-failed",
             Outcome::Untouched => "untouched",
             Outcome::Failed => "failed",
             Outcome::AtTarget => "at-target",
@@ -406,6 +402,7 @@ async fn decommission_node(
             .await
         {
             // The claim stays on the new node, so the next run retries the decommission.
+            out.result = Outcome::DecommissionFailed;
             out.message = Some(format!("{e:#}"));
             progress(&format!("{old}: {e:#}"));
             return;
@@ -413,6 +410,7 @@ async fn decommission_node(
         progress(&format!("{old}: decommissioned"));
     }
     if let Err(e) = annotate(client, new, &[(REPLACES, None)]).await {
+        out.result = Outcome::DecommissionFailed;
         out.message = Some(format!("{e:#}"));
     }
 }
@@ -544,7 +542,7 @@ impl RollReport {
             && self
                 .nodes
                 .iter()
-                .all(|n| n.result != Outcome::Failed && n.message.is_none())
+                .all(|n| matches!(n.result, Outcome::Replaced | Outcome::Untouched | Outcome::AtTarget))
     }
 }
 
@@ -642,9 +640,9 @@ async fn roll_holding(
             &mut o,
         )
         .await;
-        match o.message {
-            None => report.decommissioned.push(old.clone()),
-            Some(m) => report.halted = Some(m),
+        match o.result {
+            Outcome::DecommissionFailed => report.halted = o.message,
+            _ => report.decommissioned.push(old.clone()),
         }
     }
     if report.halted.is_some() {

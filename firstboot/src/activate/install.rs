@@ -112,10 +112,8 @@ fn link(path: &Path, target: &str) -> Result<()> {
     }
     fs::create_dir_all(path.parent().expect("absolute path"))
         .with_context(|| format!("cannot create the directory of {}", path.display()))?;
-    let tmp = path.with_extension("kiln-new");
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    kiln_bundle::atomic::replace_symlink(path, Path::new(target))?;
+    Ok(())
 }
 
 /// The units, from the active bundle (`current`) or its rendered files (`node`). True if changed.

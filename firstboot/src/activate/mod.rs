@@ -39,7 +39,7 @@ use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::config::NodeConfig;
 use crate::datasource::{self, Endpoints};
-use crate::state::{BundleId, NodeJoin, State, StepTiming};
+use crate::state::{BundleId, NodeJoin, State, Status, StepTiming};
 use crate::system::System;
 
 pub const BAKED: &str = "usr/lib/kiln/bundles";
@@ -48,54 +48,45 @@ pub const RENDERED: &str = "var/lib/kiln/rendered";
 pub const CURRENT: &str = "var/lib/kiln/current";
 pub const NODE: &str = "var/lib/kiln/node";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Step {
-    Config,
-    VerifyUnpack,
-    Rename,
-    Render,
-    Flip,
-    Install,
-    Kernel,
-    Swap,
-    Services,
-    Health,
-    State,
+/// Declares the steps once: the enum, its names, and `Step::ALL` in order, so a new step cannot be
+/// left out of `ALL` (the crash-at-every-step test walks it).
+macro_rules! steps {
+    ($($step:ident => $name:literal),+ $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Step {
+            $($step),+
+        }
+
+        impl Step {
+            /// Every step, in the order activation runs them.
+            pub const ALL: &'static [Step] = &[$(Step::$step),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Step::$step => $name),+
+                }
+            }
+        }
+    };
+}
+
+steps! {
+    Config => "config",
+    VerifyUnpack => "verify-unpack",
+    Rename => "rename",
+    Render => "render",
+    Flip => "flip",
+    Install => "install",
+    Kernel => "kernel",
+    Swap => "swap",
+    Services => "services",
+    Health => "health",
+    State => "state",
 }
 
 impl Step {
-    pub const ALL: [Step; 11] = [
-        Step::Config,
-        Step::VerifyUnpack,
-        Step::Rename,
-        Step::Render,
-        Step::Flip,
-        Step::Install,
-        Step::Kernel,
-        Step::Swap,
-        Step::Services,
-        Step::Health,
-        Step::State,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Config => "config",
-            Step::VerifyUnpack => "verify-unpack",
-            Step::Rename => "rename",
-            Step::Render => "render",
-            Step::Flip => "flip",
-            Step::Install => "install",
-            Step::Kernel => "kernel",
-            Step::Swap => "swap",
-            Step::Services => "services",
-            Step::Health => "health",
-            Step::State => "state",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|st| st.name() == s)
+        Step::ALL.iter().copied().find(|st| st.name() == s)
     }
 }
 
@@ -289,11 +280,11 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         bundle: id,
         config_digest,
         rendered: rendered_name,
-        result: "ok".into(),
+        result: Status::Ok,
         error: None,
         previous: state_before
             .as_ref()
-            .filter(|s| s.result == "ok" && s.version != version)
+            .filter(|s| s.result == Status::Ok && s.version != version)
             .map(|s| (s.version.clone(), s.rendered.clone())),
         steps: Vec::new(),
         sources: cfg.sources.clone(),
@@ -309,7 +300,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     };
     if opts.phase == Phase::Activate {
         // kiln-firstboot-health.service finishes the job once the services have started.
-        state.result = "pending-health".into();
+        state.result = Status::PendingHealth;
         t.done(Step::State);
         state.steps = t.steps;
         state.write(root)?;
@@ -318,7 +309,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     let health = health(root, sys, &index, opts.health_timeout, state.node.as_ref());
     if let Err(e) = health {
         let msg = format!("{e:#}");
-        state.result = "failed".into();
+        state.result = Status::Failed;
         state.error = Some(msg.clone());
         let rolled = rollback(root, sys, &state_before, &version)?;
         t.done(Step::Health);
@@ -408,13 +399,8 @@ fn links(root: &Path) -> Option<(String, String)> {
 pub fn flip(root: &Path, current: &str, node: &str) -> Result<()> {
     for (link, target) in [(NODE, node), (CURRENT, current)] {
         let path = root.join(link);
-        if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
-            continue;
-        }
-        let tmp = root.join(format!("{link}.new"));
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("cannot flip {}", path.display()))?;
+        kiln_bundle::atomic::replace_symlink(&path, Path::new(target))
+            .with_context(|| format!("cannot flip {}", path.display()))?;
     }
     kiln_bundle::atomic::sync_dir(&root.join("var/lib/kiln"))?;
     Ok(())
@@ -428,7 +414,7 @@ fn already_active(
     sys: &mut dyn System,
 ) -> Option<String> {
     let s = state.as_ref()?;
-    if s.result != "ok" || &s.bundle != id || s.config_digest != config_digest {
+    if s.result != Status::Ok || &s.bundle != id || s.config_digest != config_digest {
         return None;
     }
     let (cur, node) = links(root)?;
@@ -479,10 +465,10 @@ fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Out
     let started = Instant::now();
     let mut state =
         State::load(root)?.ok_or_else(|| anyhow!("no activation to check: {} does not exist", crate::state::STATE))?;
-    if state.result == "ok" {
+    if state.result == Status::Ok {
         return Ok(Outcome::AlreadyActive { version: state.version });
     }
-    if state.result != "pending-health" {
+    if state.result != Status::PendingHealth {
         bail!(
             "the last activation of {} ended `{}`; nothing to check",
             state.version,
@@ -502,18 +488,18 @@ fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Out
     let before = state.previous.as_ref().map(|(v, r)| State {
         version: v.clone(),
         rendered: r.clone(),
-        result: "ok".into(),
+        result: Status::Ok,
         ..state.clone()
     });
     match result {
         Ok(()) => {
-            state.result = "ok".into();
+            state.result = Status::Ok;
             state.write(root)?;
             Ok(Outcome::Activated { version: state.version })
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            state.result = "failed".into();
+            state.result = Status::Failed;
             state.error = Some(msg.clone());
             let rolled = rollback(root, sys, &before, &state.version)?;
             state.write(root)?;
@@ -547,7 +533,10 @@ pub const DEFAULT_JOIN_TIMEOUT_S: u64 = 300;
 
 /// Flip back to the previously active bundle, if there is one, and restart its services.
 fn rollback(root: &Path, sys: &mut dyn System, before: &Option<State>, failed: &str) -> Result<Option<String>> {
-    let Some(prev) = before.as_ref().filter(|s| s.result == "ok" && s.version != failed) else {
+    let Some(prev) = before
+        .as_ref()
+        .filter(|s| s.result == Status::Ok && s.version != failed)
+    else {
         return Ok(None);
     };
     let dir = root.join(BUNDLES).join(&prev.version);
