@@ -6,6 +6,7 @@
 //! because the first-boot binary links this crate.
 
 pub mod atomic;
+pub mod backoff;
 pub mod digest;
 pub mod error;
 pub mod index;

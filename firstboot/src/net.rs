@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use kiln_bundle::backoff::Backoff;
+
 pub const MAX_BODY: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +20,7 @@ pub enum NetError {
 pub struct Http {
     agent: ureq::Agent,
     retries: u32,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Http {
@@ -31,7 +33,7 @@ impl Http {
         Http {
             agent: config.into(),
             retries,
-            backoff: Duration::from_millis(200),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
     }
 
@@ -41,7 +43,7 @@ impl Http {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
+                std::thread::sleep(self.backoff.delay(attempt));
             }
             let result = if method == "PUT" {
                 let mut r = self.agent.put(url);

@@ -232,8 +232,10 @@ async fn evict_one(
         grace_period_seconds: a.grace_period.map(|g| g as u32),
         ..Default::default()
     };
-    let mut backoff = Duration::from_millis(200);
+    let schedule = kiln_bundle::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut retry = 1;
     loop {
+        let backoff = schedule.delay(retry);
         let result = if a.disable_eviction {
             api.delete(&pod.name, &dp).await.map(|_| ())
         } else {
@@ -270,7 +272,7 @@ async fn evict_one(
         // Use the whole timeout, as kubectl does: the last wait ends at the deadline, and one more
         // attempt is made there.
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        retry = retry.saturating_add(1);
     }
     progress(&format!(
         "{pod}: {}, waiting for it to terminate",

@@ -79,13 +79,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = kube::Result<T>>,
 {
-    let mut backoff = std::time::Duration::from_millis(100);
-    for _ in 0..5 {
+    let backoff =
+        kiln_bundle::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5));
+    for retry in 1..=5 {
         match call().await {
             Err(e) if transient(&e) => {
-                tracing::debug!("retrying in {backoff:?}: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                let wait = backoff.delay(retry);
+                tracing::debug!("retrying in {wait:?}: {e}");
+                tokio::time::sleep(wait).await;
             }
             r => return r,
         }

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use kiln_bundle::backoff::Backoff;
 use kiln_bundle::digest::{HashingWriter, Sha256};
 use reqwest::StatusCode;
 
@@ -18,7 +19,7 @@ use crate::cache::Cache;
 pub struct Http {
     client: reqwest::blocking::Client,
     retries: u32,
-    backoff: Duration,
+    backoff: Backoff,
     /// How long a response may send nothing (headers or body) before the attempt fails.
     idle: Duration,
 }
@@ -57,7 +58,7 @@ impl Http {
         Ok(Http {
             client,
             retries,
-            backoff: Duration::from_millis(ms("KILN_HTTP_BACKOFF_MS", 500)),
+            backoff: Backoff::new(Duration::from_millis(ms("KILN_HTTP_BACKOFF_MS", 500)), MAX_BACKOFF),
             idle: Duration::from_millis(ms("KILN_HTTP_IDLE_TIMEOUT_MS", 60_000)),
         })
     }
@@ -68,10 +69,7 @@ impl Http {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                let wait = self
-                    .backoff
-                    .saturating_mul(2u32.saturating_pow(attempt - 1))
-                    .min(MAX_BACKOFF);
+                let wait = self.backoff.delay(attempt);
                 tracing::warn!("{what}: {last}; retrying in {wait:?} ({attempt}/{})", self.retries);
                 let until = Instant::now() + wait;
                 while Instant::now() < until {
