@@ -101,22 +101,24 @@ fn sha256(p: &Path) -> String {
 }
 
 #[test]
-fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
+fn raw_qcow2_vhd_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     base(dir);
     let recipe = recipe(dir, "rootfsTar: base.tar");
     let bundle = standin_bundle(dir);
     let out = dir.join("images");
-    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,rootfs-tar"));
+    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,gce,rootfs-tar"));
     let mut files = listing(&out);
     files.sort();
     assert_eq!(
         files,
         [
+            format!("{STEM}.gce.tar.gz"),
             format!("{STEM}.qcow2"),
             format!("{STEM}.raw"),
-            format!("{STEM}.rootfs.tar.zst")
+            format!("{STEM}.rootfs.tar.zst"),
+            format!("{STEM}.vhd"),
         ],
         "only the images: no work files left"
     );
@@ -207,9 +209,53 @@ fn raw_qcow2_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
         .arg(&back));
     assert_eq!(sha256(&back), sha256(&raw));
 
+    // vhd: a fixed VHD as qemu-img reads it (format vpc), its size a whole MiB, holding the same
+    // disk; the footer is the last 512 bytes.
+    let vhd = out.join(format!("{STEM}.vhd"));
+    let raw_len = std::fs::metadata(&raw).unwrap().len();
+    assert_eq!(raw_len % (1 << 20), 0, "the raw disk is MiB-aligned");
+    assert_eq!(std::fs::metadata(&vhd).unwrap().len(), raw_len + 512);
+    let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "vpc"])
+        .arg(&vhd)))
+    .unwrap();
+    assert_eq!(info["format"], "vpc", "{info}");
+    assert_eq!(info["virtual-size"], raw_len, "{info}");
+    let from_vhd = dir.join("from-vhd.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw"])
+        .arg(&vhd)
+        .arg(&from_vhd));
+    assert_eq!(sha256(&from_vhd), sha256(&raw));
+    std::fs::remove_file(&from_vhd).unwrap();
+
+    // gce: exactly `disk.raw` in a gzipped tar, as Compute Engine imports it, holding the same disk.
+    let gce = out.join(format!("{STEM}.gce.tar.gz"));
+    let listed = run(Command::new("tar").arg("-tzvf").arg(&gce));
+    let members: Vec<&str> = listed.lines().collect();
+    assert_eq!(members.len(), 1, "{listed}");
+    assert!(
+        members[0].starts_with("-rw-r--r-- 0/0")
+            && members[0].ends_with(" disk.raw")
+            && members[0].contains(&format!(" {raw_len} ")),
+        "{listed}"
+    );
+    let x = dir.join("gce-x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar").arg("-xzf").arg(&gce).arg("-C").arg(&x));
+    assert_eq!(sha256(&x.join("disk.raw")), sha256(&raw));
+    std::fs::remove_dir_all(&x).unwrap();
+
     // Same inputs, same bytes: every format.
     let again = dir.join("again");
-    ok(&image(dir, &recipe, &bundle, &again, "raw,rootfs-tar"));
+    ok(&image(dir, &recipe, &bundle, &again, "raw,vhd,gce,rootfs-tar"));
+    for ext in ["vhd", "gce.tar.gz"] {
+        assert_eq!(
+            sha256(&again.join(format!("{STEM}.{ext}"))),
+            sha256(&out.join(format!("{STEM}.{ext}"))),
+            "{ext} is reproducible"
+        );
+    }
     assert_eq!(
         sha256(&again.join(format!("{STEM}.raw"))),
         sha256(&raw),

@@ -10,6 +10,7 @@
 //! the recipe's base, so a rebuild with a new bundle skips debootstrap. Timestamps are
 //! SOURCE_DATE_EPOCH and every UUID is derived from the recipe and bundle digests.
 
+mod cloud;
 pub mod disk;
 pub mod recipe;
 
@@ -36,6 +37,10 @@ pub const BAKED: &str = "usr/lib/kiln/bundles";
 pub enum Format {
     Raw,
     Qcow2,
+    /// Azure: a fixed VHD.
+    Vhd,
+    /// Compute Engine: `disk.raw` in a gzipped sparse tar.
+    Gce,
     RootfsTar,
     Sysext,
 }
@@ -200,7 +205,10 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             crate::check_interrupted()?;
             results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
         }
-        if o.formats.iter().any(|f| matches!(f, Format::Raw | Format::Qcow2)) {
+        if o.formats
+            .iter()
+            .any(|f| matches!(f, Format::Raw | Format::Qcow2 | Format::Vhd | Format::Gce))
+        {
             let raw = work.path().join("disk.raw");
             let cmdline = format!(
                 "{} root=PARTUUID={} rootfstype=ext4 rw",
@@ -227,6 +235,17 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
                 )?;
                 results.push((tmp, o.out.join(format!("{stem}.qcow2"))));
             }
+            if o.formats.contains(&Format::Vhd) {
+                let tmp = work.path().join("disk.vhd");
+                cloud::vhd(&raw, &tmp, &uuids.disk, o.source_date_epoch)?;
+                results.push((tmp, o.out.join(format!("{stem}.vhd"))));
+            }
+            if o.formats.contains(&Format::Gce) {
+                let tmp = work.path().join("disk.tar.gz");
+                cloud::gce(&raw, &tmp, work.path(), o.source_date_epoch)?;
+                results.push((tmp, o.out.join(format!("{stem}.gce.tar.gz"))));
+            }
+            crate::check_interrupted()?;
             if o.formats.contains(&Format::Raw) {
                 results.push((raw, o.out.join(format!("{stem}.raw"))));
             }

@@ -1,0 +1,144 @@
+//! Disk formats clouds import, written from the raw disk and byte-reproducible like it:
+//! - `vhd`: Azure's fixed VHD (Microsoft's "Virtual Hard Disk Image Format Specification"): the raw
+//!   disk, its size rounded up to a whole MiB as Azure requires, then a 512-byte footer. The footer's
+//!   time stamp is SOURCE_DATE_EPOCH and its unique id is the disk's GUID, so the same inputs give the
+//!   same bytes (`qemu-img convert -O vpc` writes the current time and a random id).
+//! - `gce`: Compute Engine's import format: the disk named `disk.raw` in a gzipped GNU tar
+//!   (`--format=oldgnu`, sparse), owners, mode and time fixed, gzip without a name or time stamp.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use fs_err as fs;
+
+use crate::process;
+
+const MIB: u64 = 1 << 20;
+/// 2000-01-01T00:00:00Z, the VHD time stamp's origin, in Unix time.
+const VHD_EPOCH: u64 = 946_684_800;
+
+/// Copy `raw` to `out` as a fixed VHD. `guid` is the disk's GUID (36 characters with dashes).
+pub fn vhd(raw: &Path, out: &Path, guid: &str, source_date_epoch: u64) -> Result<()> {
+    let size = fs::metadata(raw)?.len().div_ceil(MIB) * MIB;
+    process::run(Command::new("cp").arg("--sparse=always").arg(raw).arg(out))?;
+    let mut f = fs::OpenOptions::new().write(true).open(out)?;
+    f.set_len(size)?;
+    f.seek(SeekFrom::Start(size))?;
+    f.write_all(&vhd_footer(size, guid, source_date_epoch)?)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The 512-byte footer of a fixed disk of `size` bytes.
+pub fn vhd_footer(size: u64, guid: &str, source_date_epoch: u64) -> Result<[u8; 512]> {
+    let id = hex::decode(guid.replace('-', "")).context("the disk GUID is not hex")?;
+    anyhow::ensure!(id.len() == 16, "the disk GUID `{guid}` is not 16 bytes");
+    let mut f = [0u8; 512];
+    f[0..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit, always set
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // format version 1.0
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // data offset: none for a fixed disk
+    let stamp = u32::try_from(source_date_epoch.saturating_sub(VHD_EPOCH)).unwrap_or(u32::MAX);
+    f[24..28].copy_from_slice(&stamp.to_be_bytes());
+    f[28..32].copy_from_slice(b"kiln");
+    f[32..36].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // creator version
+    f[36..40].copy_from_slice(b"Wi2k"); // creator host OS, as Azure's own tools write it
+    f[40..48].copy_from_slice(&size.to_be_bytes()); // original size
+    f[48..56].copy_from_slice(&size.to_be_bytes()); // current size
+    let (c, h, s) = chs(size / 512);
+    f[56..58].copy_from_slice(&c.to_be_bytes());
+    f[58] = h;
+    f[59] = s;
+    f[60..64].copy_from_slice(&2u32.to_be_bytes()); // disk type: fixed
+    f[68..84].copy_from_slice(&id);
+    let sum = f.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    Ok(f)
+}
+
+/// Cylinders, heads and sectors per track for `sectors`, by the specification's algorithm.
+fn chs(sectors: u64) -> (u16, u8, u8) {
+    let total = sectors.min(65535 * 16 * 255);
+    let (spt, heads, cth) = if total >= 65535 * 16 * 63 {
+        (255, 16, total / 255)
+    } else {
+        let mut spt = 17;
+        let mut cth = total / spt;
+        let mut heads = cth.div_ceil(1024).max(4);
+        if cth >= heads * 1024 || heads > 16 {
+            spt = 31;
+            heads = 16;
+            cth = total / spt;
+        }
+        if cth >= heads * 1024 {
+            spt = 63;
+            heads = 16;
+            cth = total / spt;
+        }
+        (spt, heads, cth)
+    };
+    ((cth / heads) as u16, heads as u8, spt as u8)
+}
+
+/// `raw` as `disk.raw` in a gzipped sparse tar at `out`, as Compute Engine imports it.
+pub fn gce(raw: &Path, out: &Path, work: &Path, source_date_epoch: u64) -> Result<()> {
+    let dir = work.join("gce");
+    fs::create_dir_all(&dir)?;
+    let disk = dir.join("disk.raw");
+    // A hard link: the tar member must be named disk.raw, and copying gigabytes is not needed.
+    if fs::hard_link(raw, &disk).is_err() {
+        process::run(Command::new("cp").arg("--sparse=always").arg(raw).arg(&disk))?;
+    }
+    let tar = work.join("disk.tar");
+    process::run(
+        Command::new("tar")
+            .args([
+                "--format=oldgnu",
+                "--sparse",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "--mode=0644",
+            ])
+            .arg(format!("--mtime=@{source_date_epoch}"))
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("disk.raw"),
+    )?;
+    let gz = fs::File::create(out)?;
+    process::run(Command::new("gzip").args(["-n", "-c"]).arg(&tar).stdout(gz.into_file()))?;
+    fs::remove_file(&tar)?;
+    fs::remove_file(&disk)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_footer_follows_the_specification() {
+        let guid = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0ff";
+        let f = vhd_footer(512 * MIB, guid, VHD_EPOCH + 10).unwrap();
+        assert_eq!(&f[0..8], b"conectix");
+        assert_eq!(u32::from_be_bytes(f[24..28].try_into().unwrap()), 10);
+        assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), 512 * MIB);
+        assert_eq!(u32::from_be_bytes(f[60..64].try_into().unwrap()), 2);
+        // The checksum is the one's complement of the sum of the other bytes.
+        let mut zeroed = f;
+        zeroed[64..68].fill(0);
+        let sum = zeroed.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+        assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
+        assert_eq!(hex::encode(&f[68..84]), guid.replace('-', ""));
+        // 512 MiB: 1048576 sectors -> 17 spt gives 61680 cylinders x heads > 16, so 31 spt, then
+        // 63 spt: 16 heads, 1040 cylinders.
+        assert_eq!(chs(512 * MIB / 512), (1040, 16, 63));
+        // Past the CHS limit, the geometry is capped.
+        assert_eq!(chs(u64::MAX / 512), (65535, 16, 255));
+        assert!(vhd_footer(MIB, "not-a-guid", 0).is_err());
+    }
+}
