@@ -1,0 +1,422 @@
+//! The roll executor: the pool replaced surge-first, several replacements at once.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::drain::{self, DrainArgs};
+use crate::lease::PoolLease;
+use crate::watch::{wait_for, Mirror, Snapshot};
+
+#[derive(Debug, Clone)]
+pub struct RollArgs {
+    pub selector: String,
+    pub target: String,
+    pub max_surge: usize,
+    pub max_unavailable: usize,
+    pub ready_timeout: Duration,
+    pub command_timeout: Duration,
+    pub provision: Option<Hook>,
+    pub decommission: Option<Hook>,
+    pub drain: DrainArgs,
+    /// Where the pool's Lease lives (see [`crate::lease`]).
+    pub lease_namespace: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollReport {
+    pub selector: String,
+    pub target: String,
+    /// Why the roll stopped early, if it did.
+    pub halted: Option<String>,
+    pub nodes: Vec<NodeOutcome>,
+    /// Old nodes decommissioned now after an earlier interruption.
+    pub decommissioned: Vec<String>,
+    pub seconds: f64,
+}
+
+impl RollReport {
+    pub fn ok(&self) -> bool {
+        self.halted.is_none()
+            && self
+                .nodes
+                .iter()
+                .all(|n| matches!(n.result, Outcome::Replaced | Outcome::Untouched | Outcome::AtTarget))
+    }
+}
+
+/// Shared between the concurrent replacements of one roll.
+struct Shared {
+    /// Nodes taken as a replacement (or promised to one by its provision command's output).
+    claimed: Mutex<BTreeSet<String>>,
+    /// The old nodes of this roll: never replacements.
+    old: BTreeSet<String>,
+    halted: Mutex<Option<String>>,
+    /// Set when the pool's Lease is lost: nothing new may start.
+    lease_lost: tokio::sync::watch::Receiver<Option<String>>,
+    /// The pool as one watch sees it, for every replacement's wait.
+    pool: tokio::sync::watch::Receiver<Snapshot<Node>>,
+}
+
+impl Shared {
+    fn halted(&self) -> bool {
+        if let Some(why) = self.lease_lost.borrow().clone() {
+            self.halt(format!("{why}; another roll may be replacing this pool"));
+        }
+        self.halted.lock().unwrap().is_some()
+    }
+
+    fn halt(&self, why: String) {
+        self.halted.lock().unwrap().get_or_insert(why);
+    }
+}
+
+pub fn validate(a: &RollArgs) -> Result<()> {
+    if a.max_surge == 0 && a.max_unavailable == 0 {
+        bail!("--max-surge and --max-unavailable cannot both be 0: the roll could never make progress");
+    }
+    if a.provision.is_none() {
+        bail!("roll needs --provision-cmd: the command that creates a replacement node");
+    }
+    Ok(())
+}
+
+/// List the pool (the nodes matching the selector).
+pub async fn pool(client: &Client, selector: &str) -> Result<Vec<Node>> {
+    let api = Api::<Node>::all(client.clone());
+    let lp = ListParams::default().labels(selector);
+    Ok(crate::retry(|| api.list(&lp))
+        .await
+        .with_context(|| format!("cannot list the nodes matching {selector}"))?
+        .items)
+}
+
+/// `roll`: replace every node in the pool that is not on the target bundle, surge-first.
+pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<RollReport> {
+    validate(a)?;
+    let start = Instant::now();
+    let lease = PoolLease::acquire(client, &a.lease_namespace, &a.selector).await?;
+    let report = roll_holding(client, a, lease.lost(), start, progress).await;
+    if let Err(e) = lease.release().await {
+        progress(&format!(
+            "could not release the pool's Lease (it expires by itself): {e}"
+        ));
+    }
+    report
+}
+
+async fn roll_holding(
+    client: &Client,
+    a: &RollArgs,
+    lease_lost: tokio::sync::watch::Receiver<Option<String>>,
+    start: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<RollReport> {
+    let nodes = pool(client, &a.selector).await?;
+    let plan = plan_roll(&nodes, &a.selector, &a.target);
+    let mut report = RollReport {
+        selector: a.selector.clone(),
+        target: a.target.clone(),
+        halted: None,
+        nodes: plan
+            .at_target
+            .iter()
+            .map(|n| NodeOutcome::new(n, Outcome::AtTarget))
+            .collect(),
+        decommissioned: Vec::new(),
+        seconds: 0.0,
+    };
+    // An earlier run deleted these old nodes but did not decommission them.
+    for (new, old) in &plan.decommission {
+        let mut o = NodeOutcome::new(old, Outcome::Replaced);
+        decommission_node(
+            client,
+            old,
+            new,
+            a.decommission.as_ref(),
+            a.command_timeout,
+            progress,
+            &mut o,
+        )
+        .await;
+        match o.result {
+            Outcome::DecommissionFailed => report.halted = o.message,
+            _ => report.decommissioned.push(old.clone()),
+        }
+    }
+    if report.halted.is_some() {
+        return Ok(report);
+    }
+    let pool_watch = Mirror::start(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().labels(&a.selector),
+    );
+    let shared = Arc::new(Shared {
+        claimed: Mutex::new(
+            nodes
+                .iter()
+                .filter(|n| annotations(n).contains_key(REPLACES))
+                .map(name)
+                .chain(plan.replace.iter().filter_map(|r| r.replacement.clone()))
+                .collect(),
+        ),
+        old: plan.replace.iter().map(|r| r.node.clone()).collect(),
+        halted: Mutex::new(None),
+        lease_lost,
+        pool: pool_watch.subscribe(),
+    });
+    let surge = Arc::new(Semaphore::new(a.max_surge));
+    let unavailable = Arc::new(Semaphore::new(a.max_unavailable));
+    let outcomes = futures::future::join_all(
+        plan.replace
+            .iter()
+            .map(|r| replace_one(client, a, r, &shared, &surge, &unavailable, progress)),
+    )
+    .await;
+    report.nodes.extend(outcomes);
+    shared.halted();
+    report.halted = shared.halted.lock().unwrap().clone();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn replace_one(
+    client: &Client,
+    a: &RollArgs,
+    r: &Replacement,
+    shared: &Shared,
+    surge: &Arc<Semaphore>,
+    unavailable: &Arc<Semaphore>,
+    progress: &(dyn Fn(&str) + Sync),
+) -> NodeOutcome {
+    let old = r.node.as_str();
+    // A slot: surge (provision first) or unavailable (drain first). Resumed nodes keep their path.
+    let (permit, drain_first) = tokio::select! {
+        biased;
+        p = surge.clone().acquire_owned(), if a.max_surge > 0 && r.resume != Some(Phase::DrainingFirst) => (p, false),
+        p = unavailable.clone().acquire_owned(), if a.max_unavailable > 0 || r.resume == Some(Phase::DrainingFirst) => (p, true),
+    };
+    let _permit = permit.expect("the semaphores are never closed");
+    if shared.halted() {
+        return NodeOutcome::new(old, Outcome::Untouched);
+    }
+    let start = Instant::now();
+    let mut out = NodeOutcome::new(old, Outcome::Untouched);
+    let result = replace_steps(client, a, r, shared, drain_first, progress, &mut out).await;
+    if let Err(e) = result {
+        let why = format!("{old}: {e:#}");
+        progress(&why);
+        if out.result == Outcome::Untouched && drain_first {
+            // It was drained for nothing: give its capacity back.
+            let _ = drain::set_unschedulable(client, old, false).await;
+        }
+        let _ = annotate(
+            client,
+            old,
+            &[
+                (ROLL_PHASE, Some(Phase::Halted.as_str())),
+                (ROLL_MESSAGE, Some(&format!("{e:#}"))),
+            ],
+        )
+        .await;
+        out.result = Outcome::Failed;
+        out.message = Some(format!("{e:#}"));
+        shared.halt(why);
+    }
+    out.seconds = start.elapsed().as_secs_f64();
+    out
+}
+
+async fn replace_steps(
+    client: &Client,
+    a: &RollArgs,
+    r: &Replacement,
+    shared: &Shared,
+    drain_first: bool,
+    progress: &(dyn Fn(&str) + Sync),
+    out: &mut NodeOutcome,
+) -> Result<()> {
+    let old = r.node.as_str();
+    let mut phase = r.resume;
+    if drain_first && phase.is_none() {
+        annotate(
+            client,
+            old,
+            &[
+                (ROLL_TARGET, Some(&a.target)),
+                (ROLL_PHASE, Some(Phase::DrainingFirst.as_str())),
+                (ROLL_MESSAGE, None),
+            ],
+        )
+        .await?;
+        phase = Some(Phase::DrainingFirst);
+    }
+    if phase == Some(Phase::DrainingFirst) {
+        progress(&format!("{old}: draining before its replacement exists"));
+        let report = drain::drain(client, old, &a.drain, &|_| {}).await?;
+        if !report.ok() {
+            let why: Vec<String> = report
+                .blocked
+                .iter()
+                .map(|d| format!("{}: {}", d.pod, d.reason))
+                .collect();
+            bail!("drain stopped: {}", why.join("; "));
+        }
+    }
+    let deadline = Instant::now() + a.ready_timeout;
+    let mut started = r.started.clone();
+    let mut hint = r.replacement.clone();
+    if matches!(phase, None | Some(Phase::Provisioning) | Some(Phase::DrainingFirst)) {
+        let now = rfc3339_now();
+        let next = if drain_first {
+            Phase::DrainingFirst
+        } else {
+            Phase::Provisioning
+        };
+        annotate(
+            client,
+            old,
+            &[
+                (ROLL_TARGET, Some(&a.target)),
+                (ROLL_PHASE, Some(next.as_str())),
+                (ROLL_STARTED, Some(&now)),
+                (ROLL_REPLACEMENT, None),
+                (ROLL_MESSAGE, None),
+            ],
+        )
+        .await?;
+        started = Some(now);
+        progress(&format!("{old}: provisioning a replacement"));
+        let hook = a.provision.as_ref().expect("validated");
+        let env = [
+            ("KILN_NODE", old),
+            ("KILN_TARGET_BUNDLE", a.target.as_str()),
+            ("KILN_SELECTOR", a.selector.as_str()),
+        ];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Some(name) = hook.run("provision", &env, a.command_timeout.min(remaining)).await? {
+            shared.claimed.lock().unwrap().insert(name.clone());
+            hint = Some(name);
+        }
+        let mut set = vec![(ROLL_PHASE, Some(Phase::Provisioned.as_str()))];
+        if drain_first {
+            set.clear();
+        }
+        if let Some(h) = &hint {
+            set.push((ROLL_REPLACEMENT, Some(h.as_str())));
+        }
+        if !set.is_empty() {
+            annotate(client, old, &set).await?;
+        }
+    }
+    let new = if phase == Some(Phase::Draining) {
+        hint.clone().context("the roll annotations name no replacement")?
+    } else {
+        let new = wait_replacement(a, old, hint.as_deref(), started.as_deref(), shared, deadline).await?;
+        annotate(client, &new, &[(REPLACES, Some(old))]).await?;
+        annotate(
+            client,
+            old,
+            &[
+                (ROLL_PHASE, Some(Phase::Draining.as_str())),
+                (ROLL_REPLACEMENT, Some(&new)),
+            ],
+        )
+        .await?;
+        new
+    };
+    out.replacement = Some(new.clone());
+    progress(&format!("{old}: replacement {new} is Ready on bundle {}", a.target));
+    finish(
+        client,
+        old,
+        &new,
+        &a.drain,
+        a.decommission.as_ref(),
+        a.command_timeout,
+        progress,
+        out,
+    )
+    .await?;
+    if out.result == Outcome::Failed {
+        bail!("{}", out.message.clone().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Wait for a replacement for `old`: the node its provision command named, or else any node of the
+/// pool created since provisioning started, on the target bundle, not an old node and not claimed.
+/// It must be Ready and schedulable before `deadline`; then it is claimed. A halt elsewhere does not
+/// stop this wait: a replacement already provisioned is used rather than abandoned.
+async fn wait_replacement(
+    a: &RollArgs,
+    old: &str,
+    hint: Option<&str>,
+    started: Option<&str>,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<String> {
+    let started = started.and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok());
+    let mut last = "no new node registered".to_string();
+    let found = wait_for(&mut shared.pool.clone(), deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            return Some(Err(anyhow::anyhow!("cannot watch the pool's nodes: {refused}")));
+        }
+        let mut seen = Vec::new();
+        // A named replacement is looked up; only an unnamed one is searched for.
+        let candidates: Box<dyn Iterator<Item = &Node>> = match hint {
+            Some(h) => Box::new(s.items.get(h).into_iter()),
+            None => Box::new(s.items.values()),
+        };
+        for n in candidates {
+            let nm = name(n);
+            let candidate = match hint {
+                Some(h) => nm == h,
+                None => {
+                    !shared.old.contains(&nm)
+                        && annotations(n).get(REPLACES).is_none_or(|o| o == old)
+                        && started.is_none_or(|s| n.metadata.creation_timestamp.as_ref().is_some_and(|c| c.0 >= s))
+                }
+            };
+            if !candidate {
+                continue;
+            }
+            match unfit(n, Some(&a.target)) {
+                None => {
+                    let mut claimed = shared.claimed.lock().unwrap();
+                    if hint.is_some() || claimed.insert(nm.clone()) {
+                        return Some(Ok(nm));
+                    }
+                }
+                Some(why) => seen.push(format!("{nm}: {why}")),
+            }
+        }
+        if !seen.is_empty() {
+            last = seen.join("; ");
+        } else if let Some(h) = hint.filter(|_| s.synced) {
+            last = format!("{h} not registered");
+        }
+        if let Some(e) = &s.error {
+            last = format!("{last} (the API: {e})");
+        }
+        None
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        bail!(
+            "no replacement became Ready on bundle {} within {:?} ({last}); the remaining old nodes are left untouched",
+            a.target,
+            a.ready_timeout
+        )
+    })
+}

@@ -1,0 +1,251 @@
+//! `replace OLD --with NEW`: one old node swapped for a given new one.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde::Serialize;
+
+use super::*;
+use crate::drain::{self, DrainArgs};
+use crate::status::BUNDLE_VERSION;
+use crate::watch::{wait_for, Mirror};
+
+/// Why `n` is not yet a usable replacement (`None`: it is): Ready, schedulable and running `bundle`
+/// (any kiln bundle when `None`).
+pub fn unfit(n: &Node, bundle: Option<&str>) -> Option<String> {
+    let s = crate::status::node_status(n);
+    let mut why = Vec::new();
+    if !s.ready {
+        why.push("not Ready".to_string());
+    }
+    if !s.schedulable {
+        why.push("cordoned".to_string());
+    }
+    match (s.bundle_version.as_deref(), bundle) {
+        (None, _) => why.push(format!("no {BUNDLE_VERSION} label")),
+        (Some(have), Some(want)) if have != want => why.push(format!("bundle {have}, not {want}")),
+        _ => {}
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Wait until node `name` is a usable replacement (one watch of that node); `Err` describes what
+/// it last was.
+async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: Instant) -> Result<(), String> {
+    let mirror = Mirror::start(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    );
+    let mut last = "not registered".to_string();
+    let fit = wait_for(&mut mirror.subscribe(), deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            last = format!("cannot watch it: {refused}");
+            return Some(false);
+        }
+        if let Some(e) = &s.error {
+            last = format!("cannot read it: {e}");
+        }
+        match s.items.get(name) {
+            Some(n) => match unfit(n, bundle) {
+                None => return Some(true),
+                Some(why) => last = why,
+            },
+            None if s.synced => last = "not registered".to_string(),
+            None => {}
+        }
+        None
+    })
+    .await;
+    match fit {
+        Some(true) => Ok(()),
+        Some(false) | None => Err(last),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplaceArgs {
+    pub old: String,
+    pub new: String,
+    /// The bundle version NEW must run (any kiln bundle when `None`).
+    pub bundle: Option<String>,
+    pub ready_timeout: Duration,
+    pub command_timeout: Duration,
+    pub decommission: Option<Hook>,
+    pub drain: DrainArgs,
+}
+
+/// What became of one old node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Replaced,
+    /// Drained and deleted, but the decommission command (or its bookkeeping) failed; the next
+    /// run retries it.
+    DecommissionFailed,
+    Untouched,
+    Failed,
+    AtTarget,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Replaced => "replaced",
+            Outcome::DecommissionFailed => "decommission-failed",
+            Outcome::Untouched => "untouched",
+            Outcome::Failed => "failed",
+            Outcome::AtTarget => "at-target",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeOutcome {
+    pub node: String,
+    pub result: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub seconds: f64,
+}
+
+impl NodeOutcome {
+    pub(crate) fn new(node: &str, result: Outcome) -> NodeOutcome {
+        NodeOutcome {
+            node: node.to_string(),
+            result,
+            replacement: None,
+            message: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// `replace OLD --with NEW`: wait until NEW is Ready, schedulable and on the expected bundle; then
+/// drain OLD, delete its Node object and run the decommission command.
+pub async fn replace(client: &Client, a: &ReplaceArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<NodeOutcome> {
+    let start = Instant::now();
+    let nodes: Api<Node> = Api::all(client.clone());
+    // The API's own NotFound when OLD does not exist.
+    crate::retry(|| nodes.get(&a.old)).await?;
+    if let Some(n) = crate::retry(|| nodes.get_opt(&a.new)).await? {
+        if let Some(why) = unusable_replacement(&n, &a.old) {
+            bail!("{} cannot replace {}: {why}", a.new, a.old);
+        }
+    }
+    let mut out = NodeOutcome::new(&a.old, Outcome::Untouched);
+    out.replacement = Some(a.new.clone());
+    progress(&format!("{}: waiting for {} to be Ready", a.old, a.new));
+    if let Err(last) = wait_fit(client, &a.new, a.bundle.as_deref(), start + a.ready_timeout).await {
+        out.result = Outcome::Failed;
+        out.message = Some(format!(
+            "{} did not become a usable replacement within {:?} ({last}); {} left untouched",
+            a.new, a.ready_timeout, a.old
+        ));
+        out.seconds = start.elapsed().as_secs_f64();
+        return Ok(out);
+    }
+    annotate(client, &a.new, &[(REPLACES, Some(&a.old))]).await?;
+    finish(
+        client,
+        &a.old,
+        &a.new,
+        &a.drain,
+        a.decommission.as_ref(),
+        a.command_timeout,
+        progress,
+        &mut out,
+    )
+    .await?;
+    out.seconds = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Why node `new` cannot take `old`'s place, if it cannot: it is `old` itself, it is being
+/// deleted, drained by a roll, or another node's replacement already. (A cordoned node is waited
+/// for: it qualifies once it is schedulable.)
+pub fn unusable_replacement(new: &Node, old: &str) -> Option<String> {
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    let ann = annotations(new);
+    if name == old {
+        return Some("it is the node being replaced".into());
+    }
+    if new.metadata.deletion_timestamp.is_some() {
+        return Some("it is being deleted".into());
+    }
+    if let Some(phase) = ann.get(ROLL_PHASE) {
+        return Some(format!("a roll is replacing it ({ROLL_PHASE}={phase})"));
+    }
+    match ann.get(REPLACES) {
+        Some(other) if other != old => Some(format!("it already replaces {other}")),
+        _ => None,
+    }
+}
+
+/// Drain `old`, delete it, decommission it, release `new`'s claim. Sets `out.result`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish(
+    client: &Client,
+    old: &str,
+    new: &str,
+    drain_args: &DrainArgs,
+    decommission: Option<&Hook>,
+    command_timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+    out: &mut NodeOutcome,
+) -> Result<()> {
+    progress(&format!("{old}: draining (replacement {new} is Ready)"));
+    let report = drain::drain(client, old, drain_args, &|_| {}).await?;
+    if !report.ok() {
+        let why: Vec<String> = report
+            .blocked
+            .iter()
+            .map(|d| format!("{}: {}", d.pod, d.reason))
+            .collect();
+        out.result = Outcome::Failed;
+        out.message = Some(format!("drain of {old} stopped: {}", why.join("; ")));
+        return Ok(());
+    }
+    delete_node(client, old).await?;
+    progress(&format!("{old}: drained and deleted"));
+    decommission_node(client, old, new, decommission, command_timeout, progress, out).await;
+    Ok(())
+}
+
+pub(crate) async fn decommission_node(
+    client: &Client,
+    old: &str,
+    new: &str,
+    decommission: Option<&Hook>,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+    out: &mut NodeOutcome,
+) {
+    out.result = Outcome::Replaced;
+    if let Some(hook) = decommission {
+        if let Err(e) = hook
+            .run(
+                "decommission",
+                &[("KILN_NODE", old), ("KILN_REPLACEMENT", new)],
+                timeout,
+            )
+            .await
+        {
+            // The claim stays on the new node, so the next run retries the decommission.
+            out.result = Outcome::DecommissionFailed;
+            out.message = Some(format!("{e:#}"));
+            progress(&format!("{old}: {e:#}"));
+            return;
+        }
+        progress(&format!("{old}: decommissioned"));
+    }
+    if let Err(e) = annotate(client, new, &[(REPLACES, None)]).await {
+        out.result = Outcome::DecommissionFailed;
+        out.message = Some(format!("{e:#}"));
+    }
+}
