@@ -1,6 +1,25 @@
 //! Where things live on a node, and where rendered files live inside a bundle. The builder renders
 //! absolute paths from a [`Layout`]; tests render with a layout under a temporary directory.
 
+/// kiln's directories relative to a node's root filesystem, for code that works on a root given as a
+/// directory (the image builder, activation and their tests). [`Layout::default`] is built from them.
+pub mod root {
+    /// The bundle baked into an image, with its `.sha256` (and `.minisig`) beside it.
+    pub const BAKED: &str = "usr/lib/kiln/bundles";
+    /// Verified, unpacked bundles, one directory per version.
+    pub const BUNDLES: &str = "var/lib/kiln/bundles";
+    /// Node-specific files rendered from a bundle's templates, one directory per version and config.
+    pub const RENDERED: &str = "var/lib/kiln/rendered";
+    /// The link to the active bundle.
+    pub const CURRENT: &str = "var/lib/kiln/current";
+    /// The link to the active bundle's rendered node files.
+    pub const NODE: &str = "var/lib/kiln/node";
+    /// The directory holding the links above (synced after a flip).
+    pub const STATE_DIR: &str = "var/lib/kiln";
+    /// What kiln-firstboot did and how it ended (`kiln-firstboot status` reads it).
+    pub const STATE: &str = "var/lib/kiln/state.json";
+}
+
 /// Absolute node paths that rendered configuration refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -21,8 +40,8 @@ pub struct Layout {
 impl Default for Layout {
     fn default() -> Self {
         Layout {
-            current: "/var/lib/kiln/current".into(),
-            node: "/var/lib/kiln/node".into(),
+            current: format!("/{}", root::CURRENT),
+            node: format!("/{}", root::NODE),
             containerd_root: "/var/lib/containerd".into(),
             containerd_state: "/run/containerd".into(),
             containerd_socket: "/run/containerd/containerd.sock".into(),

@@ -31,7 +31,7 @@ use crate::process;
 pub use recipe::Recipe;
 
 /// Where the image carries its bundle; kiln-firstboot activates the one bundle found there.
-pub const BAKED: &str = "usr/lib/kiln/bundles";
+pub use kiln_bundle::layout::root::BAKED;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
