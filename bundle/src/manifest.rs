@@ -499,7 +499,30 @@ impl Manifest {
 
     /// Checks that the types cannot express. Errors name the field by its path in the document.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let err = |field: &str, msg: String| Error::invalid(origin, field, msg);
+        self.problem().map_err(|(field, m)| Error::invalid(origin, &field, m))
+    }
+
+    /// The first problem, as (field path, message).
+    fn problem(&self) -> std::result::Result<(), Problem> {
+        self.check_header()?;
+        // Every file path the bundle installs, with what installs it: two writers of one path is an error.
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in self.spec.components.iter() {
+            let at = format!("spec.components.{}", Components::key(&name));
+            if c.version.trim().is_empty() {
+                return Err(err(&format!("{at}.version"), "must not be empty".into()));
+            }
+            self.check_source(&at, &c.source)?;
+            self.check_install(&at, &name, &c, &mut targets)?;
+        }
+        self.check_files(&mut targets)?;
+        self.check_images()?;
+        self.check_runtimes()?;
+        self.spec.config.validate()
+    }
+
+    /// apiVersion, kind, metadata, the Kubernetes version and the architectures.
+    fn check_header(&self) -> std::result::Result<(), Problem> {
         if self.api_version != API_VERSION {
             return Err(err(
                 "apiVersion",
@@ -526,114 +549,127 @@ impl Manifest {
             return Err(err("spec.architectures", "an architecture is listed twice".into()));
         }
 
-        let mut targets: BTreeMap<String, String> = BTreeMap::new();
-        for (name, c) in self.spec.components.iter() {
-            let at = format!("spec.components.{}", Components::key(&name));
-            if c.version.trim().is_empty() {
-                return Err(err(&format!("{at}.version"), "must not be empty".into()));
-            }
-            let s = &c.source;
-            match (&s.url, &s.apt) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        &format!("{at}.source"),
-                        "give either `url` or `apt`, not both".into(),
-                    ))
-                }
-                (None, None) => return Err(err(&format!("{at}.source"), "one of `url` or `apt` is required".into())),
-                (Some(url), None) => {
-                    check_template(url).map_err(|m| err(&format!("{at}.source.url"), m))?;
-                    for arch in &self.spec.architectures {
-                        if !s.sha256.contains_key(arch) {
-                            return Err(err(
-                                &format!("{at}.source.sha256"),
-                                format!("no digest for `{arch}`; every URL artifact is pinned by its sha256"),
-                            ));
-                        }
-                    }
-                }
-                (None, Some(apt)) => {
-                    if apt.package.is_empty()
-                        || !apt
-                            .package
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-                    {
-                        return Err(err(
-                            &format!("{at}.source.apt.package"),
-                            format!("`{}` is not a Debian package name", apt.package),
-                        ));
-                    }
-                    if let Some(v) = &apt.version {
-                        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b)) {
-                            return Err(err(
-                                &format!("{at}.source.apt.version"),
-                                format!("`{v}` is not a Debian version"),
-                            ));
-                        }
-                    }
-                    if matches!(s.format, Some(f) if f != Format::Deb) {
-                        return Err(err(
-                            &format!("{at}.source.format"),
-                            "an `apt` source is always a .deb".into(),
-                        ));
-                    }
-                }
-            }
-            if c.install.is_empty() {
+        Ok(())
+    }
+
+    /// A component's source: a pinned URL for every architecture, or a Debian package.
+    fn check_source(&self, at: &str, s: &Source) -> std::result::Result<(), Problem> {
+        match (&s.url, &s.apt) {
+            (Some(_), Some(_)) => {
                 return Err(err(
-                    &format!("{at}.install"),
-                    "at least one install rule is required".into(),
-                ));
+                    &format!("{at}.source"),
+                    "give either `url` or `apt`, not both".into(),
+                ))
             }
-            let format = self.format_of(&c);
-            for (i, rule) in c.install.iter().enumerate() {
-                let at = format!("{at}.install[{i}]");
-                let tree = rule.to.ends_with('/');
-                check_relative(rule.to.trim_end_matches('/')).map_err(|e| err(&format!("{at}.to"), e.to_string()))?;
-                match (&rule.from, format) {
-                    (Some(_), Format::Binary) => {
+            (None, None) => return Err(err(&format!("{at}.source"), "one of `url` or `apt` is required".into())),
+            (Some(url), None) => {
+                check_template(url).map_err(|m| err(&format!("{at}.source.url"), m))?;
+                for arch in &self.spec.architectures {
+                    if !s.sha256.contains_key(arch) {
                         return Err(err(
-                            &format!("{at}.from"),
-                            "a raw binary has no members; omit `from`".into(),
-                        ))
-                    }
-                    (None, Format::Binary) if tree => {
-                        return Err(err(
-                            &format!("{at}.to"),
-                            "a raw binary installs to a file path, not a directory".into(),
-                        ))
-                    }
-                    (None, Format::Binary) => {}
-                    (None, _) => {
-                        return Err(err(
-                            &format!("{at}.from"),
-                            "an archive rule needs the member to install".into(),
-                        ))
-                    }
-                    (Some(from), _) => {
-                        if from.ends_with('/') != tree {
-                            return Err(err(
-                                &at,
-                                "`from` and `to` must both be directories (ending in `/`) or both files".into(),
-                            ));
-                        }
-                        let f = from.trim_start_matches("./").trim_end_matches('/');
-                        if !f.is_empty() {
-                            check_relative(f).map_err(|e| err(&format!("{at}.from"), e.to_string()))?;
-                        }
-                    }
-                }
-                if !tree {
-                    if let Some(prev) = targets.insert(rule.to.clone(), name.to_string()) {
-                        return Err(err(
-                            &format!("{at}.to"),
-                            format!("`{}` is already installed by {prev}", rule.to),
+                            &format!("{at}.source.sha256"),
+                            format!("no digest for `{arch}`; every URL artifact is pinned by its sha256"),
                         ));
                     }
+                }
+            }
+            (None, Some(apt)) => {
+                if apt.package.is_empty()
+                    || !apt
+                        .package
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                {
+                    return Err(err(
+                        &format!("{at}.source.apt.package"),
+                        format!("`{}` is not a Debian package name", apt.package),
+                    ));
+                }
+                if let Some(v) = &apt.version {
+                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b)) {
+                        return Err(err(
+                            &format!("{at}.source.apt.version"),
+                            format!("`{v}` is not a Debian version"),
+                        ));
+                    }
+                }
+                if matches!(s.format, Some(f) if f != Format::Deb) {
+                    return Err(err(
+                        &format!("{at}.source.format"),
+                        "an `apt` source is always a .deb".into(),
+                    ));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A component's install rules: relative targets, members only for archives, one writer per path.
+    fn check_install(
+        &self,
+        at: &str,
+        name: &str,
+        c: &Component,
+        targets: &mut BTreeMap<String, String>,
+    ) -> std::result::Result<(), Problem> {
+        if c.install.is_empty() {
+            return Err(err(
+                &format!("{at}.install"),
+                "at least one install rule is required".into(),
+            ));
+        }
+        let format = self.format_of(c);
+        for (i, rule) in c.install.iter().enumerate() {
+            let at = format!("{at}.install[{i}]");
+            let tree = rule.to.ends_with('/');
+            check_relative(rule.to.trim_end_matches('/')).map_err(|e| err(&format!("{at}.to"), e.to_string()))?;
+            match (&rule.from, format) {
+                (Some(_), Format::Binary) => {
+                    return Err(err(
+                        &format!("{at}.from"),
+                        "a raw binary has no members; omit `from`".into(),
+                    ))
+                }
+                (None, Format::Binary) if tree => {
+                    return Err(err(
+                        &format!("{at}.to"),
+                        "a raw binary installs to a file path, not a directory".into(),
+                    ))
+                }
+                (None, Format::Binary) => {}
+                (None, _) => {
+                    return Err(err(
+                        &format!("{at}.from"),
+                        "an archive rule needs the member to install".into(),
+                    ))
+                }
+                (Some(from), _) => {
+                    if from.ends_with('/') != tree {
+                        return Err(err(
+                            &at,
+                            "`from` and `to` must both be directories (ending in `/`) or both files".into(),
+                        ));
+                    }
+                    let f = from.trim_start_matches("./").trim_end_matches('/');
+                    if !f.is_empty() {
+                        check_relative(f).map_err(|e| err(&format!("{at}.from"), e.to_string()))?;
+                    }
+                }
+            }
+            if !tree {
+                if let Some(prev) = targets.insert(rule.to.clone(), name.to_string()) {
+                    return Err(err(
+                        &format!("{at}.to"),
+                        format!("`{}` is already installed by {prev}", rule.to),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `spec.files`: relative paths, one of `content` or `from`, no path installed twice.
+    fn check_files(&self, targets: &mut BTreeMap<String, String>) -> std::result::Result<(), Problem> {
         for (i, f) in self.spec.files.iter().enumerate() {
             let at = format!("spec.files[{i}]");
             check_relative(&f.path).map_err(|e| err(&format!("{at}.path"), e.to_string()))?;
@@ -647,6 +683,11 @@ impl Manifest {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `spec.images`: names as the registry spells them, each once, pinned for every architecture.
+    fn check_images(&self) -> std::result::Result<(), Problem> {
         let mut image_names = BTreeSet::new();
         for (i, img) in self.spec.images.iter().enumerate() {
             let at = format!("spec.images[{i}]");
@@ -664,6 +705,11 @@ impl Manifest {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `spec.components.runtimes`: handler names, runtime types, and the binary runc's shim runs.
+    fn check_runtimes(&self) -> std::result::Result<(), Problem> {
         for (name, r) in &self.spec.components.runtimes {
             let at = format!("spec.components.runtimes.{name}");
             let name_ok = !name.is_empty()
@@ -716,7 +762,7 @@ impl Manifest {
                 (None, false) => {}
             }
         }
-        self.spec.config.validate().map_err(|(field, m)| err(&field, m))
+        Ok(())
     }
 
     /// The artifact format of a component: explicit, `.deb` for apt, or inferred from the URL.
@@ -727,6 +773,13 @@ impl Manifest {
             (None, None) => Format::Deb,
         }
     }
+}
+
+/// A validation problem: the field's path in the document and what is wrong with it.
+type Problem = (String, String);
+
+fn err(field: &str, msg: String) -> Problem {
+    (field.to_string(), msg)
 }
 
 impl NodeConfig {
