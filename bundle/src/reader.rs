@@ -339,6 +339,146 @@ fn produce(
     Tail { problems, sha256, size }
 }
 
+/// A member's tar header, as [`check_member`] judges it.
+#[derive(Debug, Clone)]
+pub struct MemberHeader {
+    pub name: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub size: u64,
+    pub link: Option<String>,
+}
+
+impl MemberHeader {
+    fn of<R: Read>(entry: &tar::Entry<'_, R>) -> MemberHeader {
+        let h = entry.header();
+        MemberHeader {
+            name: entry.path_bytes().into_owned(),
+            kind: h.entry_type(),
+            mode: h.mode().unwrap_or(0),
+            size: h.size().unwrap_or(u64::MAX),
+            link: entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        }
+    }
+}
+
+/// What becomes of one member, decided from its header and the index alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A directory the index lists.
+    Dir(String),
+    /// The index's file `i`: its content follows.
+    File(usize),
+    /// The index's symlink `i`.
+    Symlink(usize),
+    /// Refused: the problem names the member.
+    Refused(Problem),
+}
+
+/// Judge one member against the index: its name, type, mode, size or link target, and whether it
+/// was seen before (`seen` records it). Pure: the reader and the fuzz target share it.
+pub fn check_member(index: &Index, dirs: &BTreeSet<String>, seen: &mut BTreeSet<String>, h: &MemberHeader) -> Verdict {
+    let Ok(name) = String::from_utf8(h.name.clone()) else {
+        return Verdict::Refused(Problem {
+            path: Some(String::from_utf8_lossy(&h.name).into_owned()),
+            message: "the name is not UTF-8".into(),
+        });
+    };
+    let path = if h.kind == tar::EntryType::Directory {
+        name.trim_end_matches('/').to_string()
+    } else {
+        name.clone()
+    };
+    let refuse = |message: String| {
+        Verdict::Refused(Problem {
+            path: Some(name.clone()),
+            message,
+        })
+    };
+    if let Err(e) = check_relative(&path) {
+        return refuse(format!("refused: {e}"));
+    }
+    if !seen.insert(path.clone()) {
+        return refuse("appears more than once".into());
+    }
+    let mode = Mode(h.mode & 0o7777);
+    let found = || index.files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok();
+    match h.kind {
+        tar::EntryType::Directory => {
+            if !dirs.contains(&path) {
+                refuse("directory is not in the index".into())
+            } else if mode != Mode::DIR {
+                refuse(format!("directory mode {mode} is not {}", Mode::DIR))
+            } else {
+                Verdict::Dir(path)
+            }
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous => match found().map(|i| (i, &index.files[i])) {
+            None => refuse("is not in the index".into()),
+            Some((_, rec)) if rec.kind != EntryKind::File => {
+                refuse(format!("is a regular file but the index says {:?}", rec.kind))
+            }
+            Some((_, rec)) if mode != rec.mode => {
+                let what = if mode.is_setid() && !rec.mode.is_setid() {
+                    "setuid/setgid bit not in the index: "
+                } else {
+                    ""
+                };
+                refuse(format!("{what}mode {mode} differs from the index ({})", rec.mode))
+            }
+            Some((_, rec)) if h.size != rec.size => {
+                refuse(format!("is {} bytes but the index says {}", h.size, rec.size))
+            }
+            Some((i, _)) => Verdict::File(i),
+        },
+        tar::EntryType::Symlink => match found() {
+            None => refuse("is not in the index".into()),
+            Some(i)
+                if index.files[i].kind != EntryKind::Symlink
+                    || h.link.as_deref() != index.files[i].target.as_deref() =>
+            {
+                refuse(format!(
+                    "symlink to {:?} does not match the index",
+                    h.link.clone().unwrap_or_default()
+                ))
+            }
+            Some(i) => Verdict::Symlink(i),
+        },
+        tar::EntryType::Link => refuse("refused: hard links are not allowed in a bundle".into()),
+        tar::EntryType::Char | tar::EntryType::Block => {
+            refuse("refused: device nodes are not allowed in a bundle".into())
+        }
+        tar::EntryType::Fifo => refuse("refused: FIFOs are not allowed in a bundle".into()),
+        other => refuse(format!("refused: unsupported member type {other:?}")),
+    }
+}
+
+/// The first member, which must be the index: read within its size limit and parsed.
+fn index_member<R: Read>(first: Option<io::Result<tar::Entry<'_, R>>>, origin: &str) -> Result<Index, String> {
+    let mut entry = match first {
+        None => return Err("the bundle is empty".into()),
+        Some(Err(e)) => return Err(format!("corrupt or truncated archive: {e}")),
+        Some(Ok(entry)) => entry,
+    };
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if name != INDEX_NAME || entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(format!("the first member is `{name}`, not the index {INDEX_NAME}"));
+    }
+    let size = entry.header().size().unwrap_or(u64::MAX);
+    if size > MAX_INDEX_BYTES {
+        return Err(format!(
+            "{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"
+        ));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("corrupt or truncated archive in {INDEX_NAME}: {e}"))?;
+    Index::from_json(&buf, origin).map_err(|e| e.to_string())
+}
+
 /// Decode the members, check each header against the index, and send the good ones on. Returns
 /// early (the caller's thread is gone) when a send fails.
 fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, free: &mpsc::Receiver<Vec<u8>>) {
@@ -352,42 +492,11 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
             return;
         }
     };
-
-    // The index comes first.
-    let index = match entries.next() {
-        None => {
-            fatal("the bundle is empty".into());
+    let index = match index_member(entries.next(), origin) {
+        Ok(i) => i,
+        Err(message) => {
+            fatal(message);
             return;
-        }
-        Some(Err(e)) => {
-            fatal(format!("corrupt or truncated archive: {e}"));
-            return;
-        }
-        Some(Ok(mut entry)) => {
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if name != INDEX_NAME || entry.header().entry_type() != tar::EntryType::Regular {
-                fatal(format!("the first member is `{name}`, not the index {INDEX_NAME}"));
-                return;
-            }
-            let size = entry.header().size().unwrap_or(u64::MAX);
-            if size > MAX_INDEX_BYTES {
-                fatal(format!(
-                    "{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"
-                ));
-                return;
-            }
-            let mut buf = Vec::with_capacity(size as usize);
-            if let Err(e) = entry.read_to_end(&mut buf) {
-                fatal(format!("corrupt or truncated archive in {INDEX_NAME}: {e}"));
-                return;
-            }
-            match Index::from_json(&buf, origin) {
-                Ok(i) => i,
-                Err(e) => {
-                    fatal(e.to_string());
-                    return;
-                }
-            }
         }
     };
     if !send(Msg::Begin(Box::new(index.clone()))) {
@@ -404,122 +513,13 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
                 return;
             }
         };
-        let raw_name = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        let Ok(name) = String::from_utf8(raw_name.clone()) else {
-            let p = Problem {
-                path: Some(String::from_utf8_lossy(&raw_name).into_owned()),
-                message: "the name is not UTF-8".into(),
-            };
-            if !send(Msg::Problem(p)) {
-                return;
-            }
-            continue;
+        let sent = match check_member(&index, &dirs, &mut seen, &MemberHeader::of(&entry)) {
+            Verdict::Refused(p) => send(Msg::Problem(p)),
+            Verdict::Dir(path) => send(Msg::Dir(path)),
+            Verdict::Symlink(i) => send(Msg::Symlink(i)),
+            Verdict::File(i) => send(Msg::File(i)) && stream(&mut entry, &send, free),
         };
-        let path = if kind == tar::EntryType::Directory {
-            name.trim_end_matches('/').to_string()
-        } else {
-            name.clone()
-        };
-        let problem = |message: String| {
-            send(Msg::Problem(Problem {
-                path: Some(name.clone()),
-                message,
-            }))
-        };
-        if let Err(e) = check_relative(&path) {
-            if !problem(format!("refused: {e}")) {
-                return;
-            }
-            continue;
-        }
-        if !seen.insert(path.clone()) {
-            if !problem("appears more than once".into()) {
-                return;
-            }
-            continue;
-        }
-        let mode = Mode(entry.header().mode().unwrap_or(0) & 0o7777);
-        let ok = match kind {
-            tar::EntryType::Directory => {
-                if !dirs.contains(&path) {
-                    problem("directory is not in the index".into())
-                } else if mode != Mode::DIR {
-                    problem(format!("directory mode {mode} is not {}", Mode::DIR))
-                } else {
-                    send(Msg::Dir(path))
-                }
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let found = index.files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok();
-                match found.map(|i| (i, &index.files[i])) {
-                    None => problem("is not in the index".into()),
-                    Some((_, rec)) if rec.kind != EntryKind::File => {
-                        problem(format!("is a regular file but the index says {:?}", rec.kind))
-                    }
-                    Some((_, rec)) if mode != rec.mode => {
-                        let what = if mode.is_setid() && !rec.mode.is_setid() {
-                            "setuid/setgid bit not in the index: "
-                        } else {
-                            ""
-                        };
-                        problem(format!("{what}mode {mode} differs from the index ({})", rec.mode))
-                    }
-                    Some((_, rec)) if entry.header().size().unwrap_or(u64::MAX) != rec.size => problem(format!(
-                        "is {} bytes but the index says {}",
-                        entry.header().size().unwrap_or(u64::MAX),
-                        rec.size
-                    )),
-                    Some((i, _)) => {
-                        if !send(Msg::File(i)) {
-                            return;
-                        }
-                        loop {
-                            // Buffers keep their full size; a fresh one is calloc'ed, a returned one reused.
-                            let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
-                            match read_full(&mut entry, &mut buf) {
-                                Ok(0) => break send(Msg::EndFile),
-                                Ok(n) => {
-                                    if !send(Msg::Chunk(buf, n)) {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    send(Msg::ReadError(e.to_string()));
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            tar::EntryType::Symlink => {
-                let found = index.files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok();
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                match found {
-                    None => problem("is not in the index".into()),
-                    Some(i)
-                        if index.files[i].kind != EntryKind::Symlink
-                            || target.as_deref() != index.files[i].target.as_deref() =>
-                    {
-                        problem(format!(
-                            "symlink to {:?} does not match the index",
-                            target.unwrap_or_default()
-                        ))
-                    }
-                    Some(i) => send(Msg::Symlink(i)),
-                }
-            }
-            tar::EntryType::Link => problem("refused: hard links are not allowed in a bundle".into()),
-            tar::EntryType::Char | tar::EntryType::Block => {
-                problem("refused: device nodes are not allowed in a bundle".into())
-            }
-            tar::EntryType::Fifo => problem("refused: FIFOs are not allowed in a bundle".into()),
-            other => problem(format!("refused: unsupported member type {other:?}")),
-        };
-        if !ok {
+        if !sent {
             return;
         }
     }
@@ -547,6 +547,27 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
             ));
         }
         Ok(_) => {}
+    }
+}
+
+/// Send a file's content in chunks, then its end; false when the receiver is gone or reading
+/// failed (the failure is sent).
+fn stream(entry: &mut impl Read, send: &impl Fn(Msg) -> bool, free: &mpsc::Receiver<Vec<u8>>) -> bool {
+    loop {
+        // Buffers keep their full size; a fresh one is calloc'ed, a returned one reused.
+        let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        match read_full(entry, &mut buf) {
+            Ok(0) => return send(Msg::EndFile),
+            Ok(n) => {
+                if !send(Msg::Chunk(buf, n)) {
+                    return false;
+                }
+            }
+            Err(e) => {
+                send(Msg::ReadError(e.to_string()));
+                return false;
+            }
+        }
     }
 }
 
@@ -593,4 +614,68 @@ pub fn read_index(path: &Path) -> Result<Index> {
         .read_to_end(&mut buf)
         .map_err(|e| Error::bundle(&origin, format!("corrupt archive in {INDEX_NAME}: {e}")))?;
     Index::from_json(&buf, &origin)
+}
+
+#[cfg(test)]
+mod member_tests {
+    use super::*;
+    use crate::index::tests::sample;
+
+    fn header(name: &str, kind: tar::EntryType, mode: u32, size: u64, link: Option<&str>) -> MemberHeader {
+        MemberHeader {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode,
+            size,
+            link: link.map(str::to_string),
+        }
+    }
+
+    fn refusal(v: Verdict) -> String {
+        match v {
+            Verdict::Refused(p) => format!("{}: {}", p.path.unwrap_or_default(), p.message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_member_is_judged_by_its_header_against_the_index() {
+        use tar::EntryType::{Directory, Fifo, Link, Regular, Symlink};
+        let index = sample();
+        let dirs: BTreeSet<String> = index.directories().into_iter().map(str::to_string).collect();
+        let mut seen = BTreeSet::new();
+        let mut check = |h: MemberHeader| check_member(&index, &dirs, &mut seen, &h);
+        assert_eq!(
+            check(header("bin/", Directory, 0o755, 0, None)),
+            Verdict::Dir("bin".into())
+        );
+        assert_eq!(check(header("bin/a", Regular, 0o755, 1, None)), Verdict::File(0));
+        assert_eq!(
+            check(header("bin/b", Symlink, 0o777, 0, Some("a"))),
+            Verdict::Symlink(1)
+        );
+        assert_eq!(
+            refusal(check(header("bin/a", Regular, 0o755, 1, None))),
+            "bin/a: appears more than once"
+        );
+        let mut seen = BTreeSet::new();
+        let mut check = |h: MemberHeader| check_member(&index, &dirs, &mut seen, &h);
+        assert!(
+            refusal(check(header("bin/a", Regular, 0o4755, 1, None))).contains("setuid/setgid bit not in the index")
+        );
+        let mut seen = BTreeSet::new();
+        let mut check = |h: MemberHeader| check_member(&index, &dirs, &mut seen, &h);
+        assert!(refusal(check(header("bin/a", Regular, 0o755, 2, None))).contains("is 2 bytes but the index says 1"));
+        assert!(refusal(check(header("bin/b", Symlink, 0o777, 0, Some("/etc")))).contains("does not match the index"));
+        assert!(refusal(check(header("../x", Regular, 0o644, 0, None))).starts_with("../x: refused"));
+        assert!(refusal(check(header("bin/c", Regular, 0o644, 0, None))).contains("is not in the index"));
+        assert!(refusal(check(header("bin/h", Link, 0o644, 0, Some("a")))).contains("hard links"));
+        assert!(refusal(check(header("bin/f", Fifo, 0o644, 0, None))).contains("FIFOs"));
+        assert!(refusal(check(header("etc/", Directory, 0o755, 0, None))).contains("directory is not in the index"));
+        let bad = MemberHeader {
+            name: vec![0xff, b'x'],
+            ..header("", Regular, 0o644, 0, None)
+        };
+        assert!(refusal(check(bad)).contains("not UTF-8"));
+    }
 }
