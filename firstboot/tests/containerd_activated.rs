@@ -4,7 +4,6 @@
 
 mod common;
 
-use clap::Parser;
 use common::*;
 use kiln_testkit::containerd::{redirect, Containerd};
 
@@ -18,16 +17,7 @@ fn bundle_containerd_runs_a_container_from_the_activated_tree() {
     std::fs::write(&m, text).unwrap();
     let out = tmp.path().join("out");
     let cache = tmp.path().join("cache");
-    let args = [
-        "kiln",
-        "--cache",
-        cache.to_str().unwrap(),
-        "build",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    kiln_builder::cli::run(kiln_builder::cli::Cli::parse_from(args)).expect("the Debian bundle builds");
+    builder_build(&cache, &m, &out, &[]);
     let bundle = out.join("debian12-runtime-1.0.0-amd64.kiln.tar.zst");
 
     let root = node_root(tmp.path(), &bundle);

@@ -36,23 +36,27 @@ pub fn build_bundle(dir: &Path, mirror: &Mirror, version: &str, with_kubelet: bo
     let m = dir.join(format!("m-{version}.yaml"));
     std::fs::write(&m, text).unwrap();
     let out = dir.join(format!("out-{version}"));
-    let mut args: Vec<String> = [
-        "kiln",
-        "--cache",
-        dir.join("cache").to_str().unwrap(),
-        "build",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--arch",
-        "amd64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(standin::mirror_flags(&mirror.url()));
-    kiln_builder::cli::run(kiln_builder::cli::Cli::parse_from(args)).expect("the bundle builds");
+    builder_build(&dir.join("cache"), &m, &out, &standin::mirror_flags(&mirror.url()));
     out.join(format!("k8s-node-{version}-amd64.kiln.tar.zst"))
+}
+
+/// `kiln build MANIFEST -o OUT --arch amd64` with `extra` flags, through the builder's command line
+/// in process. The one place firstboot's tests call the builder: they activate bundles exactly as
+/// `kiln build` writes them (rendered units, containerd config, placeholders), so a change in the
+/// builder's output shows here, and a change of its flags is mended here once.
+pub fn builder_build(cache: &Path, manifest: &Path, out: &Path, extra: &[String]) {
+    let mut args: Vec<String> = ["kiln", "--cache"].iter().map(|s| s.to_string()).collect();
+    args.push(cache.display().to_string());
+    args.push("build".into());
+    args.push(manifest.display().to_string());
+    args.extend([
+        "-o".to_string(),
+        out.display().to_string(),
+        "--arch".into(),
+        "amd64".into(),
+    ]);
+    args.extend(extra.iter().cloned());
+    kiln_builder::cli::run(kiln_builder::cli::Cli::parse_from(args)).expect("the bundle builds");
 }
 
 pub fn production_mirror() -> Mirror {
