@@ -30,6 +30,20 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kiln build MANIFEST -o DIR/out` (no mirror: apt and local sources) to success; the bundle it wrote.
+pub fn build_local(dir: &Path, manifest: &Path) -> PathBuf {
+    let out = dir.join("out");
+    ok(&kiln(
+        &dir.join("cache"),
+        &["build", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    ));
+    std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".kiln.tar.zst"))
+        .expect("kiln build wrote a bundle")
+}
+
 /// Run any tool to success; its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -55,14 +55,7 @@ fn containerd_2_3_loads_the_rendered_v4_config_imports_images_and_runs_a_contain
 
     std::fs::create_dir_all(t.join("var/lib/kiln")).unwrap();
     std::os::unix::fs::symlink(&current, t.join("var/lib/kiln/current")).unwrap();
-    std::fs::write(t.join("config.toml"), kiln_testkit::containerd::redirect(&rendered, t)).unwrap();
-    let bin = current.join("bin");
-    let daemon = Containerd::start(
-        &bin,
-        &t.join("config.toml"),
-        &t.join("run/containerd/containerd.sock"),
-        &t.join("containerd.log"),
-    );
+    let daemon = Containerd::start_rendered(t, &current, &rendered);
     let log = daemon.log_text();
     assert!(log.contains("containerd successfully booted"), "{log}");
     // Negative control for the check below: containerd 2.3.4 does log a migration for version 3.
@@ -93,7 +86,7 @@ fn containerd_2_3_loads_the_rendered_v4_config_imports_images_and_runs_a_contain
         let words = shlex::split(&line).unwrap();
         run(Command::new(&words[0]).args(&words[1..]));
     }
-    let listed = Command::new(bin.join("ctr"))
+    let listed = Command::new(daemon.bin.join("ctr"))
         .arg("--address")
         .arg(&daemon.socket)
         .args(["--namespace", "k8s.io", "images", "ls", "-q"])
@@ -105,7 +98,7 @@ fn containerd_2_3_loads_the_rendered_v4_config_imports_images_and_runs_a_contain
     }
 
     assert_eq!(
-        daemon.run_echo(t, &bin.join("runc"), "hello from containerd 2.3.4"),
+        daemon.run_echo(t, &daemon.bin.join("runc"), "hello from containerd 2.3.4"),
         "hello from containerd 2.3.4"
     );
 }

@@ -46,19 +46,11 @@ fn debian_containerd_loads_the_rendered_config_and_runs_a_container() {
     // The same file with its node paths redirected into the test directory.
     std::fs::create_dir_all(t.join("var/lib/kiln")).unwrap();
     std::os::unix::fs::symlink(&current, t.join("var/lib/kiln/current")).unwrap();
-    let config = kiln_testkit::containerd::redirect(&rendered, t);
-    std::fs::write(t.join("config.toml"), config).unwrap();
-    let bin = current.join("bin");
-    let daemon = Containerd::start(
-        &bin,
-        &t.join("config.toml"),
-        &t.join("run/containerd/containerd.sock"),
-        &t.join("containerd.log"),
-    );
+    let daemon = Containerd::start_rendered(t, &current, &rendered);
     // The CRI plugin loaded the rendered configuration.
     assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
     assert_eq!(
-        daemon.run_echo(t, &bin.join("runc"), "hello from a kiln bundle"),
+        daemon.run_echo(t, &daemon.bin.join("runc"), "hello from a kiln bundle"),
         "hello from a kiln bundle"
     );
 }

@@ -81,14 +81,7 @@ impl Node {
             node_hosts.join("ca.crt"),
         )
         .unwrap();
-        std::fs::write(t.join("config.toml"), kiln_testkit::containerd::redirect(&rendered, t)).unwrap();
-        let bin = current.join("bin");
-        let daemon = Containerd::start(
-            &bin,
-            &t.join("config.toml"),
-            &t.join("run/containerd/containerd.sock"),
-            &t.join("containerd.log"),
-        );
+        let daemon = Containerd::start_rendered(t, &current, &rendered);
         assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
         let cri = Cri::connect(&daemon.socket);
         Node {
@@ -141,16 +134,7 @@ fn pulls_through_the_rendered_registry_configuration(
     std::fs::create_dir_all(&src).unwrap();
     std::fs::copy(&registry.ca, src.join("registry-ca.pem")).unwrap();
     let manifest = manifest_for(&src, &registry.host);
-    let out = t.join("out");
-    ok(&kiln(
-        &t.join("cache"),
-        &["build", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()],
-    ));
-    let bundle = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".kiln.tar.zst"))
-        .unwrap();
+    let bundle = build_local(t, &manifest);
     let node = Node::start(&t.join("node"), &bundle, &registry.host);
 
     // Wrong credentials: the registry refuses, and containerd says so.

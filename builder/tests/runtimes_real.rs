@@ -64,16 +64,7 @@ fn runs_a_pod_through_the_crun_handler(t: &Path, manifest: PathBuf, expect: Crun
         "crun is missing: run scripts/setup (Debian package crun)"
     );
     with_crun(&manifest);
-    let out = t.join("out");
-    ok(&kiln(
-        &t.join("cache"),
-        &["build", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()],
-    ));
-    let bundle = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".kiln.tar.zst"))
-        .unwrap();
+    let bundle = build_local(t, &manifest);
     let inspect = ok(&kiln(&t.join("cache"), &["inspect", bundle.to_str().unwrap()]));
     assert!(
         inspect.contains("runtime     crun (RuntimeClass crun: runtimeclasses/crun.yaml)"),
@@ -98,14 +89,7 @@ fn runs_a_pod_through_the_crun_handler(t: &Path, manifest: PathBuf, expect: Crun
     let rendered = std::fs::read_to_string(current.join("etc/containerd/config.toml")).unwrap();
     std::fs::create_dir_all(t.join("var/lib/kiln")).unwrap();
     std::os::unix::fs::symlink(&current, t.join("var/lib/kiln/current")).unwrap();
-    std::fs::write(t.join("config.toml"), kiln_testkit::containerd::redirect(&rendered, t)).unwrap();
-    let bin = current.join("bin");
-    let daemon = Containerd::start_without_unified_cgroup(
-        &bin,
-        &t.join("config.toml"),
-        &t.join("run/containerd/containerd.sock"),
-        &t.join("containerd.log"),
-    );
+    let daemon = Containerd::start_rendered_without_unified_cgroup(t, &current, &rendered);
     assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
     for (name, image) in [
         (
@@ -119,7 +103,7 @@ fn runs_a_pod_through_the_crun_handler(t: &Path, manifest: PathBuf, expect: Crun
     ] {
         let archive = t.join(format!("{}.oci.tar", name.replace(['/', ':'], "_")));
         std::fs::write(&archive, image).unwrap();
-        run(Command::new(bin.join("ctr"))
+        run(Command::new(daemon.bin.join("ctr"))
             .arg("--address")
             .arg(&daemon.socket)
             .args(["--namespace", "k8s.io", "images", "import"])

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use kiln_testkit::containerd::{redirect, Containerd};
+use kiln_testkit::containerd::Containerd;
 
 #[test]
 fn bundle_containerd_runs_a_container_from_the_activated_tree() {
@@ -33,15 +33,7 @@ fn bundle_containerd_runs_a_container_from_the_activated_tree() {
 
     let current = root.join("var/lib/kiln/current");
     let rendered = std::fs::read_to_string(current.join("etc/containerd/config.toml")).unwrap();
-    let config = tmp.path().join("config.toml");
-    std::fs::write(&config, redirect(&rendered, &root)).unwrap();
-    let bin = current.join("bin");
-    let daemon = Containerd::start(
-        &bin,
-        &config,
-        &root.join("run/containerd/containerd.sock"),
-        &tmp.path().join("containerd.log"),
-    );
+    let daemon = Containerd::start_rendered(&root, &current, &rendered);
     assert_eq!(daemon.cri_status(), "ok", "{}", daemon.log_text());
     // The real health probe kiln-firstboot uses on a node answers for this containerd.
     use kiln_firstboot::system::System;
@@ -58,7 +50,7 @@ fn bundle_containerd_runs_a_container_from_the_activated_tree() {
         )
         .is_err());
     assert_eq!(
-        daemon.run_echo(tmp.path(), &bin.join("runc"), "activated by kiln-firstboot"),
+        daemon.run_echo(tmp.path(), &daemon.bin.join("runc"), "activated by kiln-firstboot"),
         "activated by kiln-firstboot"
     );
 }

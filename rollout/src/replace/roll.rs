@@ -265,12 +265,8 @@ async fn replace_steps(
         progress(&format!("{old}: draining before its replacement exists"));
         let report = drain::drain(client, old, &a.drain, &|_| {}).await?;
         if !report.ok() {
-            let why: Vec<String> = report
-                .blocked
-                .iter()
-                .map(|d| format!("{}: {}", d.pod, d.reason))
-                .collect();
-            bail!("drain stopped: {}", why.join("; "));
+            let why = report.blocked_summary();
+            bail!("drain stopped: {why}");
         }
     }
     let deadline = Instant::now() + a.ready_timeout;

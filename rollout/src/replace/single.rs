@@ -202,13 +202,9 @@ pub(crate) async fn finish(
     progress(&format!("{old}: draining (replacement {new} is Ready)"));
     let report = drain::drain(client, old, drain_args, &|_| {}).await?;
     if !report.ok() {
-        let why: Vec<String> = report
-            .blocked
-            .iter()
-            .map(|d| format!("{}: {}", d.pod, d.reason))
-            .collect();
+        let why = report.blocked_summary();
         out.result = Outcome::Failed;
-        out.message = Some(format!("drain of {old} stopped: {}", why.join("; ")));
+        out.message = Some(format!("drain of {old} stopped: {why}"));
         return Ok(());
     }
     delete_node(client, old).await?;

@@ -35,6 +35,32 @@ impl Containerd {
         Self::spawn(cmd, bin, socket, log)
     }
 
+    /// The containerd of an activated tree: `rendered` (the bundle's config.toml) is written to
+    /// `root/config.toml` with every node path moved under `root` (see [`redirect`]), and
+    /// `current/bin/containerd` starts on it; socket `root/run/containerd/containerd.sock`, log
+    /// `root/containerd.log`.
+    pub fn start_rendered(root: &Path, current: &Path, rendered: &str) -> Containerd {
+        let (config, socket, log) = Self::rendered_paths(root, rendered);
+        Self::start(&current.join("bin"), &config, &socket, &log)
+    }
+
+    /// [`Containerd::start_rendered`] without the unified cgroup hierarchy (see
+    /// [`Containerd::start_without_unified_cgroup`]).
+    pub fn start_rendered_without_unified_cgroup(root: &Path, current: &Path, rendered: &str) -> Containerd {
+        let (config, socket, log) = Self::rendered_paths(root, rendered);
+        Self::start_without_unified_cgroup(&current.join("bin"), &config, &socket, &log)
+    }
+
+    fn rendered_paths(root: &Path, rendered: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let config = root.join("config.toml");
+        std::fs::write(&config, redirect(rendered, root)).unwrap();
+        (
+            config,
+            root.join("run/containerd/containerd.sock"),
+            root.join("containerd.log"),
+        )
+    }
+
     fn spawn(mut cmd: Command, bin: &Path, socket: &Path, log: &Path) -> Containerd {
         let child = cmd
             .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()))
