@@ -101,14 +101,14 @@ fn sha256(p: &Path) -> String {
 }
 
 #[test]
-fn raw_qcow2_vhd_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
+fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     base(dir);
     let recipe = recipe(dir, "rootfsTar: base.tar");
     let bundle = standin_bundle(dir);
     let out = dir.join("images");
-    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,gce,rootfs-tar"));
+    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,vmdk,gce,rootfs-tar"));
     let mut files = listing(&out);
     files.sort();
     assert_eq!(
@@ -119,6 +119,7 @@ fn raw_qcow2_vhd_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducib
             format!("{STEM}.raw"),
             format!("{STEM}.rootfs.tar.zst"),
             format!("{STEM}.vhd"),
+            format!("{STEM}.vmdk"),
         ],
         "only the images: no work files left"
     );
@@ -229,6 +230,30 @@ fn raw_qcow2_vhd_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducib
     assert_eq!(sha256(&from_vhd), sha256(&raw));
     std::fs::remove_file(&from_vhd).unwrap();
 
+    // vmdk: streamOptimized as vSphere imports it, consistent, holding the same disk; its
+    // descriptor names the file it ships as.
+    let vmdk = out.join(format!("{STEM}.vmdk"));
+    run(Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&vmdk));
+    let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "vmdk"])
+        .arg(&vmdk)))
+    .unwrap();
+    assert_eq!(info["virtual-size"], raw_len, "{info}");
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"], "streamOptimized",
+        "{info}"
+    );
+    let descriptor = String::from_utf8_lossy(&std::fs::read(&vmdk).unwrap()[..4096]).into_owned();
+    assert!(descriptor.contains(&format!("\"{STEM}.vmdk\"")), "{descriptor}");
+    assert!(descriptor.contains("ddb.adapterType = \"lsilogic\""), "{descriptor}");
+    let from_vmdk = dir.join("from-vmdk.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(&vmdk)
+        .arg(&from_vmdk));
+    assert_eq!(sha256(&from_vmdk), sha256(&raw));
+    std::fs::remove_file(&from_vmdk).unwrap();
+
     // gce: exactly `disk.raw` in a gzipped tar, as Compute Engine imports it, holding the same disk.
     let gce = out.join(format!("{STEM}.gce.tar.gz"));
     let listed = run(Command::new("tar").arg("-tzvf").arg(&gce));
@@ -248,8 +273,8 @@ fn raw_qcow2_vhd_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducib
 
     // Same inputs, same bytes: every format.
     let again = dir.join("again");
-    ok(&image(dir, &recipe, &bundle, &again, "raw,vhd,gce,rootfs-tar"));
-    for ext in ["vhd", "gce.tar.gz"] {
+    ok(&image(dir, &recipe, &bundle, &again, "raw,vhd,vmdk,gce,rootfs-tar"));
+    for ext in ["vhd", "vmdk", "gce.tar.gz"] {
         assert_eq!(
             sha256(&again.join(format!("{STEM}.{ext}"))),
             sha256(&out.join(format!("{STEM}.{ext}"))),

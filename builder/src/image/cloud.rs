@@ -3,6 +3,9 @@
 //!   disk, its size rounded up to a whole MiB as Azure requires, then a 512-byte footer. The footer's
 //!   time stamp is SOURCE_DATE_EPOCH and its unique id is the disk's GUID, so the same inputs give the
 //!   same bytes (`qemu-img convert -O vpc` writes the current time and a random id).
+//! - `vmdk`: vSphere's streamOptimized VMDK (what an OVA carries and what vSphere imports),
+//!   written by `qemu-img` with an LSI Logic adapter; its descriptor's content id (CID), random in
+//!   qemu-img's output, is taken from the disk's GUID.
 //! - `gce`: Compute Engine's import format: the disk named `disk.raw` in a gzipped GNU tar
 //!   (`--format=oldgnu`, sparse), owners, mode and time fixed, gzip without a name or time stamp.
 
@@ -82,6 +85,37 @@ fn chs(sectors: u64) -> (u16, u8, u8) {
     ((cth / heads) as u16, heads as u8, spt as u8)
 }
 
+/// `raw` as a streamOptimized VMDK at `out`. The descriptor names its extent by the file name,
+/// so `out` must already have the name the image ships under.
+pub fn vmdk(raw: &Path, out: &Path, guid: &str) -> Result<()> {
+    process::run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "vmdk"])
+            .args(["-o", "subformat=streamOptimized,adapter_type=lsilogic"])
+            .arg(raw)
+            .arg(out),
+    )?;
+    let cid = &guid.replace('-', "")[..8];
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(out)?;
+    // The embedded descriptor sits in the first sectors after the 512-byte header.
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::io::Read::read(&mut f, &mut head)?;
+    let at =
+        find_cid(&head[..n]).with_context(|| format!("{}: no `CID=` line in the VMDK descriptor", out.display()))?;
+    f.seek(SeekFrom::Start(at as u64))?;
+    f.write_all(cid.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The offset of the 8 hex digits of the descriptor's `CID=` line (not `parentCID=`).
+fn find_cid(head: &[u8]) -> Option<usize> {
+    let key = b"\nCID=";
+    let at = head.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = head.get(at..at + 9)?;
+    (digits[..8].iter().all(u8::is_ascii_hexdigit) && digits[8] == b'\n').then_some(at)
+}
+
 /// `raw` as `disk.raw` in a gzipped sparse tar at `out`, as Compute Engine imports it.
 pub fn gce(raw: &Path, out: &Path, work: &Path, source_date_epoch: u64) -> Result<()> {
     let dir = work.join("gce");
@@ -140,5 +174,14 @@ mod tests {
         // Past the CHS limit, the geometry is capped.
         assert_eq!(chs(u64::MAX / 512), (65535, 16, 255));
         assert!(vhd_footer(MIB, "not-a-guid", 0).is_err());
+    }
+
+    #[test]
+    fn the_vmdk_cid_is_found_on_its_own_line() {
+        let d = b"# Disk DescriptorFile\nversion=1\nCID=b258ab03\nparentCID=ffffffff\n";
+        let at = find_cid(d).unwrap();
+        assert_eq!(&d[at..at + 8], b"b258ab03");
+        assert_eq!(find_cid(b"parentCID=ffffffff\n"), None);
+        assert_eq!(find_cid(b"\nCID=b258\n"), None);
     }
 }

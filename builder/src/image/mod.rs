@@ -39,6 +39,8 @@ pub enum Format {
     Qcow2,
     /// Azure: a fixed VHD.
     Vhd,
+    /// vSphere: a streamOptimized VMDK.
+    Vmdk,
     /// Compute Engine: `disk.raw` in a gzipped sparse tar.
     Gce,
     RootfsTar,
@@ -205,10 +207,12 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             crate::check_interrupted()?;
             results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
         }
-        if o.formats
-            .iter()
-            .any(|f| matches!(f, Format::Raw | Format::Qcow2 | Format::Vhd | Format::Gce))
-        {
+        if o.formats.iter().any(|f| {
+            matches!(
+                f,
+                Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vmdk | Format::Gce
+            )
+        }) {
             let raw = work.path().join("disk.raw");
             let cmdline = format!(
                 "{} root=PARTUUID={} rootfstype=ext4 rw",
@@ -239,6 +243,14 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
                 let tmp = work.path().join("disk.vhd");
                 cloud::vhd(&raw, &tmp, &uuids.disk, o.source_date_epoch)?;
                 results.push((tmp, o.out.join(format!("{stem}.vhd"))));
+            }
+            if o.formats.contains(&Format::Vmdk) {
+                // In a directory of its own: the descriptor names the extent by the final file name.
+                let name = format!("{stem}.vmdk");
+                let dir = work.path().join("vmdk");
+                fs::create_dir_all(&dir)?;
+                cloud::vmdk(&raw, &dir.join(&name), &uuids.disk)?;
+                results.push((dir.join(&name), o.out.join(name)));
             }
             if o.formats.contains(&Format::Gce) {
                 let tmp = work.path().join("disk.tar.gz");
