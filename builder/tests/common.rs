@@ -59,6 +59,11 @@ pub fn run(cmd: &mut Command) -> String {
 /// `kiln build MANIFEST -o DIR/out --arch amd64` through the mirror, plus `extra`: the output and
 /// the bundle's path.
 pub fn build_amd64(dir: &Path, manifest: &Path, mirror: &Mirror, extra: &[&str]) -> (Output, PathBuf) {
+    build_arch(dir, manifest, mirror, "amd64", extra)
+}
+
+/// `kiln build MANIFEST -o DIR/out --arch ARCH` through the mirror, plus `extra`.
+pub fn build_arch(dir: &Path, manifest: &Path, mirror: &Mirror, arch: &str, extra: &[&str]) -> (Output, PathBuf) {
     let out = dir.join("out");
     let mut args = vec![
         "build".to_string(),
@@ -66,22 +71,27 @@ pub fn build_amd64(dir: &Path, manifest: &Path, mirror: &Mirror, extra: &[&str])
         "-o".into(),
         out.display().to_string(),
         "--arch".into(),
-        "amd64".into(),
+        arch.into(),
     ];
     args.extend(mirror_args(mirror));
     args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (
         kiln(&dir.join("cache"), &args),
-        out.join("k8s-node-1.36.4-1-amd64.kiln.tar.zst"),
+        out.join(format!("k8s-node-1.36.4-1-{arch}.kiln.tar.zst")),
     )
 }
 
 /// The stand-in production bundle for amd64, built through a mirror; its path.
 pub fn standin_bundle(dir: &Path) -> PathBuf {
+    standin_bundle_for(dir, "amd64")
+}
+
+/// The stand-in production bundle for `arch`; its path.
+pub fn standin_bundle_for(dir: &Path, arch: &str) -> PathBuf {
     let mirror = production_mirror();
     let manifest = standin_manifest(dir, &mirror);
-    let (o, bundle) = build_amd64(dir, &manifest, &mirror, &[]);
+    let (o, bundle) = build_arch(dir, &manifest, &mirror, arch, &[]);
     ok(&o);
     bundle
 }

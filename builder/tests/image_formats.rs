@@ -14,7 +14,12 @@ const STEM: &str = "tiny-k8s-node-1.36.4-1";
 
 /// A tiny base: busybox, a stand-in kernel and initrd, and the machine identity an image must drop.
 fn base(dir: &Path) -> PathBuf {
-    let root = dir.join("base");
+    base_with(dir, "base", &[])
+}
+
+/// [`base`] with `extra` files, as the tarball `DIR/NAME.tar`.
+fn base_with(dir: &Path, name: &str, extra: &[(&str, &[u8])]) -> PathBuf {
+    let root = dir.join(name);
     for d in ["bin", "boot", "etc/ssh", "var/lib/dbus", "usr/lib/systemd/system"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -38,21 +43,30 @@ fn base(dir: &Path) -> PathBuf {
         b"0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
-    let tar = dir.join("base.tar");
+    for (path, content) in extra {
+        std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+        std::fs::write(root.join(path), content).unwrap();
+    }
+    let tar = dir.join(format!("{name}.tar"));
     run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
     tar
 }
 
 /// A recipe named after its base line, so each variant is a file of its own.
 fn recipe(dir: &Path, base_line: &str) -> PathBuf {
+    recipe_for(dir, base_line, "amd64")
+}
+
+/// [`recipe`] for `arch` (spec.architecture).
+fn recipe_for(dir: &Path, base_line: &str, arch: &str) -> PathBuf {
     let p = dir.join(format!(
-        "tiny-{}.yaml",
+        "tiny-{arch}-{}.yaml",
         &kiln_testkit::sha256_hex(base_line.as_bytes())[..8]
     ));
     std::fs::write(
         &p,
         format!(
-            "apiVersion: kiln.dev/v1alpha1\nkind: ImageRecipe\nmetadata: {{name: tiny}}\nspec:\n  base:\n    {base_line}\n  rootfs: {{type: ext4, size: 256MiB}}\n  partitions:\n    - {{name: esp, type: esp, size: 64MiB}}\n    - {{name: root, type: root}}\n  kernelCommandLine: console=ttyS0\n"
+            "apiVersion: kiln.dev/v1alpha1\nkind: ImageRecipe\nmetadata: {{name: tiny}}\nspec:\n  architecture: {arch}\n  base:\n    {base_line}\n  rootfs: {{type: ext4, size: 256MiB}}\n  partitions:\n    - {{name: esp, type: esp, size: 64MiB}}\n    - {{name: root, type: root}}\n  kernelCommandLine: console=ttyS0\n"
         ),
     )
     .unwrap();
@@ -326,23 +340,6 @@ fn bad_input_fails_naming_it_and_leaves_nothing() {
     assert!(e.contains(&format!("{}.sha256 not found", bare.display())), "{e}");
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));
 
-    // A bundle for another architecture: refused, naming both, before anything is built.
-    let mirror = production_mirror();
-    let manifest = standin_manifest(dir, &mirror);
-    let mut args = vec!["build".to_string(), manifest.display().to_string(), "-o".into()];
-    args.push(dir.join("arm").display().to_string());
-    args.extend(["--arch".to_string(), "arm64".to_string()]);
-    args.extend(mirror_args(&mirror));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&kiln(&dir.join("cache"), &args));
-    let arm = dir.join("arm/k8s-node-1.36.4-1-arm64.kiln.tar.zst");
-    let e = fails(&image(dir, &good, &arm, &out, "raw"));
-    assert!(
-        e.contains("the bundle is for arm64, but kiln image builds x86-64 images"),
-        "{e}"
-    );
-    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
-
     // A missing base tarball, a bad recipe, a missing firstboot binary.
     let missing = recipe(dir, "rootfsTar: nowhere.tar");
     let e = fails(&image(dir, &missing, &bundle, &out, "raw"));
@@ -477,4 +474,78 @@ fn without_root_the_disk_still_has_the_bases_owners_and_device_nodes() {
         let s = stat(p);
         assert!(s.contains("User:     0") && s.contains("Group:     0"), "{p}: {s}");
     }
+}
+
+#[test]
+fn an_arm64_recipe_lays_out_an_aarch64_disk_and_takes_only_an_arm64_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // An arm64 base carries its own systemd-boot (Debian's systemd-boot-efi for arm64); this
+    // machine has only the x86-64 one.
+    let loader: &[u8] = b"an aarch64 systemd-boot";
+    base_with(
+        dir,
+        "base-arm64",
+        &[("usr/lib/systemd/boot/efi/systemd-bootaa64.efi", loader)],
+    );
+    base_with(dir, "base-no-loader", &[]);
+    let arm64 = recipe_for(dir, "rootfsTar: base-arm64.tar", "arm64");
+    let amd64_bundle = standin_bundle_for(dir, "amd64");
+    let arm64_bundle = standin_bundle_for(dir, "arm64");
+    let out = dir.join("images");
+
+    // A bundle of the other architecture is refused, naming both, before anything is written.
+    let e = fails(&image(dir, &arm64, &amd64_bundle, &out, "raw"));
+    assert!(
+        e.contains("the bundle is for amd64, but recipe") && e.contains("builds arm64 images (spec.architecture)"),
+        "{e}"
+    );
+    let amd64 = recipe(dir, "rootfsTar: base-arm64.tar");
+    let e = fails(&image(dir, &amd64, &arm64_bundle, &out, "raw"));
+    assert!(
+        e.contains("the bundle is for arm64") && e.contains("builds amd64 images"),
+        "{e}"
+    );
+    assert!(listing(&out).is_empty(), "nothing written: {:?}", listing(&out));
+
+    // debootstrap builds only for this machine's architecture.
+    let deboot = recipe_for(
+        dir,
+        "debootstrap: {suite: bookworm, mirror: http://127.0.0.1:9/debian}",
+        "arm64",
+    );
+    let e = fails(&image(dir, &deboot, &arm64_bundle, &out, "raw"));
+    assert!(
+        e.contains("give an arm64 root filesystem as spec.base.rootfsTar"),
+        "{e}"
+    );
+
+    // Without an aarch64 systemd-boot in the base or on this machine: a clear error.
+    assert!(!Path::new("/usr/lib/systemd/boot/efi/systemd-bootaa64.efi").exists());
+    let bare = recipe_for(dir, "rootfsTar: base-no-loader.tar", "arm64");
+    let e = fails(&image(dir, &bare, &arm64_bundle, &out, "raw"));
+    assert!(
+        e.contains("no arm64 systemd-boot") && e.contains("systemd-bootaa64.efi"),
+        "{e}"
+    );
+
+    // The arm64 layout: the DPS root type for arm64, the base's systemd-boot as BOOTAA64.EFI.
+    ok(&image(dir, &arm64, &arm64_bundle, &out, "raw"));
+    let raw = out.join("tiny-k8s-node-1.36.4-1.raw");
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw))).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "{table}");
+    assert_eq!(parts[1]["name"], "root-arm64");
+    let esp = format!("{}@@{}", raw.display(), 1 << 20);
+    let dirlist = run(Command::new("mdir").args(["-/", "-b", "-i", &esp, "::/EFI"]));
+    assert!(dirlist.to_uppercase().contains("::/EFI/BOOT/BOOTAA64.EFI"), "{dirlist}");
+    assert!(!dirlist.to_uppercase().contains("BOOTX64"), "{dirlist}");
+    let booted = run(Command::new("mtype").args(["-i", &esp, "::/EFI/BOOT/BOOTAA64.EFI"]));
+    assert_eq!(booted.as_bytes(), loader);
+    let rootfs = root_partition(dir, &raw);
+    let baked = run(Command::new("debugfs")
+        .args(["-R", "ls -l /usr/lib/kiln/bundles"])
+        .arg(&rootfs));
+    assert!(baked.contains("k8s-node-1.36.4-1-arm64.kiln.tar.zst"), "{baked}");
 }

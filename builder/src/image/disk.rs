@@ -12,16 +12,67 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use kiln_bundle::digest::Sha256;
+use kiln_bundle::manifest::Arch;
 
 use super::recipe::Layout;
 use crate::process;
 
 /// The EFI System Partition type.
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-/// Root partition (x86-64), Discoverable Partitions Specification.
-pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-/// Where systemd-boot is found on the build host (Debian's systemd-boot-efi package).
-pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Where Debian's systemd-boot-efi package puts systemd-boot, in the base or on the build host.
+pub const SYSTEMD_BOOT_DIR: &str = "usr/lib/systemd/boot/efi";
+
+/// What an architecture decides in the disk layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Efi {
+    /// The root partition's type and name (Discoverable Partitions Specification).
+    pub root_type: &'static str,
+    pub root_name: &'static str,
+    /// systemd-boot's file name in [`SYSTEMD_BOOT_DIR`].
+    pub systemd_boot: &'static str,
+    /// The removable-media loader path firmware boots (UEFI specification).
+    pub default_loader: &'static str,
+}
+
+pub fn efi(arch: Arch) -> Efi {
+    match arch {
+        Arch::Amd64 => Efi {
+            root_type: "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+            root_name: "root-x86-64",
+            systemd_boot: "systemd-bootx64.efi",
+            default_loader: "EFI/BOOT/BOOTX64.EFI",
+        },
+        Arch::Arm64 => Efi {
+            root_type: "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+            root_name: "root-arm64",
+            systemd_boot: "systemd-bootaa64.efi",
+            default_loader: "EFI/BOOT/BOOTAA64.EFI",
+        },
+    }
+}
+
+/// systemd-boot for `arch`: the base's own (its systemd-boot-efi package) when it has one, else
+/// the build host's.
+fn systemd_boot(root: &Path, arch: Arch) -> Result<PathBuf> {
+    let file = efi(arch).systemd_boot;
+    let in_base = root.join(SYSTEMD_BOOT_DIR).join(file);
+    if in_base.is_file() {
+        return Ok(in_base);
+    }
+    let on_host = Path::new("/").join(SYSTEMD_BOOT_DIR).join(file);
+    if on_host.is_file() {
+        return Ok(on_host);
+    }
+    bail!(
+        "no {arch} systemd-boot: neither the base nor this machine has /{SYSTEMD_BOOT_DIR}/{file} \
+         (add systemd-boot-efi to the base's packages, or install Debian's systemd-boot-efi{} here)",
+        if Some(arch) == Arch::host() {
+            String::new()
+        } else {
+            format!(":{arch}")
+        }
+    )
+}
 
 const MIB: u64 = 1 << 20;
 
@@ -181,11 +232,18 @@ enum VersionPart {
 
 /// The ESP as a FAT32 image: systemd-boot as the default EFI loader, the kernel and initrd, and one
 /// Boot Loader Specification type 1 entry that boots immediately.
-fn esp_image(root: &Path, size: u64, uuids: &Uuids, cmdline: &str, epoch: u64, work: &Path) -> Result<PathBuf> {
+fn esp_image(
+    root: &Path,
+    arch: Arch,
+    size: u64,
+    uuids: &Uuids,
+    cmdline: &str,
+    epoch: u64,
+    work: &Path,
+) -> Result<PathBuf> {
     let (vmlinuz, initrd, version) = kernel(root)?;
-    if !Path::new(SYSTEMD_BOOT).is_file() {
-        bail!("{SYSTEMD_BOOT} not found: install Debian's systemd-boot-efi package");
-    }
+    let boot = systemd_boot(root, arch)?;
+    let e = efi(arch);
     let img = work.join("esp.img");
     fs::File::create(&img)?.set_len(size)?;
     process::run(
@@ -202,8 +260,8 @@ fn esp_image(root: &Path, size: u64, uuids: &Uuids, cmdline: &str, epoch: u64, w
     fs::write(files.join("loader.conf"), loader)?;
     fs::write(files.join("kiln.conf"), entry)?;
     let placed: [(PathBuf, &str); 6] = [
-        (SYSTEMD_BOOT.into(), "::/EFI/BOOT/BOOTX64.EFI"),
-        (SYSTEMD_BOOT.into(), "::/EFI/systemd/systemd-bootx64.efi"),
+        (boot.clone(), &format!("::/{}", e.default_loader)),
+        (boot, &format!("::/EFI/systemd/{}", e.systemd_boot)),
         (files.join("loader.conf"), "::/loader/loader.conf"),
         (files.join("kiln.conf"), "::/loader/entries/kiln.conf"),
         (vmlinuz, "::/kiln/vmlinuz"),
@@ -360,7 +418,7 @@ pub fn build_raw(
     work: &Path,
     out: &Path,
 ) -> Result<()> {
-    let esp = esp_image(root, layout.esp, uuids, cmdline, epoch, work)?;
+    let esp = esp_image(root, layout.arch, layout.esp, uuids, cmdline, epoch, work)?;
     let rootfs = root_image(root, layout.root, uuids, epoch, meta, work)?;
     // 1 MiB for the primary table, the partitions, 1 MiB for the backup table.
     let total = MIB + layout.esp + layout.root + MIB;
@@ -375,7 +433,7 @@ pub fn build_raw(
         let (ty, uuid, name) = if img == &esp {
             (ESP_TYPE, &uuids.esp_part, "esp")
         } else {
-            (ROOT_X86_64_TYPE, &uuids.root_part, "root-x86-64")
+            (efi(layout.arch).root_type, &uuids.root_part, efi(layout.arch).root_name)
         };
         format!(
             "start={}, size={}, type={ty}, uuid={uuid}, name=\"{name}\"\n",

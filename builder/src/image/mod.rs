@@ -79,6 +79,7 @@ pub struct Bundle {
     pub sha256: Sha256,
     pub name: String,
     pub version: String,
+    pub arch: kiln_bundle::manifest::Arch,
 }
 
 /// Verify the bundle fully (outer digest from BUNDLE.sha256, every member against the index) before
@@ -100,20 +101,12 @@ pub fn verified_bundle(path: &Path) -> Result<Bundle> {
     )?;
     let report = report.into_result(&path.display().to_string())?;
     let index = report.index.ok_or_else(|| anyhow!("{}: no index", path.display()))?;
-    // The image layout is x86-64's: its DPS root partition type, BOOTX64.EFI, an amd64 base.
-    if index.arch != kiln_bundle::manifest::Arch::Amd64 {
-        bail!(
-            "{}: the bundle is for {}, but kiln image builds x86-64 images (root partition type, \
-             EFI loader and base are amd64); build the bundle with --arch amd64",
-            path.display(),
-            index.arch
-        );
-    }
     Ok(Bundle {
         path: path.to_path_buf(),
         sha256: expected,
         name: index.name.clone(),
         version: index.version.clone(),
+        arch: index.arch,
     })
 }
 
@@ -124,6 +117,18 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     let recipe = Recipe::parse(&text, &origin)?;
     let layout = recipe.layout()?;
     let bundle = verified_bundle(&o.bundle)?;
+    // The root partition type, the EFI loader and the base are the recipe's architecture's.
+    if bundle.arch != recipe.spec.architecture {
+        bail!(
+            "{}: the bundle is for {}, but recipe {origin} builds {} images (spec.architecture); \
+             build the bundle with --arch {} or use a recipe for {}",
+            o.bundle.display(),
+            bundle.arch,
+            recipe.spec.architecture,
+            recipe.spec.architecture,
+            bundle.arch
+        );
+    }
     if !o.firstboot.is_file() {
         bail!(
             "kiln-firstboot not found at {} (build it with `cargo build --release -p kiln-firstboot`, or pass --firstboot)",

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use kiln_bundle::digest::Sha256;
+use kiln_bundle::manifest::Arch;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -23,6 +24,10 @@ pub struct Metadata {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
+    /// The machines the image boots on (default amd64): the root partition's type, the EFI loader,
+    /// and the only bundle architecture the image accepts.
+    #[serde(default = "amd64")]
+    pub architecture: Arch,
     pub base: Base,
     pub rootfs: RootFs,
     pub partitions: Vec<Partition>,
@@ -48,6 +53,10 @@ impl Default for Network {
     fn default() -> Self {
         Network { dhcp: true }
     }
+}
+
+fn amd64() -> Arch {
+    Arch::Amd64
 }
 
 fn yes() -> bool {
@@ -139,6 +148,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// Sizes of the ESP and root partitions, in bytes (whole MiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    pub arch: Arch,
     pub esp: u64,
     pub root: u64,
     /// The ESP comes first on the disk.
@@ -167,6 +177,14 @@ impl Recipe {
             (Some(_), Some(_)) => bail!("{origin}: spec.base: give debootstrap or rootfsTar, not both"),
             (None, None) => bail!("{origin}: spec.base: needs debootstrap (suite, mirror, packages) or rootfsTar"),
             (Some(d), None) => {
+                if Some(self.spec.architecture) != Arch::host() {
+                    bail!(
+                        "{origin}: spec.architecture is {}, but debootstrap builds a base for this machine's \
+                         architecture only: give an {} root filesystem as spec.base.rootfsTar",
+                        self.spec.architecture,
+                        self.spec.architecture
+                    );
+                }
                 for p in &d.packages {
                     if p.is_empty() || p.starts_with('-') || p.contains([',', ' ']) {
                         bail!("{origin}: spec.base.debootstrap.packages: {p:?} is not a package name");
@@ -234,6 +252,7 @@ impl Recipe {
         }
         let mib = |b: u64| b.div_ceil(1 << 20) << 20;
         Ok(Layout {
+            arch: self.spec.architecture,
             esp: mib(esp),
             root: mib(root),
             esp_first: self.spec.partitions[0].part_type == PartitionType::Esp,
@@ -265,6 +284,7 @@ mod tests {
         assert_eq!(
             l,
             Layout {
+                arch: Arch::Amd64,
                 esp: 256 << 20,
                 root: 2 << 30,
                 esp_first: true
