@@ -9,7 +9,7 @@
 //! - `gce`: Compute Engine's import format: the disk named `disk.raw` in a gzipped GNU tar
 //!   (`--format=oldgnu`, sparse), owners, mode and time fixed, gzip without a name or time stamp.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -98,10 +98,9 @@ pub fn vmdk(raw: &Path, out: &Path, guid: &str) -> Result<()> {
     let cid = &guid.replace('-', "")[..8];
     let mut f = fs::OpenOptions::new().read(true).write(true).open(out)?;
     // The embedded descriptor sits in the first sectors after the 512-byte header.
-    let mut head = vec![0u8; 64 * 1024];
-    let n = std::io::Read::read(&mut f, &mut head)?;
-    let at =
-        find_cid(&head[..n]).with_context(|| format!("{}: no `CID=` line in the VMDK descriptor", out.display()))?;
+    let mut head = Vec::new();
+    (&mut f).take(64 * 1024).read_to_end(&mut head)?;
+    let at = find_cid(&head).with_context(|| format!("{}: no `CID=` line in the VMDK descriptor", out.display()))?;
     f.seek(SeekFrom::Start(at as u64))?;
     f.write_all(cid.as_bytes())?;
     f.sync_all()?;

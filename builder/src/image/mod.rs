@@ -445,6 +445,7 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids, net
         "bundle": file.to_string_lossy(),
         "bundleSha256": bundle.sha256.hex(),
         "bundleVersion": bundle.version,
+        "architecture": bundle.arch,
         "recipe": o.recipe.file_name().map(|f| f.to_string_lossy().into_owned()),
         "kiln": crate::tool_version(),
     });
