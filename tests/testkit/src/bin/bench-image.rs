@@ -1,0 +1,181 @@
+//! Benchmark for `kiln image` per format (issue: images users can ship anywhere), run by
+//! `just bench`: the stand-in production bundle baked into a 1 GiB image from a rootfs-tarball base
+//! (the base is extracted on every build, as with a cached debootstrap base). For each disk format
+//! it prints kiln's wall time, what the format adds over `--format raw` in the same run, and the
+//! baseline: the standard tool converting the same raw disk (`qemu-img convert` for qcow2, vpc
+//! and streamOptimized vmdk; GNU tar + gzip for the GCE tarball), in the same run.
+//!
+//! Usage: bench-image PATH/TO/kiln PATH/TO/kiln-firstboot [RUNS]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use kiln_testkit::bench::{median, run};
+use kiln_testkit::mirror::Mirror;
+use kiln_testkit::standin;
+
+const STEM: &str = "bench-k8s-node-1.36.4-1";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: bench-image PATH/TO/kiln PATH/TO/kiln-firstboot [RUNS]";
+    let kiln = Path::new(args.get(1).expect(usage))
+        .canonicalize()
+        .expect("kiln binary");
+    let firstboot = Path::new(args.get(2).expect(usage))
+        .canonicalize()
+        .expect("kiln-firstboot binary");
+    let runs: usize = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cache = root.join("cache");
+
+    eprintln!("bench: building the stand-in bundle and a tarball base ...");
+    let mirror = Mirror::start();
+    let m = standin::production_manifest(root, &mirror, "amd64", 0.25);
+    let mut build = vec![
+        "build".to_string(),
+        m.display().to_string(),
+        "-o".into(),
+        root.join("bundle").display().to_string(),
+        "--arch".into(),
+        "amd64".into(),
+    ];
+    build.extend(standin::mirror_flags(&mirror.url()));
+    run(Command::new(&kiln).args(&build).env("KILN_CACHE", &cache));
+    let bundle = root.join("bundle/k8s-node-1.36.4-1-amd64.kiln.tar.zst");
+    let recipe = base_and_recipe(root);
+
+    let image = |format: &str, out: &Path| -> f64 {
+        let _ = std::fs::remove_dir_all(out);
+        let t = Instant::now();
+        run(Command::new(&kiln)
+            .arg("image")
+            .arg(&recipe)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("-o")
+            .arg(out)
+            .args(["--format", format])
+            .arg("--firstboot")
+            .arg(&firstboot)
+            .env("KILN_CACHE", &cache));
+        t.elapsed().as_secs_f64()
+    };
+    let timed = |cmd: &mut Command| -> f64 {
+        let t = Instant::now();
+        run(cmd);
+        t.elapsed().as_secs_f64()
+    };
+
+    // One build first: the raw disk the baselines convert, and a warm page cache for everyone.
+    let raw_dir = root.join("raw");
+    image("raw", &raw_dir);
+    let raw = raw_dir.join(format!("{STEM}.raw"));
+    let size_mib = std::fs::metadata(&raw).unwrap().len() >> 20;
+
+    let mut raw_times: Vec<f64> = (0..runs).map(|_| image("raw", &root.join("o"))).collect();
+    let raw_median = median(&mut raw_times);
+    println!("kiln image, {size_mib} MiB disk from a tarball base, median of {runs}:");
+    println!("  raw          kiln {raw_median:7.2} s");
+    let conv = root.join("conv");
+    let formats: [(&str, &str, Vec<&str>); 4] = [
+        (
+            "qcow2",
+            "qemu-img convert -O qcow2",
+            vec!["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2"],
+        ),
+        (
+            "vhd",
+            "qemu-img convert -O vpc (fixed)",
+            vec![
+                "qemu-img",
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                "subformat=fixed",
+            ],
+        ),
+        (
+            "vmdk",
+            "qemu-img convert -O vmdk (streamOptimized)",
+            vec![
+                "qemu-img",
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ],
+        ),
+        ("gce", "tar -Sczf disk.raw", vec![]),
+    ];
+    for (format, baseline_name, cmd) in formats {
+        let mut kiln_times: Vec<f64> = (0..runs).map(|_| image(format, &root.join("o"))).collect();
+        let mut base_times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let _ = std::fs::remove_file(&conv);
+                if cmd.is_empty() {
+                    // GCE's documented way: the disk named disk.raw, in a sparse gzipped tar.
+                    let dir = root.join("gce");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir(&dir).unwrap();
+                    std::fs::hard_link(&raw, dir.join("disk.raw")).unwrap();
+                    timed(
+                        Command::new("tar")
+                            .args(["--format=oldgnu", "-Sczf"])
+                            .arg(&conv)
+                            .arg("-C")
+                            .arg(&dir)
+                            .arg("disk.raw"),
+                    )
+                } else {
+                    timed(Command::new(cmd[0]).args(&cmd[1..]).arg(&raw).arg(&conv))
+                }
+            })
+            .collect();
+        let k = median(&mut kiln_times);
+        let added = k - raw_median;
+        let b = median(&mut base_times);
+        println!(
+            "  {format:<12} kiln {k:7.2} s (the format adds {added:6.2} s over raw); baseline {baseline_name}: {b:6.2} s; ratio added/baseline {:.2}",
+            added / b
+        );
+    }
+}
+
+/// A tarball base (busybox, a stand-in kernel and initrd, networkd units) and a recipe for a
+/// 64 MiB ESP and a 1 GiB root.
+fn base_and_recipe(root: &Path) -> PathBuf {
+    let base = root.join("base");
+    for d in ["bin", "boot", "etc", "usr/lib/systemd/system"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    for unit in [
+        "systemd-networkd.service",
+        "systemd-networkd.socket",
+        "systemd-networkd-wait-online.service",
+    ] {
+        std::fs::write(base.join("usr/lib/systemd/system").join(unit), b"[Unit]\n").unwrap();
+    }
+    std::fs::copy("/bin/busybox", base.join("bin/busybox")).expect("busybox-static (scripts/setup)");
+    std::fs::write(base.join("boot/vmlinuz-6.1.0-bench"), standin::binary(8 << 20, 1)).unwrap();
+    std::fs::write(base.join("boot/initrd.img-6.1.0-bench"), standin::binary(32 << 20, 2)).unwrap();
+    let tar = root.join("base.tar");
+    run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&base).arg("."));
+    let recipe = root.join("bench.yaml");
+    std::fs::write(
+        &recipe,
+        "apiVersion: kiln.dev/v1alpha1\nkind: ImageRecipe\nmetadata: {name: bench}\nspec:\n  base:\n    rootfsTar: base.tar\n  rootfs: {type: ext4, size: 1GiB}\n  partitions:\n    - {name: esp, type: esp, size: 64MiB}\n    - {name: root, type: root}\n  kernelCommandLine: console=ttyS0\n",
+    )
+    .unwrap();
+    recipe
+}
