@@ -81,7 +81,11 @@ fn firstboot(dir: &Path) -> PathBuf {
 }
 
 fn image(dir: &Path, recipe: &Path, bundle: &Path, out: &Path, formats: &str) -> std::process::Output {
-    let fb = firstboot(dir);
+    image_with(dir, recipe, bundle, out, formats, &firstboot(dir))
+}
+
+/// [`image`] with a given kiln-firstboot.
+fn image_with(dir: &Path, recipe: &Path, bundle: &Path, out: &Path, formats: &str, fb: &Path) -> std::process::Output {
     kiln(
         &dir.join("cache"),
         &[
@@ -520,17 +524,33 @@ fn an_arm64_recipe_lays_out_an_aarch64_disk_and_takes_only_an_arm64_bundle() {
         "{e}"
     );
 
+    // kiln-firstboot must be built for the image's machines: this machine's (x86-64) is refused.
+    let e = fails(&image(dir, &arm64, &arm64_bundle, &out, "raw"));
+    assert!(
+        e.contains("kiln-firstboot is built for x86-64, but recipe")
+            && e.contains("pass --firstboot with an aarch64 build"),
+        "{e}"
+    );
+    assert!(listing(&out).is_empty(), "nothing written: {:?}", listing(&out));
+    // An aarch64 ELF header stands in for an aarch64 build: the image is inspected, not booted.
+    let fb = dir.join("kiln-firstboot-aarch64");
+    let mut elf = vec![0u8; 64];
+    elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01"); // 64-bit, little-endian, version 1
+    elf[16] = 2; // ET_EXEC
+    elf[18] = 183; // EM_AARCH64
+    std::fs::write(&fb, elf).unwrap();
+
     // Without an aarch64 systemd-boot in the base or on this machine: a clear error.
     assert!(!Path::new("/usr/lib/systemd/boot/efi/systemd-bootaa64.efi").exists());
     let bare = recipe_for(dir, "rootfsTar: base-no-loader.tar", "arm64");
-    let e = fails(&image(dir, &bare, &arm64_bundle, &out, "raw"));
+    let e = fails(&image_with(dir, &bare, &arm64_bundle, &out, "raw", &fb));
     assert!(
         e.contains("no arm64 systemd-boot") && e.contains("systemd-bootaa64.efi"),
         "{e}"
     );
 
     // The arm64 layout: the DPS root type for arm64, the base's systemd-boot as BOOTAA64.EFI.
-    ok(&image(dir, &arm64, &arm64_bundle, &out, "raw"));
+    ok(&image_with(dir, &arm64, &arm64_bundle, &out, "raw", &fb));
     let raw = out.join("tiny-k8s-node-1.36.4-1.raw");
     let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw))).unwrap();
     let parts = table["partitiontable"]["partitions"].as_array().unwrap();

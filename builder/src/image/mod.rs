@@ -16,7 +16,7 @@ pub mod recipe;
 
 // fs-err: every error names the path, so a node image build that fails says which file.
 use fs_err as fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -82,6 +82,24 @@ pub struct Bundle {
     pub arch: kiln_bundle::manifest::Arch,
 }
 
+/// ELF `e_machine` values (System V ABI).
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+
+/// The machine an ELF file is built for; `None` when `path` is not ELF (a script, say).
+fn elf_machine(path: &Path) -> Result<Option<u16>> {
+    let mut head = Vec::with_capacity(20);
+    fs::File::open(path)?.take(20).read_to_end(&mut head)?;
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return Ok(None);
+    }
+    let bytes = [head[18], head[19]];
+    Ok(Some(match head[5] {
+        2 => u16::from_be_bytes(bytes),
+        _ => u16::from_le_bytes(bytes),
+    }))
+}
+
 /// Verify the bundle fully (outer digest from BUNDLE.sha256, every member against the index) before
 /// it goes into an image.
 pub fn verified_bundle(path: &Path) -> Result<Bundle> {
@@ -134,6 +152,25 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             "kiln-firstboot not found at {} (build it with `cargo build --release -p kiln-firstboot`, or pass --firstboot)",
             o.firstboot.display()
         );
+    }
+    if let Some(machine) = elf_machine(&o.firstboot)? {
+        let (want, name) = match recipe.spec.architecture {
+            kiln_bundle::manifest::Arch::Amd64 => (EM_X86_64, "x86-64"),
+            kiln_bundle::manifest::Arch::Arm64 => (EM_AARCH64, "aarch64"),
+        };
+        if machine != want {
+            let have = match machine {
+                EM_X86_64 => "x86-64".to_string(),
+                EM_AARCH64 => "aarch64".to_string(),
+                m => format!("ELF machine {m}"),
+            };
+            bail!(
+                "{}: kiln-firstboot is built for {have}, but recipe {origin} builds {} images: pass \
+                 --firstboot with an {name} build of kiln-firstboot",
+                o.firstboot.display(),
+                recipe.spec.architecture
+            );
+        }
     }
     fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     let stem = format!("{}-{}-{}", recipe.metadata.name, bundle.name, bundle.version);
