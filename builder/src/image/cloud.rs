@@ -100,19 +100,39 @@ pub fn vmdk(raw: &Path, out: &Path, guid: &str) -> Result<()> {
     // The embedded descriptor sits in the first sectors after the 512-byte header.
     let mut head = Vec::new();
     (&mut f).take(64 * 1024).read_to_end(&mut head)?;
-    let at = find_cid(&head).with_context(|| format!("{}: no `CID=` line in the VMDK descriptor", out.display()))?;
+    let (at, text) =
+        with_cid(&head, cid).with_context(|| format!("{}: no `CID=` line in the VMDK descriptor", out.display()))?;
     f.seek(SeekFrom::Start(at as u64))?;
-    f.write_all(cid.as_bytes())?;
+    f.write_all(&text)?;
     f.sync_all()?;
     Ok(())
 }
 
-/// The offset of the 8 hex digits of the descriptor's `CID=` line (not `parentCID=`).
-fn find_cid(head: &[u8]) -> Option<usize> {
-    let key = b"\nCID=";
-    let at = head.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = head.get(at..at + 9)?;
-    (digits[..8].iter().all(u8::is_ascii_hexdigit) && digits[8] == b'\n').then_some(at)
+/// The embedded descriptor with its `CID=` line (not `parentCID=`) set to `cid`: its offset in
+/// `head` and its new text. qemu-img writes the CID without leading zeros, so the new line may be
+/// longer: the descriptor is NUL-padded to its sectors, and the text may grow into that padding.
+fn with_cid(head: &[u8], cid: &str) -> Option<(usize, Vec<u8>)> {
+    let start = find(head, b"# Disk DescriptorFile")?;
+    let len = head[start..].iter().position(|&b| b == 0)?;
+    let text = std::str::from_utf8(&head[start..start + len]).ok()?;
+    let mut found = false;
+    let mut new = String::with_capacity(len + 8);
+    for line in text.split_inclusive('\n') {
+        match line.strip_prefix("CID=") {
+            Some(v) if !found && v.trim_end().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                found = true;
+                new.push_str(&format!("CID={cid}\n"));
+            }
+            _ => new.push_str(line),
+        }
+    }
+    // The text may only grow into zeros of the padding, never over the next structure.
+    let room = head[start + len..].iter().take_while(|&&b| b == 0).count();
+    (found && new.len() <= len + room.saturating_sub(1)).then(|| (start, new.into_bytes()))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `raw` as `disk.raw` in a gzipped sparse tar at `out`, as Compute Engine imports it.
@@ -176,11 +196,16 @@ mod tests {
     }
 
     #[test]
-    fn the_vmdk_cid_is_found_on_its_own_line() {
-        let d = b"# Disk DescriptorFile\nversion=1\nCID=b258ab03\nparentCID=ffffffff\n";
-        let at = find_cid(d).unwrap();
-        assert_eq!(&d[at..at + 8], b"b258ab03");
-        assert_eq!(find_cid(b"parentCID=ffffffff\n"), None);
-        assert_eq!(find_cid(b"\nCID=b258\n"), None);
+    fn the_vmdk_cid_is_set_whatever_its_length() {
+        let head = b"KDMV\0\0# Disk DescriptorFile\nversion=1\nCID=58ab03\nparentCID=ffffffff\n\0\0\0\0\0\0\0\0";
+        let (at, text) = with_cid(head, "0f1e2d3c").unwrap();
+        assert_eq!(at, 6);
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "# Disk DescriptorFile\nversion=1\nCID=0f1e2d3c\nparentCID=ffffffff\n"
+        );
+        assert!(with_cid(b"# Disk DescriptorFile\nparentCID=ffffffff\n\0\0", "0f1e2d3c").is_none());
+        // No padding to grow into: refused rather than overwriting what follows.
+        assert!(with_cid(b"# Disk DescriptorFile\nCID=1\n\0X", "0f1e2d3c").is_none());
     }
 }
