@@ -114,6 +114,24 @@ fn root_partition(dir: &Path, raw: &Path) -> PathBuf {
     rootfs
 }
 
+/// `qemu-img info` of `image` read as `format`: its virtual size is the raw disk's, and converting
+/// it back gives the raw disk's bytes. Returns the info.
+fn qemu_img_reads_back(dir: &Path, image: &Path, format: &str, raw: &Path) -> serde_json::Value {
+    let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", format])
+        .arg(image)))
+    .unwrap();
+    assert_eq!(info["virtual-size"], std::fs::metadata(raw).unwrap().len(), "{info}");
+    let back = dir.join(format!("from-{format}.raw"));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", format, "-O", "raw"])
+        .arg(image)
+        .arg(&back));
+    assert_eq!(sha256(&back), sha256(raw));
+    std::fs::remove_file(&back).unwrap();
+    info
+}
+
 fn sha256(p: &Path) -> String {
     kiln_testkit::sha256_hex(&std::fs::read(p).unwrap())
 }
@@ -234,29 +252,14 @@ fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_repro
     let raw_len = std::fs::metadata(&raw).unwrap().len();
     assert_eq!(raw_len % (1 << 20), 0, "the raw disk is MiB-aligned");
     assert_eq!(std::fs::metadata(&vhd).unwrap().len(), raw_len + 512);
-    let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", "vpc"])
-        .arg(&vhd)))
-    .unwrap();
+    let info = qemu_img_reads_back(dir, &vhd, "vpc", &raw);
     assert_eq!(info["format"], "vpc", "{info}");
-    assert_eq!(info["virtual-size"], raw_len, "{info}");
-    let from_vhd = dir.join("from-vhd.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "vpc", "-O", "raw"])
-        .arg(&vhd)
-        .arg(&from_vhd));
-    assert_eq!(sha256(&from_vhd), sha256(&raw));
-    std::fs::remove_file(&from_vhd).unwrap();
 
     // vmdk: streamOptimized as vSphere imports it, consistent, holding the same disk; its
     // descriptor names the file it ships as.
     let vmdk = out.join(format!("{STEM}.vmdk"));
     run(Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&vmdk));
-    let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", "vmdk"])
-        .arg(&vmdk)))
-    .unwrap();
-    assert_eq!(info["virtual-size"], raw_len, "{info}");
+    let info = qemu_img_reads_back(dir, &vmdk, "vmdk", &raw);
     assert_eq!(
         info["format-specific"]["data"]["create-type"], "streamOptimized",
         "{info}"
@@ -264,13 +267,6 @@ fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_repro
     let descriptor = String::from_utf8_lossy(&std::fs::read(&vmdk).unwrap()[..4096]).into_owned();
     assert!(descriptor.contains(&format!("\"{STEM}.vmdk\"")), "{descriptor}");
     assert!(descriptor.contains("ddb.adapterType = \"lsilogic\""), "{descriptor}");
-    let from_vmdk = dir.join("from-vmdk.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "vmdk", "-O", "raw"])
-        .arg(&vmdk)
-        .arg(&from_vmdk));
-    assert_eq!(sha256(&from_vmdk), sha256(&raw));
-    std::fs::remove_file(&from_vmdk).unwrap();
 
     // gce: exactly `disk.raw` in a gzipped tar, as Compute Engine imports it, holding the same disk.
     let gce = out.join(format!("{STEM}.gce.tar.gz"));

@@ -80,65 +80,49 @@ fn main() {
     println!("kiln image, {size_mib} MiB disk from a tarball base, median of {runs}:");
     println!("  raw          kiln {raw_median:7.2} s");
     let conv = root.join("conv");
-    let formats: [(&str, &str, Vec<&str>); 4] = [
-        (
-            "qcow2",
-            "qemu-img convert -O qcow2",
-            vec!["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2"],
-        ),
-        (
-            "vhd",
-            "qemu-img convert -O vpc (fixed)",
-            vec![
-                "qemu-img",
-                "convert",
-                "-q",
-                "-f",
-                "raw",
-                "-O",
-                "vpc",
-                "-o",
-                "subformat=fixed",
-            ],
-        ),
-        (
-            "vmdk",
-            "qemu-img convert -O vmdk (streamOptimized)",
-            vec![
-                "qemu-img",
-                "convert",
-                "-q",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                "subformat=streamOptimized",
-            ],
-        ),
-        ("gce", "tar -Sczf disk.raw", vec![]),
+    // Each format and its baseline's `qemu-img convert -O FORMAT [-o OPTIONS]` (none: GNU tar).
+    let formats = [
+        ("qcow2", Some(("qcow2", None))),
+        ("vhd", Some(("vpc", Some("subformat=fixed")))),
+        ("vmdk", Some(("vmdk", Some("subformat=streamOptimized")))),
+        ("gce", None),
     ];
-    for (format, baseline_name, cmd) in formats {
+    for (format, convert) in formats {
+        let baseline_name = match convert {
+            Some((to, opts)) => format!(
+                "qemu-img convert -O {to}{}",
+                opts.map(|o| format!(" -o {o}")).unwrap_or_default()
+            ),
+            None => "tar -Sczf disk.raw".to_string(),
+        };
         let mut kiln_times: Vec<f64> = (0..runs).map(|_| image(format, &root.join("o"))).collect();
         let mut base_times: Vec<f64> = (0..runs)
             .map(|_| {
                 let _ = std::fs::remove_file(&conv);
-                if cmd.is_empty() {
-                    // GCE's documented way: the disk named disk.raw, in a sparse gzipped tar.
-                    let dir = root.join("gce");
-                    let _ = std::fs::remove_dir_all(&dir);
-                    std::fs::create_dir(&dir).unwrap();
-                    std::fs::hard_link(&raw, dir.join("disk.raw")).unwrap();
-                    timed(
-                        Command::new("tar")
-                            .args(["--format=oldgnu", "-Sczf"])
-                            .arg(&conv)
-                            .arg("-C")
-                            .arg(&dir)
-                            .arg("disk.raw"),
-                    )
-                } else {
-                    timed(Command::new(cmd[0]).args(&cmd[1..]).arg(&raw).arg(&conv))
+                match convert {
+                    Some((to, opts)) => {
+                        let mut cmd = Command::new("qemu-img");
+                        cmd.args(["convert", "-q", "-f", "raw", "-O", to]);
+                        if let Some(o) = opts {
+                            cmd.args(["-o", o]);
+                        }
+                        timed(cmd.arg(&raw).arg(&conv))
+                    }
+                    None => {
+                        // GCE's documented way: the disk named disk.raw, in a sparse gzipped tar.
+                        let dir = root.join("gce");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        std::fs::create_dir(&dir).unwrap();
+                        std::fs::hard_link(&raw, dir.join("disk.raw")).unwrap();
+                        timed(
+                            Command::new("tar")
+                                .args(["--format=oldgnu", "-Sczf"])
+                                .arg(&conv)
+                                .arg("-C")
+                                .arg(&dir)
+                                .arg("disk.raw"),
+                        )
+                    }
                 }
             })
             .collect();
