@@ -19,6 +19,7 @@ pub mod process;
 pub mod render;
 pub mod sbom;
 pub mod signing;
+pub mod verity;
 
 /// `kiln <version>`, recorded in every bundle's build information.
 pub fn tool_version() -> String {

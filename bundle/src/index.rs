@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Arch;
 use crate::mode::Mode;
 use crate::path::{check_link_target, check_relative, parents};
+use crate::verity::VerityRecord;
 
 /// Name of the index member, always first in the archive.
 pub const INDEX_NAME: &str = "kiln-bundle.json";
@@ -41,6 +42,9 @@ pub struct Index {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setid: Vec<String>,
     pub build: BuildInfo,
+    /// The read-only runtime layer beside the bundle (`spec.verity`), if it was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<VerityRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,15 @@ impl Index {
 
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The index as the verity image holds it (`kiln-bundle.json` inside): everything but the
+    /// image's own record.
+    pub fn without_verity(&self) -> Index {
+        Index {
+            verity: None,
+            ..self.clone()
+        }
     }
 
     pub fn file(&self, path: &str) -> Option<&FileRecord> {
@@ -234,6 +247,9 @@ impl Index {
                 }
             }
         }
+        if let Some(v) = &self.verity {
+            v.validate(&format!("{origin}: {INDEX_NAME}"))?;
+        }
         Ok(())
     }
 }
@@ -277,6 +293,7 @@ pub(crate) mod tests {
                 source_date_epoch: 0,
                 compression: "zstd-3".into(),
             },
+            verity: None,
         }
     }
 

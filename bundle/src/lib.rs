@@ -20,6 +20,7 @@ pub mod reader;
 pub mod signature;
 pub mod term;
 pub mod time;
+pub mod verity;
 pub mod writer;
 pub mod yaml;
 

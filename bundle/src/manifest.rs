@@ -51,6 +51,11 @@ pub struct Spec {
     /// everywhere else, in the build and in the verifier on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setid: Vec<String>,
+    /// Also build the read-only runtime layer: the bundle's files in an erofs image with a dm-verity
+    /// hash tree (`BUNDLE.verity`), whose root hash the index records. kiln-firstboot mounts it
+    /// instead of unpacking where the node can do dm-verity. Needs mkfs.erofs and veritysetup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verity: bool,
     /// Node configuration compiled into the bundle; every field has a default.
     #[serde(default)]
     pub config: NodeConfig,

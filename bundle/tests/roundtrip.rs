@@ -62,6 +62,7 @@ fn sample() -> (Index, BTreeMap<String, Content>) {
             source_date_epoch: 1_700_000_000,
             compression: "zstd-3".into(),
         },
+        verity: None,
     };
     let contents = entries.into_iter().map(|(r, c)| (r.path, c)).collect();
     (index, contents)

@@ -121,6 +121,7 @@ fn bundle(members: &[Member]) -> Vec<u8> {
             source_date_epoch: 0,
             compression: "zstd-3".into(),
         },
+        verity: None,
     };
     let mut tar = tar::Builder::new(Vec::new());
     // Members whose names do not fit a v7 header are left out (the index still lists them).

@@ -12,6 +12,7 @@ use kiln_bundle::index::{BuildInfo, EntryKind, FileRecord, Index, SBOM_PATH, SCH
 use kiln_bundle::layout::Layout;
 use kiln_bundle::manifest::{Arch, Manifest};
 use kiln_bundle::mode::Mode;
+use kiln_bundle::verity::verity_path;
 use kiln_bundle::writer::{self, sha256_path, Content};
 
 use crate::cache::Cache;
@@ -64,11 +65,24 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
         let mut planned = plan::install(&manifest, &resolved, &ctx)?;
         planned.extend(plan::images(&manifest, arch, &ctx)?);
         let epoch = a.source_date_epoch.unwrap_or(0);
-        let (index, contents) = assemble(&manifest, arch, &resolved, planned, epoch)?;
+        let (mut index, contents) = assemble(&manifest, arch, &resolved, planned, epoch)?;
         let dest = a.output.join(index.file_name());
+        let verity_dest = verity_path(&dest);
+        let image = if manifest.spec.verity {
+            let built = crate::verity::build(&index, &contents, &a.output)?;
+            index.verity = Some(built.record.clone());
+            Some(built)
+        } else {
+            None
+        };
         let (digest, fresh) = match up_to_date(&dest, &index) {
             Some(d) => (d, false),
             None => {
+                // The image first: a bundle is never left naming an image that is not beside it.
+                match image {
+                    Some(built) => built.install(&verity_dest)?,
+                    None => remove_stale(&verity_dest)?,
+                }
                 let opts = writer::WriteOptions {
                     workers: writer::default_workers(),
                     cancel: Some(crate::interrupted()),
@@ -81,6 +95,14 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
             let comment = format!("kiln bundle {} sha256:{digest}", index.file_name());
             let sig = crate::signing::sign_file(&dest, key, password.clone(), &comment)?;
             tracing::info!("signed: {}", sig.display());
+        }
+        if let Some(v) = &index.verity {
+            println!(
+                "{} {} (dm-verity root hash {})",
+                verity_dest.display(),
+                super::human_size(v.size),
+                v.root_hash
+            );
         }
         let state = if fresh { "built" } else { "up to date" };
         println!(
@@ -189,6 +211,7 @@ pub fn assemble(
             source_date_epoch: epoch,
             compression: format!("zstd-{}", writer::ZSTD_LEVEL),
         },
+        verity: None,
     };
     Ok((index, contents))
 }
@@ -200,6 +223,11 @@ fn up_to_date(dest: &Path, index: &Index) -> Option<Sha256> {
     if &existing != index {
         return None;
     }
+    if let Some(v) = &index.verity {
+        if crate::verity::digest_of(&verity_path(dest))? != v.sha256 {
+            return None;
+        }
+    }
     let recorded = parse_sha256sum(&std::fs::read_to_string(sha256_path(dest)).ok()?).ok()?;
     let (actual, _) = hash_reader(std::io::BufReader::with_capacity(
         1 << 20,
@@ -207,4 +235,13 @@ fn up_to_date(dest: &Path, index: &Index) -> Option<Sha256> {
     ))
     .ok()?;
     (actual == recorded).then_some(actual)
+}
+
+/// A verity image left beside the bundle by an earlier build with `spec.verity`.
+fn remove_stale(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove the stale {}", path.display())),
+    }
 }

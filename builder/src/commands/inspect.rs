@@ -29,6 +29,18 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
         "built by    {} (SOURCE_DATE_EPOCH {})",
         index.build.tool, index.build.source_date_epoch
     );
+    if let Some(v) = &index.verity {
+        println!(
+            "verity      {}, {} ({}), dm-verity root hash {}",
+            v.filesystem,
+            human_size(v.size),
+            kiln_bundle::verity::verity_path(&a.bundle)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            v.root_hash
+        );
+    }
     // Declared setuid/setgid files, always shown: they are the bundle's privileged surface.
     for path in &index.setid {
         let mode = index.file(path).map(|f| f.mode.to_string()).unwrap_or_default();

@@ -52,6 +52,14 @@ pub fn run(a: &VerifyArgs) -> Result<ExitCode> {
         println!("  signature  valid");
     }
     println!("  files      {} verified against the index", index.files.len());
+    if let Some(v) = &index.verity {
+        let path = crate::verity::check_beside(&a.bundle, v)?;
+        println!(
+            "  verity     {} matches the index (dm-verity root hash {})",
+            path.display(),
+            v.root_hash
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,6 +24,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_bundle::digest::Sha256;
 use kiln_bundle::reader::{verify_file, Expect, VerifyOnly};
+use kiln_bundle::verity::verity_path;
 use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::cache::Cache;
@@ -80,6 +81,8 @@ pub struct Bundle {
     pub name: String,
     pub version: String,
     pub arch: kiln_bundle::manifest::Arch,
+    /// The verity image beside the bundle, checked against its index (`spec.verity`).
+    pub verity: Option<PathBuf>,
 }
 
 /// ELF `e_machine` values (System V ABI).
@@ -119,12 +122,18 @@ pub fn verified_bundle(path: &Path) -> Result<Bundle> {
     )?;
     let report = report.into_result(&path.display().to_string())?;
     let index = report.index.ok_or_else(|| anyhow!("{}: no index", path.display()))?;
+    let verity = index
+        .verity
+        .as_ref()
+        .map(|v| crate::verity::check_beside(path, v))
+        .transpose()?;
     Ok(Bundle {
         path: path.to_path_buf(),
         sha256: expected,
         name: index.name.clone(),
         version: index.version.clone(),
         arch: index.arch,
+        verity,
     })
 }
 
@@ -446,6 +455,9 @@ fn customize(root: &Path, bundle: &Bundle, o: &Options, uuids: &disk::Uuids, net
     if sig.is_file() {
         copy(&sig, &minisig_path(&baked.join(file)), 0o644)?;
     }
+    if let Some(v) = &bundle.verity {
+        copy(v, &verity_path(&baked.join(file)), 0o644)?;
+    }
     copy(&o.firstboot, &root.join("usr/bin/kiln-firstboot"), 0o755)?;
     let units = root.join("usr/lib/systemd/system");
     fs::create_dir_all(&units)?;
@@ -668,6 +680,9 @@ fn sysext(bundle: &Bundle, name: &str, os: &str, epoch: u64, work: &Path, out: &
     let baked = tree.join(BAKED);
     copy(&bundle.path, &baked.join(file), 0o644)?;
     copy(&sha256_path(&bundle.path), &sha256_path(&baked.join(file)), 0o644)?;
+    if let Some(v) = &bundle.verity {
+        copy(v, &verity_path(&baked.join(file)), 0o644)?;
+    }
     let (id, version_id) = match os.split_once(':') {
         Some((id, v)) => (id, Some(v)),
         None => (os, None),
