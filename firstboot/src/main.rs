@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_firstboot::activate::{self, Options, Outcome, Phase, Step};
+use kiln_firstboot::activate::{self, ModeRequest, Options, Outcome, Phase, Step};
 use kiln_firstboot::datasource::Endpoints;
 use kiln_firstboot::state::State;
 use kiln_firstboot::system::{Host, Recording, System};
@@ -62,6 +62,18 @@ struct RunArgs {
     /// `activate` queues the services and defers health checks to `health` (as the boot units do)
     #[arg(long, value_enum, default_value_t = PhaseArg::All)]
     phase: PhaseArg,
+    /// `auto` mounts the bundle's verity image where it has one and the kernel can do dm-verity,
+    /// and unpacks it otherwise; `verity` fails instead of unpacking
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+enum ModeArg {
+    #[default]
+    Auto,
+    Verity,
+    Unpack,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
@@ -131,6 +143,11 @@ fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
             PhaseArg::Activate => Phase::Activate,
             PhaseArg::Health => Phase::Health,
         },
+        mode: match a.mode {
+            ModeArg::Auto => ModeRequest::Auto,
+            ModeArg::Verity => ModeRequest::Verity,
+            ModeArg::Unpack => ModeRequest::Unpack,
+        },
     };
     let mut host = Host {
         kubelet_healthz: a.kubelet_healthz.clone(),
@@ -180,6 +197,13 @@ fn status(root: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
     println!("version   {}", s.version);
     println!("digest    {}", s.digest);
     println!("result    {}", s.result);
+    match (&s.mode, &s.mode_reason) {
+        (kiln_firstboot::state::Mode::Verity, _) => {
+            println!("mode      verity (read-only erofs image through dm-verity)")
+        }
+        (m, Some(why)) => println!("mode      {m} ({why})"),
+        (m, None) => println!("mode      {m}"),
+    }
     if let Some(e) = &s.error {
         println!("error     {e}");
     }

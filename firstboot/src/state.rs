@@ -47,9 +47,36 @@ pub struct State {
     /// boot to the bundle being activated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_s: Option<f64>,
+    /// How the bundle's files are on the node: mounted from its verity image, or unpacked.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Why the bundle was unpacked although it has a verity image (no dm-verity on this node, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
     /// The Node this activation registers (bundles with a kubelet), for the health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeJoin>,
+}
+
+/// How an active bundle's files are on the node, as `state.json` and `kiln-firstboot status` spell it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Verified and unpacked into a writable directory (every bundle, every node).
+    #[default]
+    Unpack,
+    /// The bundle's erofs image, mounted read-only through dm-verity: every read is checked
+    /// against the root hash in the signed index.
+    Verity,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Unpack => "unpack",
+            Mode::Verity => "verity",
+        })
+    }
 }
 
 /// How the last activation ended, as `state.json` and `kiln-firstboot status` spell it.

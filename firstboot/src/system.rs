@@ -1,7 +1,8 @@
 //! Privileged operations behind a trait: systemd, kernel modules, sysctl, mounting the cidata
-//! filesystem and the health probes. [`Host`] does them for real (`systemctl`, `modprobe`,
-//! `sysctl`, `mount`); [`Recording`] records them, for tests and for activating into a root that is
-//! not the running system (`--root` while building an image).
+//! filesystem and the verity image, and the health probes. [`Host`] does them for real
+//! (`systemctl`, `modprobe`, `sysctl`, `veritysetup`, `mount`); [`Recording`] records them, for
+//! tests and for activating into a root that is not the running system (`--root` while building
+//! an image).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_bundle::verity::VerityRecord;
 
 pub trait System {
     fn daemon_reload(&mut self) -> Result<()>;
@@ -30,6 +32,13 @@ pub trait System {
     fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()>;
     /// The Node registered and Ready, as kubelet's own credentials under `root` see it.
     fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()>;
+    /// Whether this node can mount a verity image; the reason when it cannot.
+    fn verity_support(&mut self) -> std::result::Result<(), String>;
+    /// Open dm-verity device `name` over `image` (root hash and offset from `record`) and mount
+    /// its filesystem read-only at `target`, an empty directory.
+    fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()>;
+    /// Whether a filesystem is mounted at `target`.
+    fn is_mounted(&mut self, target: &Path) -> bool;
 }
 
 /// Run a command, failing with its stderr.
@@ -115,6 +124,50 @@ impl System for Host {
     fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         wait_joined(root, node)
     }
+    fn verity_support(&mut self) -> std::result::Result<(), String> {
+        // Built in, or a module: modprobe is a no-op for the former.
+        let module = run(Command::new("modprobe").arg("dm_verity"));
+        if !Path::new("/dev/mapper/control").exists() {
+            return Err("the kernel has no device-mapper (/dev/mapper/control does not exist)".into());
+        }
+        if let Err(e) = module {
+            if !Path::new("/sys/module/dm_verity").exists() {
+                return Err(format!("the kernel has no dm-verity target: {e:#}"));
+            }
+        }
+        run(Command::new("veritysetup").arg("--version"))
+            .map(drop)
+            .map_err(|e| format!("veritysetup (Debian's cryptsetup-bin) is not usable: {e:#}"))
+    }
+    fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()> {
+        let device = Path::new("/dev/mapper").join(name);
+        if device.exists() {
+            // Left by a run that stopped between opening and mounting.
+            run(Command::new("veritysetup").args(["close", name]))?;
+        }
+        run(Command::new("veritysetup")
+            .arg("open")
+            .arg(image)
+            .arg(name)
+            .arg(image)
+            .arg(&record.root_hash)
+            .arg(format!("--hash-offset={}", record.data_size)))?;
+        let mounted = run(Command::new("mount")
+            .args(["-t", &record.filesystem, "-o", "ro"])
+            .arg(&device)
+            .arg(target));
+        if let Err(e) = mounted {
+            let _ = run(Command::new("veritysetup").args(["close", name]));
+            return Err(e);
+        }
+        Ok(())
+    }
+    fn is_mounted(&mut self, target: &Path) -> bool {
+        mounted_at(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            target,
+        )
+    }
     fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()> {
         let http = crate::net::Http::new(Duration::from_secs(2), 0);
         let url = self.kubelet_healthz.clone();
@@ -183,6 +236,21 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
     }
 }
 
+/// Whether `mountinfo` (the kernel's `/proc/self/mountinfo`) lists a mount at `target`. Its mount
+/// points escape space, tab, newline and backslash as octal.
+pub fn mounted_at(mountinfo: &str, target: &Path) -> bool {
+    let want = target.to_string_lossy();
+    mountinfo.lines().any(|l| {
+        l.split(' ').nth(4).is_some_and(|m| {
+            m.replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\012", "\n")
+                .replace("\\134", "\\")
+                == want
+        })
+    })
+}
+
 /// Retry `check` until it succeeds or `timeout` passes; the last error explains the failure.
 pub fn poll(timeout: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
     let deadline = Instant::now()
@@ -204,9 +272,15 @@ pub struct Recording {
     pub active: BTreeSet<String>,
     /// Bundle versions (read from the `current` link) whose services fail their health check.
     pub unhealthy_versions: BTreeSet<String>,
+    /// Bundle versions whose services fail to start at all (a binary that cannot be read).
+    pub unstartable_versions: BTreeSet<String>,
     pub root: PathBuf,
     /// A directory to mount as the cidata filesystem.
     pub cidata: Option<PathBuf>,
+    /// Why this "node" cannot do dm-verity, if it cannot.
+    pub no_verity: Option<String>,
+    /// Where verity images were "mounted".
+    pub mounted: BTreeSet<PathBuf>,
 }
 
 impl Recording {
@@ -215,6 +289,15 @@ impl Recording {
             root: root.to_path_buf(),
             ..Default::default()
         }
+    }
+
+    fn startable(&mut self, unit: &str) -> Result<()> {
+        let v = self.current_version();
+        if self.unstartable_versions.contains(&v) {
+            self.active.remove(unit);
+            bail!("Job for {unit} failed because the control process exited with error code (bundle {v})");
+        }
+        Ok(())
     }
 
     fn current_version(&self) -> String {
@@ -236,6 +319,7 @@ impl System for Recording {
     }
     fn start(&mut self, unit: &str) -> Result<()> {
         self.calls.push(format!("start {unit}"));
+        self.startable(unit)?;
         self.active.insert(unit.into());
         Ok(())
     }
@@ -246,6 +330,7 @@ impl System for Recording {
     }
     fn restart(&mut self, unit: &str) -> Result<()> {
         self.calls.push(format!("restart {unit}"));
+        self.startable(unit)?;
         self.active.insert(unit.into());
         Ok(())
     }
@@ -293,5 +378,63 @@ impl System for Recording {
             bail!("Node {} of bundle {v} is not Ready", node.name);
         }
         Ok(())
+    }
+    fn verity_support(&mut self) -> std::result::Result<(), String> {
+        match &self.no_verity {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+    /// What the kernel would do at each read, done at once in userspace: `veritysetup verify`
+    /// checks every block against the root hash, then `fsck.erofs --extract` puts the files where
+    /// the mount would show them.
+    fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()> {
+        let shown = |p: &Path| format!("/{}", p.strip_prefix(&self.root).unwrap_or(p).display());
+        self.calls.push(format!(
+            "veritysetup open {} {name} (root hash {}) && mount -o ro {}",
+            shown(image),
+            record.root_hash,
+            shown(target)
+        ));
+        run(Command::new("veritysetup")
+            .arg("verify")
+            .arg(image)
+            .arg(image)
+            .arg(&record.root_hash)
+            .arg(format!("--hash-offset={}", record.data_size)))?;
+        let data = target.with_extension("recorded-erofs");
+        {
+            use std::io::{Read, Write};
+            let mut from = std::fs::File::open(image)?.take(record.data_size);
+            let mut to = std::fs::File::create(&data)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.flush()?;
+        }
+        let extracted = run(Command::new("fsck.erofs")
+            .arg(format!("--extract={}", target.display()))
+            .arg(&data));
+        let _ = std::fs::remove_file(&data);
+        extracted?;
+        self.mounted.insert(target.to_path_buf());
+        Ok(())
+    }
+    fn is_mounted(&mut self, target: &Path) -> bool {
+        self.mounted.contains(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo_with_their_escapes() {
+        let info = "36 35 98:0 / /mnt1 rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 253:0 / /var/lib/kiln/bundles/1.0.0 ro,relatime - erofs /dev/mapper/kiln-1.0.0 ro\n\
+                    38 35 0:5 / /a\\040b rw - tmpfs tmpfs rw\n";
+        assert!(mounted_at(info, Path::new("/var/lib/kiln/bundles/1.0.0")));
+        assert!(mounted_at(info, Path::new("/a b")));
+        assert!(!mounted_at(info, Path::new("/var/lib/kiln/bundles")));
+        assert!(!mounted_at(info, Path::new("/mnt")));
     }
 }

@@ -106,7 +106,9 @@ pub(crate) fn rollback(
     };
     let dir = root.join(BUNDLES).join(&prev.version);
     let rendered = root.join(RENDERED).join(&prev.rendered);
-    if !dir.is_dir() || !rendered.is_dir() {
+    // A verity image is mounted only in the boot that mounted it: after a reboot the previous
+    // bundle's directory is an empty mount point, and there is nothing to roll back to.
+    if !dir.join(kiln_bundle::index::INDEX_NAME).is_file() || !rendered.is_dir() {
         return Ok(None);
     }
     flip(

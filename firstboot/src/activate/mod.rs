@@ -1,9 +1,12 @@
 //! Activation, in steps, each crash-safe and idempotent:
 //!
 //! 1. `config`: gather the node configuration (see [`crate::datasource`]);
-//! 2. `verify-unpack`: find the baked bundle, verify its outer digest, signature and every file
-//!    while unpacking it into `/var/lib/kiln/bundles/<version>.partial`, fsynced;
-//! 3. `rename`: rename it to `<version>` (skipped when that directory holds the same index);
+//! 2. `verify`: find the baked bundle, verify its outer digest, signature and every file
+//!    while unpacking it into `/var/lib/kiln/bundles/<version>.partial`, fsynced; in verity mode
+//!    (see [`verity`]), verify the bundle file's digest and signature only, and mount its verity
+//!    image read-only at `/var/lib/kiln/bundles/<version>`;
+//! 3. `rename`: rename the unpacked tree to `<version>` (skipped when that directory holds the same
+//!    index, and in verity mode);
 //! 4. `render`: substitute the node's values into the bundle's templates, into
 //!    `/var/lib/kiln/rendered/<version>.<config digest>` (secrets 0600);
 //! 5. `flip`: point `/var/lib/kiln/node` and `/var/lib/kiln/current` at them, by atomic renames;
@@ -12,7 +15,7 @@
 //! 7. `kernel`: load the modules and apply the sysctls;
 //! 8. `swap`: refuse to go on if swap is on and the kubelet does not allow it;
 //! 9. `services`: daemon-reload, then enable and start (or restart, if their units changed)
-//!    containerd, then kubelet;
+//!    containerd, then kubelet; a service that fails to start fails the health check;
 //! 10. `health`: containerd answers on its socket; kubelet's healthz answers `ok`;
 //! 11. `state`: write `/var/lib/kiln/state.json`.
 //!
@@ -27,6 +30,7 @@ mod links;
 mod steps;
 pub mod unpack;
 mod values;
+mod verity;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -37,7 +41,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use kiln_bundle::digest::Sha256;
 use kiln_bundle::index::Index;
 use kiln_bundle::reader::{read_bundle, Expect};
-use kiln_bundle::signature;
+use kiln_bundle::signature::{self, PublicKey, Signature};
 use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::config::NodeConfig;
@@ -102,34 +106,58 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         return Ok(Outcome::Stopped { after: Step::Config });
     }
 
-    // Verify and unpack in one pass.
     let index = kiln_bundle::reader::read_index(&bundle)?;
     let version = index.version.clone();
     check_version_name(&version)?;
+    let chosen = verity::choose(&bundle, &index, sys, opts.mode)?;
     let bundles = root.join(BUNDLES);
     fs::create_dir_all(&bundles).with_context(|| format!("cannot create {}", bundles.display()))?;
     let dest = bundles.join(&version);
     let partial = bundles.join(format!("{version}.partial"));
     remove_if_exists(&partial)?;
     let expected = read_expected_digest(&bundle)?;
-    let reuse = fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
-        .ok()
-        .and_then(|b| Index::from_json(&b, "").ok())
-        .is_some_and(|i| i == index)
-        && state_before.as_ref().is_some_and(|s| s.digest == expected.hex());
-    if !reuse {
-        verify_unpack(&bundle, &partial, expected, &cfg)?;
-    }
-    if t.done(Step::VerifyUnpack) {
-        return Ok(Outcome::Stopped {
-            after: Step::VerifyUnpack,
-        });
-    }
-    if !reuse {
-        remove_if_exists(&dest)?;
-        fs::rename(&partial, &dest)
-            .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
-        kiln_bundle::atomic::sync_dir(&bundles)?;
+    let same_bundle = state_before.as_ref().is_some_and(|s| s.digest == expected.hex());
+    match &chosen.image {
+        // Verity: verify the bundle file (its index carries the root hash), then mount the image.
+        Some(image) => {
+            let reuse = same_bundle && verity::mounted(&dest, &index, sys);
+            if !reuse {
+                verify_raw(&bundle, expected, &cfg)?;
+            }
+            if t.done(Step::Verify) {
+                return Ok(Outcome::Stopped { after: Step::Verify });
+            }
+            if !reuse {
+                verity::mount(image, &index, &dest, sys)?;
+            }
+        }
+        // Unpack: verify and unpack in one pass, then rename into place.
+        None => {
+            let reuse = !sys.is_mounted(&dest)
+                && fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
+                    .ok()
+                    .and_then(|b| Index::from_json(&b, "").ok())
+                    .is_some_and(|i| i == index)
+                && same_bundle;
+            if !reuse {
+                verify_unpack(&bundle, &partial, expected, &cfg)?;
+            }
+            if t.done(Step::Verify) {
+                return Ok(Outcome::Stopped { after: Step::Verify });
+            }
+            if !reuse {
+                if sys.is_mounted(&dest) {
+                    bail!(
+                        "{} is a mounted verity image; a node cannot switch bundle {version} to unpack mode without a reboot",
+                        dest.display()
+                    );
+                }
+                remove_if_exists(&dest)?;
+                fs::rename(&partial, &dest)
+                    .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
+                kiln_bundle::atomic::sync_dir(&bundles)?;
+            }
+        }
     }
     if t.done(Step::Rename) {
         return Ok(Outcome::Stopped { after: Step::Rename });
@@ -168,8 +196,9 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     let version_changed = previous
         .as_ref()
         .is_some_and(|(cur, _)| *cur != format!("bundles/{version}"));
-    services(sys, &index, changed || version_changed, opts.phase == Phase::Activate)?;
-    if t.done(Step::Services) {
+    // A service that fails to start is a failed health check: it rolls back like one.
+    let started = services(sys, &index, changed || version_changed, opts.phase == Phase::Activate);
+    if t.done(Step::Services) && started.is_ok() {
         return Ok(Outcome::Stopped { after: Step::Services });
     }
 
@@ -188,6 +217,8 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         steps: Vec::new(),
         sources: cfg.sources.clone(),
         uptime_s: None,
+        mode: chosen.mode,
+        mode_reason: chosen.reason,
         node: if index.has_kubelet() {
             Some(NodeJoin {
                 name: node_hostname(root, &cfg)?,
@@ -197,7 +228,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
             None
         },
     };
-    if opts.phase == Phase::Activate {
+    if opts.phase == Phase::Activate && started.is_ok() {
         // kiln-firstboot-health.service finishes the job once the services have started.
         state.result = Status::PendingHealth;
         t.done(Step::State);
@@ -205,7 +236,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         state.write(root)?;
         return Ok(Outcome::Activated { version });
     }
-    let health = health(root, sys, &index, opts.health_timeout, state.node.as_ref());
+    let health = started.and_then(|()| health(root, sys, &index, opts.health_timeout, state.node.as_ref()));
     if let Err(e) = health {
         let msg = format!("{e:#}");
         state.result = Status::Failed;
@@ -252,20 +283,34 @@ fn read_expected_digest(bundle: &Path) -> Result<Sha256> {
     })
 }
 
-fn verify_unpack(bundle: &Path, partial: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
-    let key = cfg
-        .node
-        .bundle_public_key
-        .as_deref()
-        .map(|k| signature::parse_public_key(k).map_err(|e| anyhow!("bundlePublicKey: not a minisign public key: {e}")))
-        .transpose()?;
-    let sig = match &key {
-        Some(_) => Some(signature::load_signature(&minisig_path(bundle))?),
-        None => None,
+/// The node configuration's public key, if it sets one, and the signature beside the bundle.
+fn signature_of(bundle: &Path, cfg: &NodeConfig) -> Result<Option<(PublicKey, Signature)>> {
+    let Some(k) = cfg.node.bundle_public_key.as_deref() else {
+        return Ok(None);
     };
+    let key = signature::parse_public_key(k).map_err(|e| anyhow!("bundlePublicKey: not a minisign public key: {e}"))?;
+    let sig = signature::load_signature(&minisig_path(bundle))?;
+    Ok(Some((key, sig)))
+}
+
+/// Verity mode's check of the bundle file: its digest and signature, which cover the index and the
+/// root hash in it. The files are read from the image, each block checked as it is read.
+fn verify_raw(bundle: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
+    let signed = signature_of(bundle, cfg)?;
     let expect = Expect {
         sha256: Some(expected),
-        signature: key.as_ref().zip(sig.as_ref()),
+        signature: signed.as_ref().map(|(k, s)| (k, s)),
+    };
+    kiln_bundle::reader::verify_raw(bundle, &expect)
+        .map(drop)
+        .with_context(|| format!("refusing bundle {}", bundle.display()))
+}
+
+fn verify_unpack(bundle: &Path, partial: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
+    let signed = signature_of(bundle, cfg)?;
+    let expect = Expect {
+        sha256: Some(expected),
+        signature: signed.as_ref().map(|(k, s)| (k, s)),
     };
     let mut sink = unpack::Unpack::new(partial)?;
     let f = fs::File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;

@@ -29,7 +29,7 @@ macro_rules! steps {
 
 steps! {
     Config => "config",
-    VerifyUnpack => "verify-unpack",
+    Verify => "verify",
     Rename => "rename",
     Render => "render",
     Flip => "flip",
@@ -53,6 +53,18 @@ pub struct Options {
     /// Stop right after this step, as if the process were killed there (crash-safety tests).
     pub stop_after: Option<Step>,
     pub phase: Phase,
+    /// Mount the bundle's verity image or unpack the bundle.
+    pub mode: ModeRequest,
+}
+
+/// The mode asked for: `Auto` mounts the verity image where the bundle has one and the node can do
+/// dm-verity, and unpacks otherwise, saying why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeRequest {
+    #[default]
+    Auto,
+    Verity,
+    Unpack,
 }
 
 /// At boot, systemd orders containerd and kubelet after `kiln-firstboot.service`, so activation
@@ -73,6 +85,7 @@ impl Default for Options {
             health_timeout: Duration::from_secs(60),
             stop_after: None,
             phase: Phase::All,
+            mode: ModeRequest::Auto,
         }
     }
 }

@@ -98,6 +98,10 @@ pub fn bake(root: &Path, bundle: &Path) {
     let mut dest = baked.join(name).into_os_string();
     dest.push(".sha256");
     std::fs::copy(sum, dest).unwrap();
+    let image = kiln_bundle::verity::verity_path(bundle);
+    if image.is_file() {
+        std::fs::copy(&image, kiln_bundle::verity::verity_path(&baked.join(name))).unwrap();
+    }
 }
 
 pub const NODE_SECTION: &str = "apiServer: https://10.0.0.1:6443\nclusterCA: |\n  -----BEGIN CERTIFICATE-----\n  MIIBfake\n  -----END CERTIFICATE-----\nbootstrapToken: abcdef.0123456789abcdef\nnodeIP: 10.8.0.205\nhostname: worker-1\nclusterDNS: 10.96.0.10\nlabels:\n  pool: blue\n";
