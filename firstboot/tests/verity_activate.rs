@@ -7,6 +7,7 @@
 //! - A node without dm-verity unpacks the same bundle, and `kiln-firstboot status` says why;
 //!   `--mode verity` there fails before anything is written.
 //! - A changed byte in the image refuses the mount, before any link flips.
+//! - A run stopped after any step, then run again, ends as a clean run does.
 //! - A service that cannot start (as when its binary's blocks fail to read) rolls back like a
 //!   failed health check.
 
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use kiln_firstboot::activate::{self, ModeRequest, Options, Outcome};
+use kiln_firstboot::activate::{self, ModeRequest, Options, Outcome, Step};
 use kiln_firstboot::system::Recording;
 
 const V1: &str = "1.36.4-1";
@@ -199,4 +200,35 @@ fn a_service_that_cannot_start_rolls_back_like_a_failed_health_check() {
     assert_eq!(s["result"], "failed");
     assert_eq!(s["mode"], "verity");
     assert!(sys.active.contains("containerd.service"), "v1's containerd runs again");
+}
+
+#[test]
+fn stopping_after_any_step_then_rerunning_equals_a_clean_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = production_mirror();
+    let bundle = verity_bundle(tmp.path(), &mirror, V1);
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean = node_root(clean_dir.path(), &bundle);
+    write(&clean, "etc/kiln/node.yaml", NODE_SECTION);
+    activate::run(&clean, &mut Recording::new(&clean), &opts()).unwrap();
+    let expected = tree(&clean);
+
+    for &step in Step::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let root = node_root(dir.path(), &bundle);
+        write(&root, "etc/kiln/node.yaml", NODE_SECTION);
+        // One system for both runs: the same boot, so the first run's mount is still there.
+        let mut sys = Recording::new(&root);
+        let mut o = opts();
+        o.stop_after = Some(step);
+        activate::run(&root, &mut sys, &o).unwrap();
+        let again = activate::run(&root, &mut sys, &opts()).unwrap();
+        assert!(
+            matches!(again, Outcome::Activated { .. } | Outcome::AlreadyActive { .. }),
+            "after {step:?}: {again:?}"
+        );
+        let mounts = sys.calls.iter().filter(|c| c.starts_with("veritysetup open")).count();
+        assert_eq!(mounts, 1, "after {step:?}, mounted once: {:?}", sys.calls);
+        assert_eq!(tree(&root), expected, "after stopping at {step:?}");
+    }
 }

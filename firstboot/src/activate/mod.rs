@@ -120,15 +120,17 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     match &chosen.image {
         // Verity: verify the bundle file (its index carries the root hash), then mount the image.
         Some(image) => {
-            let reuse = same_bundle && verity::mounted(&dest, &index, sys);
-            if !reuse {
+            // Mounted already by a run that stopped before writing its state: verified again, not
+            // mounted again.
+            let mounted = verity::mounted(&dest, &index, sys);
+            if !(same_bundle && mounted) {
                 verify_raw(&bundle, expected, &cfg)?;
+                if !mounted {
+                    verity::mount(image, &index, &dest, sys)?;
+                }
             }
             if t.done(Step::Verify) {
                 return Ok(Outcome::Stopped { after: Step::Verify });
-            }
-            if !reuse {
-                verity::mount(image, &index, &dest, sys)?;
             }
         }
         // Unpack: verify and unpack in one pass, then rename into place.
