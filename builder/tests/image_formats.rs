@@ -137,20 +137,21 @@ fn sha256(p: &Path) -> String {
 }
 
 #[test]
-fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
+fn raw_qcow2_vhd_vmdk_ova_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     base(dir);
     let recipe = recipe(dir, "rootfsTar: base.tar");
     let bundle = standin_bundle(dir);
     let out = dir.join("images");
-    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,vmdk,gce,rootfs-tar"));
+    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,vmdk,ova,gce,rootfs-tar"));
     let mut files = listing(&out);
     files.sort();
     assert_eq!(
         files,
         [
             format!("{STEM}.gce.tar.gz"),
+            format!("{STEM}.ova"),
             format!("{STEM}.qcow2"),
             format!("{STEM}.raw"),
             format!("{STEM}.rootfs.tar.zst"),
@@ -268,6 +269,44 @@ fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_repro
     assert!(descriptor.contains(&format!("\"{STEM}.vmdk\"")), "{descriptor}");
     assert!(descriptor.contains("ddb.adapterType = \"lsilogic\""), "{descriptor}");
 
+    // ova: the descriptor, the manifest and the same VMDK, in that order, in a tar; the descriptor is
+    // well-formed XML naming the disk with its size and capacity and UEFI firmware; the manifest's
+    // digests are the files'.
+    let ova = out.join(format!("{STEM}.ova"));
+    let listed = run(Command::new("tar").arg("-tvf").arg(&ova));
+    let members: Vec<&str> = listed.lines().collect();
+    assert_eq!(members.len(), 3, "{listed}");
+    for (m, name) in members.iter().zip(["ovf", "mf", "vmdk"]) {
+        assert!(
+            m.starts_with("-rw-r--r-- 0/0") && m.ends_with(&format!(" {STEM}.{name}")),
+            "{listed}"
+        );
+    }
+    let x = dir.join("ova-x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&ova).arg("-C").arg(&x));
+    let ovf_path = x.join(format!("{STEM}.ovf"));
+    run(Command::new("xmllint").arg("--noout").arg(&ovf_path));
+    let ovf = std::fs::read_to_string(&ovf_path).unwrap();
+    let vmdk_len = std::fs::metadata(&vmdk).unwrap().len();
+    assert!(
+        ovf.contains(&format!("ovf:href=\"{STEM}.vmdk\" ovf:id=\"file1\" ovf:size=\"{vmdk_len}\"")),
+        "{ovf}"
+    );
+    assert!(ovf.contains(&format!("ovf:capacity=\"{raw_len}\"")), "{ovf}");
+    assert!(ovf.contains("vmw:key=\"firmware\" vmw:value=\"efi\""), "{ovf}");
+    assert_eq!(sha256(&x.join(format!("{STEM}.vmdk"))), sha256(&vmdk), "the same VMDK");
+    let mf = std::fs::read_to_string(x.join(format!("{STEM}.mf"))).unwrap();
+    assert_eq!(
+        mf,
+        format!(
+            "SHA256({STEM}.ovf)= {}\nSHA256({STEM}.vmdk)= {}\n",
+            sha256(&ovf_path),
+            sha256(&vmdk)
+        )
+    );
+    std::fs::remove_dir_all(&x).unwrap();
+
     // gce: exactly `disk.raw` in a gzipped tar, as Compute Engine imports it, holding the same disk.
     let gce = out.join(format!("{STEM}.gce.tar.gz"));
     let listed = run(Command::new("tar").arg("-tzvf").arg(&gce));
@@ -287,8 +326,8 @@ fn raw_qcow2_vhd_vmdk_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_repro
 
     // Same inputs, same bytes: every format.
     let again = dir.join("again");
-    ok(&image(dir, &recipe, &bundle, &again, "raw,vhd,vmdk,gce,rootfs-tar"));
-    for ext in ["vhd", "vmdk", "gce.tar.gz"] {
+    ok(&image(dir, &recipe, &bundle, &again, "raw,vhd,vmdk,ova,gce,rootfs-tar"));
+    for ext in ["vhd", "vmdk", "ova", "gce.tar.gz"] {
         assert_eq!(
             sha256(&again.join(format!("{STEM}.{ext}"))),
             sha256(&out.join(format!("{STEM}.{ext}"))),

@@ -6,6 +6,9 @@
 //! - `vmdk`: vSphere's streamOptimized VMDK (what an OVA carries and what vSphere imports),
 //!   written by `qemu-img` with an LSI Logic adapter; its descriptor's content id (CID), random in
 //!   qemu-img's output, is taken from the disk's GUID.
+//! - `ova`: the streamOptimized VMDK with an OVF 1.0 descriptor and a SHA256 manifest in a tar, as
+//!   vSphere deploys it: UEFI firmware (kiln's disks boot systemd-boot), 2 vCPUs, 4 GiB, an LSI Logic
+//!   SCSI controller and a VMXNET3 adapter on "VM Network"; each is changed at deployment.
 //! - `gce`: Compute Engine's import format: the disk named `disk.raw` in a gzipped GNU tar
 //!   (`--format=oldgnu`, sparse), owners, mode and time fixed, gzip without a name or time stamp.
 
@@ -133,6 +136,133 @@ fn with_cid(head: &[u8], cid: &str) -> Option<(usize, Vec<u8>)> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An OVA at `out` of the streamOptimized `vmdk` (named `<name>.vmdk`) for a disk of `capacity`
+/// bytes: the descriptor `<name>.ovf` first, then the manifest `<name>.mf`, then the disk, as the OVF
+/// specification orders them, in a tar with fixed owners, modes and times.
+pub fn ova(vmdk: &Path, name: &str, capacity: u64, out: &Path, work: &Path, source_date_epoch: u64) -> Result<()> {
+    let dir = work.join("ova");
+    fs::create_dir_all(&dir)?;
+    let disk = format!("{name}.vmdk");
+    let disk_size = fs::metadata(vmdk)?.len();
+    let ovf = ovf_descriptor(name, &disk, disk_size, capacity);
+    let (disk_sum, _) = kiln_bundle::digest::hash_reader(std::io::BufReader::new(fs::File::open(vmdk)?))?;
+    let manifest = format!(
+        "SHA256({name}.ovf)= {}\nSHA256({disk})= {}\n",
+        kiln_bundle::digest::Sha256::of(ovf.as_bytes()),
+        disk_sum
+    );
+    fs::write(dir.join(format!("{name}.ovf")), &ovf)?;
+    fs::write(dir.join(format!("{name}.mf")), &manifest)?;
+    if fs::hard_link(vmdk, dir.join(&disk)).is_err() {
+        fs::copy(vmdk, dir.join(&disk))?;
+    }
+    process::run(
+        Command::new("tar")
+            .args(["--format=ustar", "--numeric-owner", "--owner=0", "--group=0", "--mode=0644"])
+            .arg(format!("--mtime=@{source_date_epoch}"))
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(out)
+            .arg(format!("{name}.ovf"))
+            .arg(format!("{name}.mf"))
+            .arg(&disk),
+    )?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The OVF 1.0 descriptor of a one-disk kiln node named `name`. `name` comes from the recipe and
+/// bundle names, which are DNS-label-like, so it needs no XML escaping; it is escaped anyway.
+pub fn ovf_descriptor(name: &str, disk: &str, disk_size: u64, capacity: u64) -> String {
+    let name = xml_escape(name);
+    let disk = xml_escape(disk);
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- kiln image: a kiln node for vSphere. It boots with UEFI; CPUs, memory and the network are defaults to change at deployment. -->
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href="{disk}" ovf:id="file1" ovf:size="{disk_size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>The logical networks</Info>
+    <Network ovf:name="VM Network">
+      <Description>The node's network</Description>
+    </Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A kiln node</Info>
+    <Name>{name}</Name>
+    <OperatingSystemSection ovf:id="101" vmw:osType="otherLinux64Guest">
+      <Info>Linux, 64-bit</Info>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-14</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of virtual CPUs</rasd:Description>
+        <rasd:ElementName>2 virtual CPUs</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>2</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory size</rasd:Description>
+        <rasd:ElementName>4096 MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>4096</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SCSI controller</rasd:Description>
+        <rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>VM Network</rasd:Connection>
+        <rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// `raw` as `disk.raw` in a gzipped sparse tar at `out`, as Compute Engine imports it.

@@ -42,6 +42,8 @@ pub enum Format {
     Vhd,
     /// vSphere: a streamOptimized VMDK.
     Vmdk,
+    /// vSphere: the VMDK with an OVF descriptor and manifest, in one tar.
+    Ova,
     /// Compute Engine: `disk.raw` in a gzipped sparse tar.
     Gce,
     RootfsTar,
@@ -261,7 +263,7 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
         if o.formats.iter().any(|f| {
             matches!(
                 f,
-                Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vmdk | Format::Gce
+                Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vmdk | Format::Ova | Format::Gce
             )
         }) {
             let raw = work.path().join("disk.raw");
@@ -295,13 +297,21 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
                 cloud::vhd(&raw, &tmp, &uuids.disk, o.source_date_epoch)?;
                 results.push((tmp, o.out.join(format!("{stem}.vhd"))));
             }
-            if o.formats.contains(&Format::Vmdk) {
+            if o.formats.contains(&Format::Vmdk) || o.formats.contains(&Format::Ova) {
                 // In a directory of its own: the descriptor names the extent by the final file name.
                 let name = format!("{stem}.vmdk");
                 let dir = work.path().join("vmdk");
                 fs::create_dir_all(&dir)?;
                 cloud::vmdk(&raw, &dir.join(&name), &uuids.disk)?;
-                results.push((dir.join(&name), o.out.join(name)));
+                if o.formats.contains(&Format::Ova) {
+                    let tmp = work.path().join("disk.ova");
+                    let capacity = fs::metadata(&raw)?.len();
+                    cloud::ova(&dir.join(&name), &stem, capacity, &tmp, work.path(), o.source_date_epoch)?;
+                    results.push((tmp, o.out.join(format!("{stem}.ova"))));
+                }
+                if o.formats.contains(&Format::Vmdk) {
+                    results.push((dir.join(&name), o.out.join(name)));
+                }
             }
             if o.formats.contains(&Format::Gce) {
                 let tmp = work.path().join("disk.tar.gz");
