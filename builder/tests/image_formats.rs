@@ -144,7 +144,13 @@ fn raw_qcow2_vhd_vmdk_ova_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_r
     let recipe = recipe(dir, "rootfsTar: base.tar");
     let bundle = standin_bundle(dir);
     let out = dir.join("images");
-    ok(&image(dir, &recipe, &bundle, &out, "raw,qcow2,vhd,vmdk,ova,gce,rootfs-tar"));
+    ok(&image(
+        dir,
+        &recipe,
+        &bundle,
+        &out,
+        "raw,qcow2,vhd,vmdk,ova,gce,rootfs-tar",
+    ));
     let mut files = listing(&out);
     files.sort();
     assert_eq!(
@@ -290,7 +296,9 @@ fn raw_qcow2_vhd_vmdk_ova_gce_and_rootfs_tar_from_a_tarball_base_are_valid_and_r
     let ovf = std::fs::read_to_string(&ovf_path).unwrap();
     let vmdk_len = std::fs::metadata(&vmdk).unwrap().len();
     assert!(
-        ovf.contains(&format!("ovf:href=\"{STEM}.vmdk\" ovf:id=\"file1\" ovf:size=\"{vmdk_len}\"")),
+        ovf.contains(&format!(
+            "ovf:href=\"{STEM}.vmdk\" ovf:id=\"file1\" ovf:size=\"{vmdk_len}\""
+        )),
         "{ovf}"
     );
     assert!(ovf.contains(&format!("ovf:capacity=\"{raw_len}\"")), "{ovf}");

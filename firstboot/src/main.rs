@@ -119,8 +119,14 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line for the journal and the console: what failed, and what to do.
-            eprintln!("kiln-firstboot: FAILED: {e:#}; the node was not activated (see `kiln-firstboot status`)");
+            // One line for the journal and the console: what failed, and what to do. A tool's
+            // quoted stderr may have several lines (systemctl's has two).
+            let msg = format!("{e:#}");
+            let msg: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            eprintln!(
+                "kiln-firstboot: FAILED: {}; the node was not activated (see `kiln-firstboot status`)",
+                msg.join(" ")
+            );
             ExitCode::from(1)
         }
     }

@@ -108,6 +108,10 @@ impl System for Host {
                 continue;
             }
             let dir = PathBuf::from("/run/kiln/cidata");
+            // Mounted by an earlier run in this boot (kiln-firstboot run by hand after the unit).
+            if self.is_mounted(&dir) {
+                return Ok(Some(dir));
+            }
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             run(Command::new("mount").args(["-o", "ro"]).arg(dev).arg(&dir))?;
             return Ok(Some(dir));

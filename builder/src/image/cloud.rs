@@ -160,7 +160,13 @@ pub fn ova(vmdk: &Path, name: &str, capacity: u64, out: &Path, work: &Path, sour
     }
     process::run(
         Command::new("tar")
-            .args(["--format=ustar", "--numeric-owner", "--owner=0", "--group=0", "--mode=0644"])
+            .args([
+                "--format=ustar",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "--mode=0644",
+            ])
             .arg(format!("--mtime=@{source_date_epoch}"))
             .arg("-C")
             .arg(&dir)

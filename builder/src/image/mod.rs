@@ -306,7 +306,14 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
                 if o.formats.contains(&Format::Ova) {
                     let tmp = work.path().join("disk.ova");
                     let capacity = fs::metadata(&raw)?.len();
-                    cloud::ova(&dir.join(&name), &stem, capacity, &tmp, work.path(), o.source_date_epoch)?;
+                    cloud::ova(
+                        &dir.join(&name),
+                        &stem,
+                        capacity,
+                        &tmp,
+                        work.path(),
+                        o.source_date_epoch,
+                    )?;
                     results.push((tmp, o.out.join(format!("{stem}.ova"))));
                 }
                 if o.formats.contains(&Format::Vmdk) {
