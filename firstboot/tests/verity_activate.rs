@@ -104,6 +104,12 @@ fn verity_mode_mounts_the_image_and_the_node_runs_from_it() {
     assert_eq!(state(&unpacked)["mode"], "unpack");
     assert_eq!(state(&unpacked)["modeReason"], "--mode unpack");
     assert_eq!(comparable(&unpacked), comparable(&root));
+
+    // The mounted node asked to unpack the same version: refused before anything is written.
+    let before = tree(&root);
+    let e = format!("{:#}", activate::run(&root, &mut sys, &o).unwrap_err());
+    assert!(e.contains("is a mounted verity image"), "{e}");
+    assert_eq!(tree(&root), before);
 }
 
 #[test]

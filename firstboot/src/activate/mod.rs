@@ -46,7 +46,7 @@ use kiln_bundle::writer::{minisig_path, read_sha256_beside, sha256_path};
 
 use crate::config::NodeConfig;
 use crate::datasource::{self};
-use crate::state::{BundleId, NodeJoin, State, Status};
+use crate::state::{BundleId, Mode, NodeJoin, State, Status};
 use crate::system::System;
 
 pub use kiln_bundle::layout::root::{BAKED, BUNDLES, CURRENT, NODE, RENDERED};
@@ -99,7 +99,13 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     let bundle = find_bundle(root)?;
     let id = bundle_id(root, &bundle)?;
     let config_digest = cfg.digest();
-    if let Some(version) = already_active(root, &state_before, &id, &config_digest, sys) {
+    // Active in another mode than the one asked for is not "already active".
+    let mode_as_asked = state_before.as_ref().is_some_and(|s| match opts.mode {
+        ModeRequest::Auto => true,
+        ModeRequest::Verity => s.mode == Mode::Verity,
+        ModeRequest::Unpack => s.mode == Mode::Unpack,
+    });
+    if let Some(version) = already_active(root, &state_before, &id, &config_digest, sys).filter(|_| mode_as_asked) {
         return Ok(Outcome::AlreadyActive { version });
     }
     if t.done(Step::Config) {
@@ -135,11 +141,16 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         }
         // Unpack: verify and unpack in one pass, then rename into place.
         None => {
-            let reuse = !sys.is_mounted(&dest)
-                && fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
-                    .ok()
-                    .and_then(|b| Index::from_json(&b, "").ok())
-                    .is_some_and(|i| i == index)
+            if sys.is_mounted(&dest) {
+                bail!(
+                    "{} is a mounted verity image; a node cannot switch bundle {version} to unpack mode without a reboot",
+                    dest.display()
+                );
+            }
+            let reuse = fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
+                .ok()
+                .and_then(|b| Index::from_json(&b, "").ok())
+                .is_some_and(|i| i == index)
                 && same_bundle;
             if !reuse {
                 verify_unpack(&bundle, &partial, expected, &cfg)?;
@@ -148,12 +159,6 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
                 return Ok(Outcome::Stopped { after: Step::Verify });
             }
             if !reuse {
-                if sys.is_mounted(&dest) {
-                    bail!(
-                        "{} is a mounted verity image; a node cannot switch bundle {version} to unpack mode without a reboot",
-                        dest.display()
-                    );
-                }
                 remove_if_exists(&dest)?;
                 fs::rename(&partial, &dest)
                     .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
