@@ -408,6 +408,12 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
     let mut cmd = Command::new("debootstrap");
     cmd.arg(format!("--variant={}", d.variant))
         .arg(format!("--components={}", d.components.join(",")));
+    let arch = recipe.spec.architecture;
+    if Some(arch) != kiln_bundle::Arch::host() {
+        // debootstrap's second stage runs the target's programs in a chroot.
+        foreign_emulator(arch, Path::new(BINFMT_MISC))?;
+        cmd.arg(format!("--arch={arch}"));
+    }
     if !d.packages.is_empty() {
         cmd.arg(format!("--include={}", d.packages.join(",")));
     }
@@ -451,6 +457,43 @@ fn base_rootfs(recipe: &Recipe, recipe_path: &Path, cache: &Cache) -> Result<(Pa
     )?;
     fs::rename(&tmp, &cached).with_context(|| format!("cannot store {}", cached.display()))?;
     Ok((cached, BaseSource::Built))
+}
+
+/// Where the kernel lists the interpreters it runs foreign binaries with.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
+/// A foreign-architecture debootstrap needs the kernel to run `arch`'s programs through QEMU's user
+/// emulator: a `qemu-<cpu>` handler in `binfmt_misc`, enabled, with the F flag (the interpreter is
+/// opened when registered, so it works inside the chroot, where it does not exist). Debian's
+/// qemu-user-static registers it so.
+fn foreign_emulator(arch: kiln_bundle::Arch, binfmt_misc: &Path) -> Result<()> {
+    let cpu = match arch {
+        kiln_bundle::Arch::Amd64 => "x86_64",
+        kiln_bundle::Arch::Arm64 => "aarch64",
+    };
+    let handler = binfmt_misc.join(format!("qemu-{cpu}"));
+    let how = format!(
+        "install Debian's qemu-user-static on this machine (it registers {} with binfmt_misc), or give an {arch} root filesystem as spec.base.rootfsTar",
+        handler.display()
+    );
+    let text = std::fs::read_to_string(&handler).map_err(|_| {
+        anyhow!(
+            "spec.architecture is {arch} and this machine is {}: debootstrap must run {arch} programs, and {} does not exist: {how}",
+            std::env::consts::ARCH,
+            handler.display()
+        )
+    })?;
+    if text.lines().next().is_none_or(|l| l.trim() != "enabled") {
+        bail!("{} is disabled: {how}", handler.display());
+    }
+    let flags = text.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or_default();
+    if !flags.contains('F') {
+        bail!(
+            "{} is registered without the F flag, so its interpreter is not found inside debootstrap's chroot: {how}",
+            handler.display()
+        );
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -731,4 +774,37 @@ fn sysext(bundle: &Bundle, name: &str, os: &str, epoch: u64, work: &Path, out: &
             .args(["-mkfs-time", &epoch.to_string(), "-all-time", &epoch.to_string()]),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_debootstrap_needs_qemu_registered_with_the_f_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let arm64 = kiln_bundle::Arch::Arm64;
+        let e = foreign_emulator(arm64, dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("qemu-aarch64 does not exist") && e.contains("qemu-user-static") && e.contains("rootfsTar"),
+            "{e}"
+        );
+        let handler = dir.path().join("qemu-aarch64");
+        // As the kernel lists a handler: state, interpreter, flags, offset, magic, mask.
+        let entry = |state: &str, flags: &str| {
+            format!("{state}\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\noffset 0\nmagic 7f454c460201010000000000000000000200b700\nmask ffffffffffffff00fffffffffffffffffeffffff\n")
+        };
+        std::fs::write(&handler, entry("disabled", "POCF")).unwrap();
+        assert!(foreign_emulator(arm64, dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("is disabled"));
+        std::fs::write(&handler, entry("enabled", "POC")).unwrap();
+        assert!(foreign_emulator(arm64, dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("without the F flag"));
+        std::fs::write(&handler, entry("enabled", "POCF")).unwrap();
+        foreign_emulator(arm64, dir.path()).unwrap();
+    }
 }

@@ -177,14 +177,6 @@ impl Recipe {
             (Some(_), Some(_)) => bail!("{origin}: spec.base: give debootstrap or rootfsTar, not both"),
             (None, None) => bail!("{origin}: spec.base: needs debootstrap (suite, mirror, packages) or rootfsTar"),
             (Some(d), None) => {
-                if Some(self.spec.architecture) != Arch::host() {
-                    bail!(
-                        "{origin}: spec.architecture is {}, but debootstrap builds a base for this machine's \
-                         architecture only: give an {} root filesystem as spec.base.rootfsTar",
-                        self.spec.architecture,
-                        self.spec.architecture
-                    );
-                }
                 for p in &d.packages {
                     if p.is_empty() || p.starts_with('-') || p.contains([',', ' ']) {
                         bail!("{origin}: spec.base.debootstrap.packages: {p:?} is not a package name");
@@ -261,7 +253,9 @@ impl Recipe {
 
     /// The digest of the base alone: the key of the cached base rootfs.
     pub fn base_digest(&self, tarball: Option<&Sha256>) -> Sha256 {
-        let json = serde_json::to_vec(&(&self.spec.base, tarball.map(|t| t.hex()))).expect("serializable");
+        // The architecture too: the same debootstrap section gives another base for arm64.
+        let json = serde_json::to_vec(&(&self.spec.base, self.spec.architecture, tarball.map(|t| t.hex())))
+            .expect("serializable");
         Sha256::of(&json)
     }
 
