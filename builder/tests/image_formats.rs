@@ -571,18 +571,23 @@ fn an_arm64_recipe_lays_out_an_aarch64_disk_and_takes_only_an_arm64_bundle() {
     elf[18] = 183; // EM_AARCH64
     std::fs::write(&fb, elf).unwrap();
 
-    // debootstrap for another architecture needs QEMU's user emulator registered (this test machine
-    // has none, as `scripts/setup` installs none).
+    // debootstrap for another architecture needs QEMU's user emulator registered. Where it is not
+    // (`scripts/setup` installs none), the error says what to install; where it is, kiln goes on to
+    // debootstrap, which fails on this recipe's dead mirror.
     let deboot = recipe_for(
         dir,
         "debootstrap: {suite: bookworm, mirror: http://127.0.0.1:9/debian}",
         "arm64",
     );
     let e = fails(&image_with(dir, &deboot, &arm64_bundle, &out, "raw", &fb));
-    assert!(
-        e.contains("give an arm64 root filesystem as spec.base.rootfsTar") && e.contains("qemu-user-static"),
-        "{e}"
-    );
+    if Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        assert!(e.contains("debootstrap failed"), "{e}");
+    } else {
+        assert!(
+            e.contains("give an arm64 root filesystem as spec.base.rootfsTar") && e.contains("qemu-user-static"),
+            "{e}"
+        );
+    }
 
     // Without an aarch64 systemd-boot in the base or on this machine: a clear error.
     assert!(!Path::new("/usr/lib/systemd/boot/efi/systemd-bootaa64.efi").exists());
