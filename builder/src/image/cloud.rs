@@ -158,24 +158,8 @@ pub fn ova(vmdk: &Path, name: &str, capacity: u64, out: &Path, work: &Path, sour
     if fs::hard_link(vmdk, dir.join(&disk)).is_err() {
         fs::copy(vmdk, dir.join(&disk))?;
     }
-    process::run(
-        Command::new("tar")
-            .args([
-                "--format=ustar",
-                "--numeric-owner",
-                "--owner=0",
-                "--group=0",
-                "--mode=0644",
-            ])
-            .arg(format!("--mtime=@{source_date_epoch}"))
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(out)
-            .arg(format!("{name}.ovf"))
-            .arg(format!("{name}.mf"))
-            .arg(&disk),
-    )?;
+    let members = [format!("{name}.ovf"), format!("{name}.mf"), disk];
+    fixed_tar(&["--format=ustar"], &dir, &members, out, source_date_epoch)?;
     fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -271,6 +255,23 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A tar at `out` of `members` of `dir`, in that order, with `format` options, owners 0/0, mode
+/// 0644 and every time `source_date_epoch`, so the same files give the same bytes.
+fn fixed_tar(format: &[&str], dir: &Path, members: &[String], out: &Path, source_date_epoch: u64) -> Result<()> {
+    process::run(
+        Command::new("tar")
+            .args(format)
+            .args(["--numeric-owner", "--owner=0", "--group=0", "--mode=0644"])
+            .arg(format!("--mtime=@{source_date_epoch}"))
+            .arg("-C")
+            .arg(dir)
+            .arg("-cf")
+            .arg(out)
+            .args(members),
+    )?;
+    Ok(())
+}
+
 /// `raw` as `disk.raw` in a gzipped sparse tar at `out`, as Compute Engine imports it.
 pub fn gce(raw: &Path, out: &Path, work: &Path, source_date_epoch: u64) -> Result<()> {
     let dir = work.join("gce");
@@ -281,22 +282,12 @@ pub fn gce(raw: &Path, out: &Path, work: &Path, source_date_epoch: u64) -> Resul
         process::run(Command::new("cp").arg("--sparse=always").arg(raw).arg(&disk))?;
     }
     let tar = work.join("disk.tar");
-    process::run(
-        Command::new("tar")
-            .args([
-                "--format=oldgnu",
-                "--sparse",
-                "--numeric-owner",
-                "--owner=0",
-                "--group=0",
-                "--mode=0644",
-            ])
-            .arg(format!("--mtime=@{source_date_epoch}"))
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("disk.raw"),
+    fixed_tar(
+        &["--format=oldgnu", "--sparse"],
+        &dir,
+        &["disk.raw".to_string()],
+        &tar,
+        source_date_epoch,
     )?;
     let gz = fs::File::create(out)?;
     process::run(Command::new("gzip").args(["-n", "-c"]).arg(&tar).stdout(gz.into_file()))?;
