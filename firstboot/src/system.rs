@@ -406,7 +406,7 @@ impl System for Recording {
             .arg(image)
             .arg(&record.root_hash)
             .arg(format!("--hash-offset={}", record.data_size)))?;
-        let data = target.with_extension("recorded-erofs");
+        let data = PathBuf::from(format!("{}.recorded-erofs", target.display()));
         {
             use std::io::{Read, Write};
             let mut from = std::fs::File::open(image)?.take(record.data_size);
