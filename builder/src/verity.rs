@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use fs_err as fs;
-use kiln_bundle::digest::{hash_reader, Sha256};
+use kiln_bundle::digest::hash_file;
 use kiln_bundle::index::{EntryKind, Index, INDEX_NAME};
 use kiln_bundle::verity::{self, VerityRecord, BLOCK_SIZE, FILESYSTEM, HASH_ALGORITHM};
 use kiln_bundle::writer::Content;
@@ -76,8 +76,7 @@ pub fn build(index: &Index, contents: &BTreeMap<String, Content>, out_dir: &Path
     )
     .map_err(|e| tool_error(e, "veritysetup", "cryptsetup-bin"))?;
     let root_hash = root_hash(&String::from_utf8_lossy(&out.stdout))?;
-    let (sha256, size) = hash_reader(std::io::BufReader::with_capacity(1 << 20, fs::File::open(&image)?))
-        .with_context(|| format!("cannot read {}", image.display()))?;
+    let (sha256, size) = hash_file(&image)?;
     let record = VerityRecord {
         filesystem: FILESYSTEM.into(),
         size,
@@ -100,14 +99,8 @@ pub fn build(index: &Index, contents: &BTreeMap<String, Content>, out_dir: &Path
 /// Check the image beside `bundle` against the index's record: present, and the same bytes.
 pub fn check_beside(bundle: &Path, record: &VerityRecord) -> Result<PathBuf> {
     let path = verity::verity_path(bundle);
-    let f = std::fs::File::open(&path).with_context(|| {
-        format!(
-            "cannot open {}: the bundle's index records a verity image, which is written beside it",
-            path.display()
-        )
-    })?;
-    let (digest, size) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let (digest, size) =
+        hash_file(&path).with_context(|| "the bundle's index records a verity image, which is written beside it")?;
     if digest != record.sha256 || size != record.size {
         bail!(
             "{}: sha256 {digest} ({size} bytes) does not match the index's {} ({} bytes); it is not this bundle's verity image",
@@ -117,14 +110,6 @@ pub fn check_beside(bundle: &Path, record: &VerityRecord) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// The sha256 of an existing image at `path`, if there is one.
-pub fn digest_of(path: &Path) -> Option<Sha256> {
-    let f = std::fs::File::open(path).ok()?;
-    hash_reader(std::io::BufReader::with_capacity(1 << 20, f))
-        .ok()
-        .map(|(d, _)| d)
 }
 
 fn tool_error(e: process::ProcessError, tool: &str, package: &str) -> anyhow::Error {

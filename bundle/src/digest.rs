@@ -141,6 +141,13 @@ pub fn hash_reader(mut r: impl Read) -> io::Result<(Sha256, u64)> {
     Ok((d, n))
 }
 
+/// Hash a whole file, returning its digest and length; errors name the file.
+pub fn hash_file(path: &std::path::Path) -> crate::error::Result<(Sha256, u64)> {
+    use crate::error::IoContext;
+    let f = std::fs::File::open(path).at(path)?;
+    hash_reader(io::BufReader::with_capacity(1 << 20, f)).at(path)
+}
+
 /// The contents of a `.sha256` file for `file_name`, as `sha256sum` writes it.
 pub fn sha256sum_line(digest: &Sha256, file_name: &str) -> String {
     format!("{}  {}\n", digest.hex(), file_name)

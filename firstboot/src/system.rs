@@ -406,19 +406,11 @@ impl System for Recording {
             .arg(image)
             .arg(&record.root_hash)
             .arg(format!("--hash-offset={}", record.data_size)))?;
-        let data = PathBuf::from(format!("{}.recorded-erofs", target.display()));
-        {
-            use std::io::{Read, Write};
-            let mut from = std::fs::File::open(image)?.take(record.data_size);
-            let mut to = std::fs::File::create(&data)?;
-            std::io::copy(&mut from, &mut to)?;
-            to.flush()?;
-        }
-        let extracted = run(Command::new("fsck.erofs")
+        // fsck.erofs reads the filesystem's own size from its superblock: the hash tree after it
+        // is left alone.
+        run(Command::new("fsck.erofs")
             .arg(format!("--extract={}", target.display()))
-            .arg(&data));
-        let _ = std::fs::remove_file(&data);
-        extracted?;
+            .arg(image))?;
         self.mounted.insert(target.to_path_buf());
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use kiln_bundle::digest::{hash_reader, parse_sha256sum, Sha256};
+use kiln_bundle::digest::{hash_file, parse_sha256sum, Sha256};
 use kiln_bundle::index::{BuildInfo, EntryKind, FileRecord, Index, SBOM_PATH, SCHEMA_VERSION};
 use kiln_bundle::layout::Layout;
 use kiln_bundle::manifest::{Arch, Manifest};
@@ -68,20 +68,20 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
         let (mut index, contents) = assemble(&manifest, arch, &resolved, planned, epoch)?;
         let dest = a.output.join(index.file_name());
         let verity_dest = verity_path(&dest);
-        let image = if manifest.spec.verity {
-            let built = crate::verity::build(&index, &contents, &a.output)?;
-            index.verity = Some(built.record.clone());
-            Some(built)
-        } else {
-            None
-        };
-        let (digest, fresh) = match up_to_date(&dest, &index) {
-            Some(d) => (d, false),
+        let (digest, fresh) = match up_to_date(&dest, &index, manifest.spec.verity) {
+            Some((d, existing)) => {
+                // The existing index carries its verity record: the image is not built again.
+                index = existing;
+                (d, false)
+            }
             None => {
                 // The image first: a bundle is never left naming an image that is not beside it.
-                match image {
-                    Some(built) => built.install(&verity_dest)?,
-                    None => remove_stale(&verity_dest)?,
+                if manifest.spec.verity {
+                    let built = crate::verity::build(&index, &contents, &a.output)?;
+                    index.verity = Some(built.record.clone());
+                    built.install(&verity_dest)?;
+                } else {
+                    remove_stale(&verity_dest)?;
                 }
                 let opts = writer::WriteOptions {
                     workers: writer::default_workers(),
@@ -216,25 +216,21 @@ pub fn assemble(
     Ok((index, contents))
 }
 
-/// The digest of an existing bundle at `dest` built from exactly `index`, if it is intact: same
-/// index, and bytes matching the `.sha256` beside it. Rebuilding would give the same file.
-fn up_to_date(dest: &Path, index: &Index) -> Option<Sha256> {
+/// The digest and index of an existing bundle at `dest` built from exactly `index` (which has no
+/// verity record yet), if it is intact: the same index, a verity image beside it exactly when
+/// `verity` is asked for and matching its record, and bytes matching the `.sha256` beside it.
+/// Rebuilding would give the same files, the image being a function of the index.
+fn up_to_date(dest: &Path, index: &Index, verity: bool) -> Option<(Sha256, Index)> {
     let existing = kiln_bundle::reader::read_index(dest).ok()?;
-    if &existing != index {
+    if existing.without_verity() != *index || existing.verity.is_some() != verity {
         return None;
     }
-    if let Some(v) = &index.verity {
-        if crate::verity::digest_of(&verity_path(dest))? != v.sha256 {
-            return None;
-        }
+    if let Some(v) = &existing.verity {
+        crate::verity::check_beside(dest, v).ok()?;
     }
     let recorded = parse_sha256sum(&std::fs::read_to_string(sha256_path(dest)).ok()?).ok()?;
-    let (actual, _) = hash_reader(std::io::BufReader::with_capacity(
-        1 << 20,
-        std::fs::File::open(dest).ok()?,
-    ))
-    .ok()?;
-    (actual == recorded).then_some(actual)
+    let (actual, _) = hash_file(dest).ok()?;
+    (actual == recorded).then_some((actual, existing))
 }
 
 /// A verity image left beside the bundle by an earlier build with `spec.verity`.

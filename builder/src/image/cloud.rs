@@ -147,7 +147,7 @@ pub fn ova(vmdk: &Path, name: &str, capacity: u64, out: &Path, work: &Path, sour
     let disk = format!("{name}.vmdk");
     let disk_size = fs::metadata(vmdk)?.len();
     let ovf = ovf_descriptor(name, &disk, disk_size, capacity);
-    let (disk_sum, _) = kiln_bundle::digest::hash_reader(std::io::BufReader::new(fs::File::open(vmdk)?))?;
+    let (disk_sum, _) = kiln_bundle::digest::hash_file(vmdk)?;
     let manifest = format!(
         "SHA256({name}.ovf)= {}\nSHA256({disk})= {}\n",
         kiln_bundle::digest::Sha256::of(ovf.as_bytes()),

@@ -147,11 +147,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
                     dest.display()
                 );
             }
-            let reuse = fs::read(dest.join(kiln_bundle::index::INDEX_NAME))
-                .ok()
-                .and_then(|b| Index::from_json(&b, "").ok())
-                .is_some_and(|i| i == index)
-                && same_bundle;
+            let reuse = same_bundle && holds_index(&dest, &index);
             if !reuse {
                 verify_unpack(&bundle, &partial, expected, &cfg)?;
             }
@@ -264,6 +260,14 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     state.steps = t.steps;
     state.write(root)?;
     Ok(Outcome::Activated { version })
+}
+
+/// Whether the bundle directory `dir` holds exactly `index` in its `kiln-bundle.json`.
+fn holds_index(dir: &Path, index: &Index) -> bool {
+    fs::read(dir.join(kiln_bundle::index::INDEX_NAME))
+        .ok()
+        .and_then(|b| Index::from_json(&b, "").ok())
+        .is_some_and(|i| i == *index)
 }
 
 fn check_version_name(version: &str) -> Result<()> {

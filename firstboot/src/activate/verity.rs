@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_bundle::index::{Index, INDEX_NAME};
+use kiln_bundle::index::Index;
 use kiln_bundle::verity::{device_name, verity_path};
 
 use crate::state::Mode;
@@ -58,11 +58,9 @@ pub(crate) fn mounted(dest: &Path, index: &Index, sys: &mut dyn System) -> bool 
     sys.is_mounted(dest) && holds(dest, index)
 }
 
+/// The image's `kiln-bundle.json` is the index without its own record.
 fn holds(dest: &Path, index: &Index) -> bool {
-    fs::read(dest.join(INDEX_NAME))
-        .ok()
-        .and_then(|b| Index::from_json(&b, "").ok())
-        .is_some_and(|i| i == index.without_verity())
+    super::holds_index(dest, &index.without_verity())
 }
 
 /// Mount `image` at `dest` (replacing an unpacked tree or an empty mount point left there), then
