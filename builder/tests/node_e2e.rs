@@ -8,7 +8,8 @@
 //! - a pod placed by the real scheduler runs to completion from the preloaded image, and says so on
 //!   the guest's console;
 //! - `kubectl kiln status` shows the node on its bundle; kiln-firstboot's state says `ok` only
-//!   after the Node is Ready;
+//!   after the Node is Ready, in verity mode: the bundle is built with `spec.verity`, so kubelet,
+//!   kube-proxy and containerd run from its erofs image mounted read-only through dm-verity;
 //! - a wrong bootstrap token and an unreachable API server each fail with one clear line on the
 //!   console and in state.json.
 //!
@@ -130,7 +131,8 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let c = Cluster::start(&dir.join("cluster"), &cluster::Options::for_guests());
 
     // The node bundle and its image.
-    let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "", true);
+    // With the verity image: kubelet, kube-proxy and containerd run from the read-only mount.
+    let manifest = k8s::node_manifest(&dir.join("src"), "kiln-node", "1.32.13-1", "  verity: true\n", true);
     let t = Instant::now();
     let out = dir.join("bundle");
     ok(&kiln(
@@ -290,6 +292,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     vm.wait_for("KILN-E2E-STATE", Duration::from_secs(120));
     let state = state_on(&vm.console());
     assert_eq!(state["result"], "ok", "{state}");
+    assert_eq!(state["mode"], "verity", "{state}");
     assert_eq!(state["node"]["name"], NODE, "{state}");
     // kube-proxy from the bundle runs as a service with its own identity and has synced rules.
     let proxy = vm.wait_for("KILN-E2E-KUBE-PROXY", Duration::from_secs(180));
