@@ -132,6 +132,42 @@ impl State {
         changed
     }
 
+    /// A fresh `bootID`, shaped like the kernel's `/proc/sys/kernel/random/boot_id`.
+    pub(crate) fn next_boot_id(&mut self) -> String {
+        self.boots += 1;
+        format!("5b1e0000-0000-4000-8000-{:012x}", self.boots)
+    }
+
+    /// The machine behind `node` reboots into `bundle` (see [`REBOOT_INTO_ANNOTATION`]).
+    pub(crate) fn reboot(&mut self, node: &mut Value, bundle: &str) {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if let Some(a) = node["metadata"]["annotations"].as_object_mut() {
+            a.remove(REBOOT_INTO_ANNOTATION);
+        }
+        node["metadata"]["labels"]["kiln.dev/bundle-version"] = json!(bundle);
+        node["status"]["nodeInfo"]["bootID"] = json!(self.next_boot_id());
+        node["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime is starting", "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]);
+        let after = match node["metadata"]["annotations"][READY_AFTER_ANNOTATION].as_str() {
+            Some("never") => None,
+            Some(ms) => ms.parse().ok().map(Duration::from_millis),
+            None => Some(self.kubelet_ready_after),
+        };
+        // A Ready report still due from an earlier boot no longer applies.
+        self.becoming_ready.retain(|(_, r)| *r != Ready::Node(name.clone()));
+        if let Some(after) = after {
+            self.becoming_ready.push((Instant::now() + after, Ready::Node(name)));
+        }
+    }
+
+    pub(crate) fn count_cordoned(&mut self) {
+        let cordoned = self
+            .nodes
+            .values()
+            .filter(|n| n["spec"]["unschedulable"] == json!(true))
+            .count();
+        self.max_cordoned = self.max_cordoned.max(cordoned);
+    }
+
     /// `POST /api/v1/nodes`, as a kubelet registers its node: NotReady until its kubelet reports
     /// Ready (after `kubelet_ready_after`, or the node's own `sim.kiln.dev/ready-after-ms`).
     pub(crate) fn register_node(&mut self, body: &[u8]) -> (u16, Value) {
@@ -162,7 +198,7 @@ impl State {
         }
         node["status"] = json!({
             "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime network not ready", "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
-            "nodeInfo": {"kubeletVersion": "v1.36.4", "containerRuntimeVersion": "containerd://2.3.4", "kubeProxyVersion": "", "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0", "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
+            "nodeInfo": {"kubeletVersion": "v1.36.4", "containerRuntimeVersion": "containerd://2.3.4", "kubeProxyVersion": "", "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0", "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": self.next_boot_id()},
             "addresses": [{"type": "Hostname", "address": name}]
         });
         if let Some(after) = ready_after {

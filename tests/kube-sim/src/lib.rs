@@ -86,6 +86,10 @@ struct State {
     generation: u64,
     /// The most nodes there ever were at once.
     max_nodes: usize,
+    /// The most nodes cordoned at once.
+    max_cordoned: usize,
+    /// Boots so far, for fresh bootIDs.
+    boots: u64,
 }
 
 struct Watcher {
@@ -110,6 +114,13 @@ enum Ready {
 /// Annotation on a Node created through the API: milliseconds until its kubelet reports Ready, or
 /// `never`.
 pub const READY_AFTER_ANNOTATION: &str = "sim.kiln.dev/ready-after-ms";
+
+/// Annotation a test's reprovision command sets on a Node to reboot its machine into a bundle: the
+/// simulated kubelet goes NotReady, comes back with a new `status.nodeInfo.bootID` and the
+/// `kiln.dev/bundle-version` label set to the annotation's value (as kiln-firstboot relabels its
+/// Node), and reports Ready after the node's `sim.kiln.dev/ready-after-ms` (default
+/// [`Sim::set_kubelet_ready_after`]). The annotation is removed once acted on.
+pub const REBOOT_INTO_ANNOTATION: &str = "sim.kiln.dev/reboot-into";
 
 pub struct Sim {
     addr: SocketAddr,
@@ -195,6 +206,7 @@ impl Sim {
             }
         });
         self.with(|s| {
+            node["status"]["nodeInfo"]["bootID"] = json!(s.next_boot_id());
             s.bump("Node", "ADDED", &mut node);
             s.nodes.insert(name.to_string(), node);
             s.max_nodes = s.max_nodes.max(s.nodes.len());
@@ -215,6 +227,11 @@ impl Sim {
     /// The most nodes there ever were at once.
     pub fn max_nodes(&self) -> usize {
         self.with(|s| s.max_nodes)
+    }
+
+    /// The most nodes there ever were cordoned (`spec.unschedulable`) at once.
+    pub fn max_cordoned(&self) -> usize {
+        self.with(|s| s.max_cordoned)
     }
 
     /// Node names, sorted.

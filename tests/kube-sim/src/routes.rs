@@ -146,8 +146,13 @@ pub(crate) fn route(s: &mut State, req: &Request) -> (u16, Value) {
                 return (404, status(404, "NotFound", &format!("nodes \"{name}\" not found")));
             };
             merge(&mut n, &patch);
+            if let Some(bundle) = n["metadata"]["annotations"][REBOOT_INTO_ANNOTATION].as_str() {
+                let bundle = bundle.to_string();
+                s.reboot(&mut n, &bundle);
+            }
             s.bump("Node", "MODIFIED", &mut n);
             s.nodes.insert(name.to_string(), n.clone());
+            s.count_cordoned();
             (200, n)
         }
         ("POST", ["api", "v1", "nodes"]) => s.register_node(&req.body),
