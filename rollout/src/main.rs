@@ -152,7 +152,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Replace every node of a pool that is not on the target bundle, surge-first
+    /// Replace every node of a pool that is not on the target bundle, surge-first; or, with
+    /// --in-place, reprovision each node under its own name
     Roll {
         /// The pool: a node label selector
         #[arg(short = 'l', long)]
@@ -167,13 +168,23 @@ enum Command {
         /// Run after an old node is deleted, with KILN_NODE and KILN_REPLACEMENT (no shell)
         #[arg(long)]
         decommission_cmd: Option<Hook>,
-        /// Replacements in flight at once (extra nodes above the pool's size)
-        #[arg(long, default_value_t = 1)]
-        max_surge: usize,
-        /// Old nodes that may be drained before their replacement is Ready
-        #[arg(long, default_value_t = 0)]
-        max_unavailable: usize,
-        /// How long a replacement may take to become Ready; past it the roll halts
+        /// Keep every node: cordon, drain, run --reprovision-cmd, wait until the same Node is
+        /// Ready on the target bundle after a new boot (its bootID changed), uncordon
+        #[arg(long, requires = "reprovision_cmd")]
+        in_place: bool,
+        /// In place: reimages or updates one drained node and reboots it; runs with KILN_NODE,
+        /// KILN_TARGET_BUNDLE, KILN_SELECTOR and KILN_BOOT_ID (its bootID before; no shell)
+        #[arg(long, requires = "in_place")]
+        reprovision_cmd: Option<Hook>,
+        /// Replacements in flight at once (extra nodes above the pool's size) [default: 1; 0 in place]
+        #[arg(long)]
+        max_surge: Option<usize>,
+        /// Nodes that may be out of service at once: drained before their replacement is Ready,
+        /// or being reprovisioned in place [default: 0; 1 in place]
+        #[arg(long)]
+        max_unavailable: Option<usize>,
+        /// How long a replacement (in place: the node itself) may take to become Ready; past it
+        /// the roll halts
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         ready_timeout: Duration,
         /// How long a command may run
@@ -324,6 +335,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to_bundle,
             provision_cmd,
             decommission_cmd,
+            in_place,
+            reprovision_cmd,
             max_surge,
             max_unavailable,
             ready_timeout,
@@ -336,19 +349,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args = RollArgs {
                 selector,
                 target: to_bundle,
-                max_surge,
-                max_unavailable,
+                max_surge: max_surge.unwrap_or(if in_place { 0 } else { 1 }),
+                max_unavailable: max_unavailable.unwrap_or(if in_place { 1 } else { 0 }),
                 ready_timeout,
                 command_timeout,
                 provision: provision_cmd,
                 decommission: decommission_cmd,
+                reprovision: reprovision_cmd,
                 drain: flags.args(DryRun::None),
                 lease_namespace,
             };
             replace::validate(&args)?;
             if dry_run {
                 let nodes = replace::pool(&client, &args.selector).await?;
-                let plan = replace::plan_roll(&nodes, &args.selector, &args.target);
+                let plan = replace::plan_roll(&nodes, &args.selector, &args.target, args.in_place())?;
                 if output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
                 } else {
@@ -418,7 +432,10 @@ fn print_outcome(o: &NodeOutcome) {
     let with = match (&o.replacement, o.result) {
         (Some(r), replace::Outcome::Replaced) => format!(" by {r}"),
         (Some(r), _) => format!(" (replacement {r})"),
-        (None, _) => String::new(),
+        (None, _) => match &o.boot_id {
+            Some(b) => format!(" (bootID {b})"),
+            None => String::new(),
+        },
     };
     let msg = o.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
     println!("{}: {}{with}{msg}", o.node, o.result.as_str());

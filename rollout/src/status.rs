@@ -1,5 +1,6 @@
 //! `kubectl kiln status`: every node with Ready, schedulable, bundle version and digest (the labels
-//! kiln-firstboot sets), container runtime and kubelet versions, and age; plus the version skew.
+//! kiln-firstboot sets), container runtime and kubelet versions, boot ID and age; plus the version
+//! skew.
 
 use std::collections::BTreeSet;
 
@@ -21,6 +22,9 @@ pub struct NodeStatus {
     pub bundle_digest: Option<String>,
     pub container_runtime: String,
     pub kubelet: String,
+    /// `status.nodeInfo.bootID`: the kubelet's report of the machine's current boot; it changes
+    /// with every reboot, which is how an in-place roll knows a node came back from one.
+    pub boot_id: String,
     pub created: Option<String>,
 }
 
@@ -48,6 +52,7 @@ pub fn node_status(n: &Node) -> NodeStatus {
         bundle_digest: labels.get(BUNDLE_DIGEST).cloned(),
         container_runtime: info.container_runtime_version,
         kubelet: info.kubelet_version,
+        boot_id: info.boot_id,
         created: n.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
     }
 }
@@ -72,12 +77,12 @@ pub async fn status(client: &Client, selector: Option<&str>) -> Result<ClusterSt
     })
 }
 
-/// The table `kubectl kiln status` prints (`wide` adds the digest and creation time).
+/// The table `kubectl kiln status` prints (`wide` adds the digest, boot ID and creation time).
 pub fn render(s: &ClusterStatus, wide: bool) -> String {
     let mut rows = vec![{
         let mut h = vec!["NAME", "READY", "SCHEDULABLE", "BUNDLE", "RUNTIME", "KUBELET"];
         if wide {
-            h.extend(["DIGEST", "CREATED"]);
+            h.extend(["DIGEST", "BOOT-ID", "CREATED"]);
         }
         h.into_iter().map(String::from).collect::<Vec<_>>()
     }];
@@ -92,6 +97,11 @@ pub fn render(s: &ClusterStatus, wide: bool) -> String {
         ];
         if wide {
             r.push(n.bundle_digest.clone().unwrap_or_else(|| "<none>".into()));
+            r.push(if n.boot_id.is_empty() {
+                "<none>".into()
+            } else {
+                n.boot_id.clone()
+            });
             r.push(n.created.clone().unwrap_or_default());
         }
         rows.push(r);
@@ -137,6 +147,7 @@ mod tests {
             bundle_digest: None,
             container_runtime: String::new(),
             kubelet: k.into(),
+            boot_id: String::new(),
             created: None,
         };
         let s = ClusterStatus {

@@ -47,6 +47,9 @@ fn pool(c: &Cluster, n: usize) {
     s.add_pdb("default", "web", &[("app", "web")], None, Some(1));
 }
 
+/// The in-place roll's reprovision command (what it does: the script's header).
+const REPROVISION: &str = include_str!("reprovision.sh");
+
 /// The provision and decommission commands, as scripts: provisioning is idempotent (the new node
 /// is named after the old one) and registers the node with `kubectl create`; both log their calls.
 struct Hooks {
@@ -80,7 +83,11 @@ done
 exit 0
 "#;
         let decommission = "#!/bin/sh\necho \"$KILN_NODE $KILN_REPLACEMENT\" >> \"$HOOKS/decommissioned\"\n";
-        for (name, body) in [("provision", provision), ("decommission", decommission)] {
+        for (name, body) in [
+            ("provision", provision),
+            ("decommission", decommission),
+            ("reprovision", REPROVISION),
+        ] {
             let p = dir.join(name);
             std::fs::write(&p, body).unwrap();
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -542,4 +549,319 @@ fn one_roll_per_pool_a_lease_says_who_holds_it_and_a_stale_one_is_taken_over() {
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(c.sim.nodes(), ["old-0-next", "old-1-next", "old-9-next"]);
     assert_invariants(&c);
+}
+
+fn in_place_cmd(c: &Cluster, h: &Hooks, mode: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"));
+    cmd.args([
+        "roll",
+        "--selector",
+        "pool=blue",
+        "--to-bundle",
+        NEW,
+        "--in-place",
+        "--reprovision-cmd",
+        &h.path("reprovision"),
+        "--ignore-daemonsets",
+        "--timeout",
+        "60s",
+    ])
+    .args(extra)
+    .env("KUBECONFIG", &c.kubeconfig)
+    .env("HOME", c.home())
+    .env("HOOKS", &h.dir)
+    .env("MODE", mode)
+    .env("ROLLBACK_TO", OLD);
+    cmd
+}
+
+fn boot_id(c: &Cluster, node: &str) -> String {
+    c.sim.node(node).unwrap()["status"]["nodeInfo"]["bootID"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn roll_annotations(c: &Cluster, node: &str) -> Vec<String> {
+    let n = c.sim.node(node).unwrap();
+    let ann = n["metadata"]["annotations"].as_object().cloned().unwrap_or_default();
+    ann.keys()
+        .filter(|k| k.starts_with("kiln.dev/roll-"))
+        .cloned()
+        .collect()
+}
+
+fn cordoned(c: &Cluster, node: &str) -> bool {
+    c.sim.node(node).unwrap()["spec"]["unschedulable"] == true
+}
+
+#[test]
+fn an_in_place_roll_keeps_every_node_and_its_name_and_needs_a_new_boot() {
+    let c = Cluster::new();
+    pool(&c, 3);
+    let h = Hooks::new(&c);
+    let before: Vec<String> = (0..3).map(|i| boot_id(&c, &format!("old-{i}"))).collect();
+    c.sim.set_faults(Faults {
+        latency: Duration::from_millis(2),
+        error_every: 23,
+        throttle_every: 5,
+        drop_watch_after: None,
+    });
+    let out = in_place_cmd(&c, &h, "reboot", &["--ready-timeout", "60s", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["halted"].is_null(), "{report}");
+    assert_eq!(c.sim.nodes(), ["old-0", "old-1", "old-2"], "every node kept its name");
+    assert_eq!(c.sim.max_nodes(), 3, "no node was added");
+    assert_eq!(c.sim.max_cordoned(), 1, "one node out of service at a time");
+    for (i, old_boot) in before.iter().enumerate() {
+        let n = format!("old-{i}");
+        let r = &report["nodes"][i];
+        assert_eq!(
+            (r["node"].as_str(), r["result"].as_str()),
+            (Some(n.as_str()), Some("reprovisioned"))
+        );
+        assert_eq!(bundle_of(&c, &n), NEW);
+        let now = boot_id(&c, &n);
+        assert_ne!(&now, old_boot, "{n} booted again");
+        assert_eq!(r["bootId"], now.as_str());
+        assert!(!cordoned(&c, &n), "{n} uncordoned");
+        assert!(
+            roll_annotations(&c, &n).is_empty(),
+            "{n}: {:?}",
+            roll_annotations(&c, &n)
+        );
+    }
+    // The command ran once a node, with the boot the node had to leave behind.
+    assert_eq!(
+        h.log("reprovisioned"),
+        (0..3)
+            .map(|i| format!("old-{i} {NEW} {}", before[i]))
+            .collect::<Vec<_>>()
+    );
+    wait_until("the evicted web pods run again", Duration::from_secs(10), || {
+        c.sim.pending_pods().is_empty()
+    });
+    assert_invariants(&c);
+    assert!(
+        c.sim.evictions().iter().any(|e| e.outcome == "evicted"),
+        "the nodes were drained"
+    );
+    let out = c.kiln(&["status", "-o", "json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["bundleVersions"], serde_json::json!([NEW]));
+    assert_eq!(s["nodes"][0]["bootId"], boot_id(&c, "old-0").as_str());
+}
+
+#[test]
+fn a_node_back_without_a_new_boot_or_not_ready_or_on_the_old_bundle_halts_the_roll_and_stays_cordoned() {
+    let c = Cluster::new();
+    pool(&c, 2);
+    let h = Hooks::new(&c);
+    let first_boot = boot_id(&c, "old-0");
+    let cases = [
+        ("relabel", format!("no new boot since the drain (bootID {first_boot})")),
+        ("hang", "not Ready".to_string()),
+        ("rollback", format!("bundle {OLD}, not {NEW}")),
+    ];
+    for (runs, (mode, why)) in cases.iter().enumerate() {
+        let started = Instant::now();
+        let out = in_place_cmd(&c, &h, mode, &["--ready-timeout", "2s"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
+        assert!(started.elapsed() < Duration::from_secs(30), "{mode}");
+        let t = text(&out);
+        let said = format!(
+            "roll HALTED: old-0: old-0 did not come back Ready on bundle {NEW} after a new boot within 2s ({why}); it stays cordoned"
+        );
+        assert!(t.contains(&said), "{mode}: {t}");
+        assert!(t.contains("old-0: failed: "), "{mode}: {t}");
+        assert!(t.contains("old-1: untouched"), "{mode}: {t}");
+        // Fail-closed: cordoned, drained, and annotated with the reason; old-1 untouched.
+        assert!(cordoned(&c, "old-0"), "{mode}");
+        let n = c.sim.node("old-0").unwrap();
+        assert_eq!(n["metadata"]["annotations"]["kiln.dev/roll-phase"], "halted", "{mode}");
+        assert!(
+            n["metadata"]["annotations"]["kiln.dev/roll-message"]
+                .as_str()
+                .unwrap()
+                .contains(why.as_str()),
+            "{mode}: {n}"
+        );
+        assert!(!cordoned(&c, "old-1"), "{mode}");
+        wait_until(
+            "old-1 runs its pods and old-0's web pods",
+            Duration::from_secs(10),
+            || c.sim.pods_on("old-1").len() == 2 + 2 + 2,
+        );
+        assert_eq!(
+            h.log("reprovisioned").len(),
+            runs + 1,
+            "{mode}: only old-0 was reprovisioned"
+        );
+    }
+    // Each halted attempt starts over from the boot the node was in then.
+    let tried: Vec<String> = h.log("reprovisioned");
+    assert!(
+        tried.iter().all(|l| l.starts_with(&format!("old-0 {NEW} "))),
+        "{tried:?}"
+    );
+    // Fixed: the halted node is rolled again from the start, then the rest.
+    let out = in_place_cmd(&c, &h, "reboot", &["--ready-timeout", "30s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for n in ["old-0", "old-1"] {
+        assert_eq!(bundle_of(&c, n), NEW);
+        assert!(!cordoned(&c, n));
+        assert!(roll_annotations(&c, n).is_empty(), "{n}: {:?}", roll_annotations(&c, n));
+    }
+    assert_invariants(&c);
+}
+
+#[test]
+fn an_interrupted_in_place_roll_resumes_and_a_surge_roll_cannot_take_it_over() {
+    let c = Cluster::new();
+    pool(&c, 2);
+    let h = Hooks::new(&c);
+    let boot0 = boot_id(&c, "old-0");
+    std::fs::write(h.dir.join("hold"), "").unwrap();
+    let mut first = in_place_cmd(&c, &h, "reboot", &["--ready-timeout", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("old-0's reprovision command runs", Duration::from_secs(60), || {
+        h.dir.join("reprovision.pid").exists()
+    });
+    // The roll and the machine running the command die together.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let pid = std::fs::read_to_string(h.dir.join("reprovision.pid")).unwrap();
+    Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+    let n = c.sim.node("old-0").unwrap();
+    assert_eq!(n["metadata"]["annotations"]["kiln.dev/roll-phase"], "reprovisioning");
+    assert_eq!(n["metadata"]["annotations"]["kiln.dev/roll-boot-id"], boot0.as_str());
+    assert!(cordoned(&c, "old-0"));
+
+    let out = in_place_cmd(&c, &h, "reboot", &["--dry-run"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "roll pool=blue to bundle {NEW} in place: 2 node(s) to reprovision, 0 already on it"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("old-0: resume from reprovisioning"), "{t}");
+    assert!(t.contains("old-1: cordon, drain, reprovision"), "{t}");
+
+    // A surge roll may not take the pool over halfway.
+    let out = roll_cmd(&c, &h, "300", &["--max-surge", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("node old-0 is in the middle of a roll of the other kind"),
+        "{}",
+        text(&out)
+    );
+    assert!(h.log("provisioned").is_empty());
+
+    std::fs::remove_file(h.dir.join("hold")).unwrap();
+    let out = in_place_cmd(&c, &h, "reboot", &["--ready-timeout", "60s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.sim.nodes(), ["old-0", "old-1"]);
+    assert_ne!(boot_id(&c, "old-0"), boot0);
+    let calls = h.log("reprovisioned");
+    // At least once: old-0's command ran again on resume (same recorded boot), old-1's once.
+    assert_eq!(
+        calls.iter().filter(|l| **l == format!("old-0 {NEW} {boot0}")).count(),
+        2,
+        "{calls:?}"
+    );
+    assert_eq!(calls.iter().filter(|l| l.starts_with("old-1 ")).count(), 1, "{calls:?}");
+    for n in ["old-0", "old-1"] {
+        assert!(!cordoned(&c, n));
+        assert!(roll_annotations(&c, n).is_empty());
+    }
+    assert_invariants(&c);
+}
+
+#[test]
+fn a_node_back_on_the_target_but_still_cordoned_is_finished_without_reprovisioning_it_again() {
+    let c = Cluster::new();
+    pool(&c, 1);
+    let h = Hooks::new(&c);
+    // As an in-place roll killed after the node came back, before it uncordoned it.
+    let boot = boot_id(&c, "old-0");
+    for args in [
+        vec!["cordon", "old-0"],
+        vec![
+            "annotate",
+            "node",
+            "old-0",
+            "kiln.dev/roll-target=1.36.4-2",
+            "kiln.dev/roll-phase=reprovisioned",
+        ],
+        vec!["annotate", "node", "old-0", &format!("kiln.dev/roll-boot-id={boot}")],
+        vec!["annotate", "node", "old-0", "sim.kiln.dev/reboot-into=1.36.4-2"],
+    ] {
+        let out = c.kubectl(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(bundle_of(&c, "old-0"), NEW);
+    let out = in_place_cmd(&c, &h, "reboot", &["--ready-timeout", "30s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("old-0: reprovisioned (bootID "), "{}", text(&out));
+    assert!(h.log("reprovisioned").is_empty(), "not reprovisioned again");
+    assert!(!cordoned(&c, "old-0"));
+    assert!(roll_annotations(&c, "old-0").is_empty());
+}
+
+#[test]
+fn in_place_takes_the_reprovision_command_and_none_of_the_surge_flags() {
+    let c = Cluster::new();
+    pool(&c, 1);
+    let h = Hooks::new(&c);
+    let refused = [
+        (
+            vec!["--provision-cmd", "true"],
+            "it takes --reprovision-cmd, not --provision-cmd",
+        ),
+        (
+            vec!["--max-surge", "1"],
+            "--max-surge does not apply to an in-place roll",
+        ),
+        (
+            vec!["--max-unavailable", "0"],
+            "--max-unavailable cannot be 0 in an in-place roll",
+        ),
+    ];
+    for (extra, why) in refused {
+        let out = in_place_cmd(&c, &h, "reboot", &extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", text(&out));
+        assert!(text(&out).contains(why), "{extra:?}: {}", text(&out));
+    }
+    // The flags go together (a usage error, as kubectl's).
+    let out = c.kiln(&["roll", "-l", "pool=blue", "--to-bundle", NEW, "--in-place"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--reprovision-cmd"), "{}", text(&out));
+    let out = c.kiln(&[
+        "roll",
+        "-l",
+        "pool=blue",
+        "--to-bundle",
+        NEW,
+        "--reprovision-cmd",
+        "true",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--in-place"), "{}", text(&out));
+    assert!(h.log("reprovisioned").is_empty());
+    assert!(!cordoned(&c, "old-0"));
+    assert!(roll_annotations(&c, "old-0").is_empty());
 }

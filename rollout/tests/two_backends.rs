@@ -19,6 +19,10 @@ trait Backend {
     fn name(&self) -> &'static str;
     fn kubeconfig(&self) -> &Path;
     fn add_node(&self, name: &str);
+    /// A Ready node with these labels, once its kubelet reported its bootID.
+    fn add_labelled_node(&self, name: &str, labels: &[(&str, &str)]);
+    /// The Node object as `kubectl get node -o json` prints it.
+    fn node_json(&self, name: &str) -> serde_json::Value;
     /// A node that registered but whose kubelet does not report Ready until [`Backend::make_ready`].
     fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]);
     fn make_ready(&self, name: &str);
@@ -52,6 +56,12 @@ impl Backend for Simulated {
     }
     fn add_node(&self, name: &str) {
         self.0.sim.add_node(name, &[], "v1.32.13", "containerd://2.3.4");
+    }
+    fn add_labelled_node(&self, name: &str, labels: &[(&str, &str)]) {
+        self.0.sim.add_node(name, labels, "v1.32.13", "containerd://2.3.4");
+    }
+    fn node_json(&self, name: &str) -> serde_json::Value {
+        self.0.sim.node(name).unwrap()
     }
     fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]) {
         self.0.sim.add_node(name, labels, "v1.32.13", "containerd://2.3.4");
@@ -119,6 +129,28 @@ impl Backend for Real {
     fn add_node(&self, name: &str) {
         self.cluster
             .apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"));
+    }
+    fn add_labelled_node(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
+        self.cluster.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{{}}}\n",
+            labels.join(", ")
+        ));
+        wait_until(
+            &format!("{name} reports Ready and a bootID"),
+            Duration::from_secs(30),
+            || {
+                let n = self.node_json(name);
+                n["status"]["nodeInfo"]["bootID"]
+                    .as_str()
+                    .is_some_and(|b| !b.is_empty())
+            },
+        );
+    }
+    fn node_json(&self, name: &str) -> serde_json::Value {
+        let out = self.cluster.kubectl(&["get", "node", name, "-o", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
     fn add_node_not_ready(&self, name: &str, labels: &[(&str, &str)]) {
         let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
@@ -318,5 +350,85 @@ fn replace_waits_for_the_new_node_then_drains_and_deletes_the_old() {
         wait_until("the web pods run on new-0", Duration::from_secs(30), || {
             b.pods_on("new-0").len() == 2
         });
+    });
+}
+
+/// The in-place roll's rules on both backends: the reprovision command (`reprovision.sh`: the
+/// simulated machine's reboot) first brings the node back on the old bundle, as a node whose
+/// new kubelet failed and booted back; the roll halts there with the node cordoned. Then a reboot
+/// into the target: each node keeps its name, reports a new bootID and the target bundle, and the
+/// budget holds throughout.
+#[test]
+fn an_in_place_roll_keeps_each_node_and_halts_on_one_that_came_back_on_the_old_bundle() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("reprovision");
+    std::fs::write(&script, include_str!("reprovision.sh")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    both(|b| {
+        let _ = std::fs::remove_file(hooks.path().join("reprovisioned"));
+        for n in ["n-0", "n-1"] {
+            b.add_labelled_node(n, &[("pool", "blue"), ("kiln.dev/bundle-version", "A")]);
+        }
+        b.add_app("web", "n-0", 2, 1);
+        b.add_pdb("web", "web", None, Some(1));
+        let boot = |n: &str| {
+            b.node_json(n)["status"]["nodeInfo"]["bootID"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let before = [boot("n-0"), boot("n-1")];
+        let roll = |mode: &str, timeout: &str| {
+            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+                .arg("--kubeconfig")
+                .arg(b.kubeconfig())
+                .args(["roll", "-l", "pool=blue", "--to-bundle", "B", "--in-place"])
+                .arg("--reprovision-cmd")
+                .arg(&script)
+                .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", timeout])
+                .env("KUBECONFIG", b.kubeconfig())
+                .env("HOOKS", hooks.path())
+                .env("MODE", mode)
+                .env("ROLLBACK_TO", "A")
+                .output()
+                .unwrap()
+        };
+        let out = roll("rollback", "5s");
+        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("roll HALTED: n-0: n-0 did not come back Ready on bundle B after a new boot within 5s (bundle A, not B); it stays cordoned"),
+            "{}: {said}",
+            b.name()
+        );
+        let n0 = b.node_json("n-0");
+        assert_eq!(n0["spec"]["unschedulable"], true, "{}: {n0}", b.name());
+        assert_eq!(
+            n0["metadata"]["annotations"]["kiln.dev/roll-phase"],
+            "halted",
+            "{}",
+            b.name()
+        );
+        assert_ne!(boot("n-0"), before[0], "{}: it did reboot", b.name());
+        let n1 = b.node_json("n-1");
+        assert!(n1["spec"]["unschedulable"].is_null(), "{}: n-1 untouched", b.name());
+        assert_eq!(boot("n-1"), before[1], "{}", b.name());
+
+        let out = roll("reboot", "60s");
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let status = b.kiln(&["status", "-l", "pool=blue", "-o", "json"]);
+        let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(s["bundleVersions"], serde_json::json!(["B"]), "{}: {s}", b.name());
+        for (i, n) in ["n-0", "n-1"].iter().enumerate() {
+            let node = &s["nodes"][i];
+            assert_eq!(node["name"], *n, "{}: the same nodes", b.name());
+            assert_eq!(node["schedulable"], true, "{}: {node}", b.name());
+            assert_ne!(node["bootId"], before[i].as_str(), "{}: {node}", b.name());
+        }
+        assert!(
+            b.budget_held("web", 2, 1),
+            "{}: maxUnavailable 1 was exceeded",
+            b.name()
+        );
     });
 }

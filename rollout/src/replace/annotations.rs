@@ -17,6 +17,9 @@ pub const ROLL_PHASE: &str = "kiln.dev/roll-phase";
 pub const ROLL_STARTED: &str = "kiln.dev/roll-started";
 /// On an old node: the node claimed as its replacement.
 pub const ROLL_REPLACEMENT: &str = "kiln.dev/roll-replacement";
+/// On a node rolled in place: its `status.nodeInfo.bootID` before the drain. The node is back only
+/// after a boot with another ID.
+pub const ROLL_BOOT_ID: &str = "kiln.dev/roll-boot-id";
 /// On an old node whose roll halted: why.
 pub const ROLL_MESSAGE: &str = "kiln.dev/roll-message";
 /// On a replacement node: the old node it replaces, until that one is decommissioned.
@@ -34,6 +37,13 @@ pub enum Phase {
     DrainingFirst,
     /// The replacement is Ready; draining the old node.
     Draining,
+    /// In place: its boot ID is recorded; cordoning and draining it.
+    DrainingInPlace,
+    /// In place: drained; the reprovision command was started (it may run again on resume, unless
+    /// the node is already back: it must be idempotent).
+    Reprovisioning,
+    /// In place: the reprovision command succeeded; waiting for the node to come back.
+    Reprovisioned,
     /// The roll stopped at this node; see [`ROLL_MESSAGE`].
     Halted,
 }
@@ -45,8 +55,19 @@ impl Phase {
             Phase::Provisioned => "provisioned",
             Phase::DrainingFirst => "draining-first",
             Phase::Draining => "draining",
+            Phase::DrainingInPlace => "draining-in-place",
+            Phase::Reprovisioning => "reprovisioning",
+            Phase::Reprovisioned => "reprovisioned",
             Phase::Halted => "halted",
         }
+    }
+
+    /// A phase of an in-place roll (the node keeps its name), not of a surge roll.
+    pub fn in_place(self) -> bool {
+        matches!(
+            self,
+            Phase::DrainingInPlace | Phase::Reprovisioning | Phase::Reprovisioned
+        )
     }
 
     pub fn parse(s: &str) -> Option<Phase> {
@@ -55,6 +76,9 @@ impl Phase {
             Phase::Provisioned,
             Phase::DrainingFirst,
             Phase::Draining,
+            Phase::DrainingInPlace,
+            Phase::Reprovisioning,
+            Phase::Reprovisioned,
             Phase::Halted,
         ]
         .into_iter()

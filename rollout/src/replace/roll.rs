@@ -1,4 +1,6 @@
-//! The roll executor: the pool replaced surge-first, several replacements at once.
+//! The roll executor: the pool replaced surge-first, several replacements at once; or, in place,
+//! each node drained, reprovisioned under its own name and awaited back on the target bundle. Both
+//! modes share the Lease, the drain, the plan and the annotations an interrupted roll resumes from.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,9 @@ pub struct RollArgs {
     pub command_timeout: Duration,
     pub provision: Option<Hook>,
     pub decommission: Option<Hook>,
+    /// In place: the command that reimages or updates a drained node and reboots it (the node
+    /// keeps its name). `None`: a surge roll, with `provision`.
+    pub reprovision: Option<Hook>,
     pub drain: DrainArgs,
     /// Where the pool's Lease lives (see [`crate::lease`]).
     pub lease_namespace: String,
@@ -48,10 +53,18 @@ pub struct RollReport {
 impl RollReport {
     pub fn ok(&self) -> bool {
         self.halted.is_none()
-            && self
-                .nodes
-                .iter()
-                .all(|n| matches!(n.result, Outcome::Replaced | Outcome::Untouched | Outcome::AtTarget))
+            && self.nodes.iter().all(|n| {
+                matches!(
+                    n.result,
+                    Outcome::Replaced | Outcome::Reprovisioned | Outcome::Untouched | Outcome::AtTarget
+                )
+            })
+    }
+}
+
+impl RollArgs {
+    pub fn in_place(&self) -> bool {
+        self.reprovision.is_some()
     }
 }
 
@@ -82,11 +95,24 @@ impl Shared {
 }
 
 pub fn validate(a: &RollArgs) -> Result<()> {
+    if a.in_place() {
+        // In place, nothing is created or deleted: the surge mode's knobs would mean nothing.
+        if a.provision.is_some() || a.decommission.is_some() {
+            bail!("--in-place reprovisions nodes under their own names: it takes --reprovision-cmd, not --provision-cmd or --decommission-cmd");
+        }
+        if a.max_surge > 0 {
+            bail!("--max-surge does not apply to an in-place roll (no node is added); --max-unavailable says how many nodes are reprovisioned at once");
+        }
+        if a.max_unavailable == 0 {
+            bail!("--max-unavailable cannot be 0 in an in-place roll: the roll could never make progress");
+        }
+        return Ok(());
+    }
     if a.max_surge == 0 && a.max_unavailable == 0 {
         bail!("--max-surge and --max-unavailable cannot both be 0: the roll could never make progress");
     }
     if a.provision.is_none() {
-        bail!("roll needs --provision-cmd: the command that creates a replacement node");
+        bail!("roll needs --provision-cmd (the command that creates a replacement node), or --in-place with --reprovision-cmd");
     }
     Ok(())
 }
@@ -123,7 +149,7 @@ async fn roll_holding(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<RollReport> {
     let nodes = pool(client, &a.selector).await?;
-    let plan = plan_roll(&nodes, &a.selector, &a.target);
+    let plan = plan_roll(&nodes, &a.selector, &a.target, a.in_place())?;
     let mut report = RollReport {
         selector: a.selector.clone(),
         target: a.target.clone(),
@@ -212,11 +238,16 @@ async fn replace_one(
     }
     let start = Instant::now();
     let mut out = NodeOutcome::new(old, Outcome::Untouched);
-    let result = replace_steps(client, a, r, shared, drain_first, progress, &mut out).await;
+    let result = if a.in_place() {
+        reprovision_steps(client, a, r, shared, progress, &mut out).await
+    } else {
+        replace_steps(client, a, r, shared, drain_first, progress, &mut out).await
+    };
     if let Err(e) = result {
         let why = format!("{old}: {e:#}");
         progress(&why);
-        if out.result == Outcome::Untouched && drain_first {
+        // In place, the node stays cordoned: whatever it runs now has not proved healthy.
+        if out.result == Outcome::Untouched && drain_first && !a.in_place() {
             // It was drained for nothing: give its capacity back.
             let _ = drain::set_unschedulable(client, old, false).await;
         }
@@ -411,6 +442,131 @@ async fn wait_replacement(
     found.unwrap_or_else(|| {
         bail!(
             "no replacement became Ready on bundle {} within {:?} ({last}); the remaining old nodes are left untouched",
+            a.target,
+            a.ready_timeout
+        )
+    })
+}
+
+/// One node rolled in place: record its boot ID, cordon and drain it, run the reprovision command,
+/// wait until the same Node is Ready on the target bundle after a new boot, uncordon it. Any
+/// failure leaves it cordoned (the caller annotates why and halts the roll).
+async fn reprovision_steps(
+    client: &Client,
+    a: &RollArgs,
+    r: &Replacement,
+    shared: &Shared,
+    progress: &(dyn Fn(&str) + Sync),
+    out: &mut NodeOutcome,
+) -> Result<()> {
+    let node = r.node.as_str();
+    let mut phase = r.resume;
+    let boot_before = match (&phase, &r.boot_id) {
+        (Some(_), Some(id)) => id.clone(),
+        _ => {
+            // The boot the node must leave behind, read before anything changes.
+            let api = Api::<Node>::all(client.clone());
+            let n = crate::retry(|| api.get(node))
+                .await
+                .with_context(|| format!("cannot read node {node}"))?;
+            let id = crate::status::node_status(&n).boot_id;
+            annotate(
+                client,
+                node,
+                &[
+                    (ROLL_TARGET, Some(&a.target)),
+                    (ROLL_PHASE, Some(Phase::DrainingInPlace.as_str())),
+                    (ROLL_BOOT_ID, Some(&id)),
+                    (ROLL_STARTED, Some(&rfc3339_now())),
+                    (ROLL_REPLACEMENT, None),
+                    (ROLL_MESSAGE, None),
+                ],
+            )
+            .await?;
+            phase = Some(Phase::DrainingInPlace);
+            id
+        }
+    };
+    if matches!(phase, Some(Phase::DrainingInPlace | Phase::Reprovisioning)) {
+        progress(&format!("{node}: draining before it is reprovisioned"));
+        let report = drain::drain(client, node, &a.drain, &|_| {}).await?;
+        if !report.ok() {
+            let why = report.blocked_summary();
+            bail!("drain stopped: {why}");
+        }
+    }
+    let deadline = Instant::now() + a.ready_timeout;
+    // A resumed node that is back already is not reprovisioned again.
+    let back_already = phase == Some(Phase::Reprovisioning)
+        && shared
+            .pool
+            .borrow()
+            .items
+            .get(node)
+            .is_some_and(|n| not_back(n, &a.target, &boot_before).is_none());
+    if matches!(phase, Some(Phase::DrainingInPlace | Phase::Reprovisioning)) && !back_already {
+        annotate(client, node, &[(ROLL_PHASE, Some(Phase::Reprovisioning.as_str()))]).await?;
+        progress(&format!("{node}: reprovisioning to bundle {}", a.target));
+        let hook = a.reprovision.as_ref().expect("in place");
+        let env = [
+            ("KILN_NODE", node),
+            ("KILN_TARGET_BUNDLE", a.target.as_str()),
+            ("KILN_SELECTOR", a.selector.as_str()),
+            ("KILN_BOOT_ID", boot_before.as_str()),
+        ];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        hook.run("reprovision", &env, a.command_timeout.min(remaining)).await?;
+        annotate(client, node, &[(ROLL_PHASE, Some(Phase::Reprovisioned.as_str()))]).await?;
+    }
+    let boot = wait_back(a, node, &boot_before, shared, deadline).await?;
+    progress(&format!(
+        "{node}: back on bundle {} after a new boot (bootID {boot})",
+        a.target
+    ));
+    // Uncordoned before the annotations go: a roll interrupted in between resumes and uncordons.
+    drain::set_unschedulable(client, node, false).await?;
+    annotate(
+        client,
+        node,
+        &[
+            (ROLL_TARGET, None),
+            (ROLL_PHASE, None),
+            (ROLL_BOOT_ID, None),
+            (ROLL_STARTED, None),
+            (ROLL_MESSAGE, None),
+        ],
+    )
+    .await?;
+    out.result = Outcome::Reprovisioned;
+    out.boot_id = Some(boot);
+    progress(&format!("{node}: uncordoned"));
+    Ok(())
+}
+
+/// Wait until node `node` is back (see [`not_back`]) before `deadline`; its new boot ID.
+async fn wait_back(a: &RollArgs, node: &str, boot_before: &str, shared: &Shared, deadline: Instant) -> Result<String> {
+    let mut last = "not registered".to_string();
+    let back = wait_for(&mut shared.pool.clone(), deadline, |s| {
+        if let Some(refused) = &s.fatal {
+            return Some(Err(anyhow::anyhow!("cannot watch the pool's nodes: {refused}")));
+        }
+        match s.items.get(node) {
+            Some(n) => match not_back(n, &a.target, boot_before) {
+                None => return Some(Ok(crate::status::node_status(n).boot_id)),
+                Some(why) => last = why,
+            },
+            None if s.synced => last = "not registered in the pool".to_string(),
+            None => {}
+        }
+        if let Some(e) = &s.error {
+            last = format!("{last} (the API: {e})");
+        }
+        None
+    })
+    .await;
+    back.unwrap_or_else(|| {
+        bail!(
+            "{node} did not come back Ready on bundle {} after a new boot within {:?} ({last}); it stays cordoned and the remaining nodes are left untouched",
             a.target,
             a.ready_timeout
         )

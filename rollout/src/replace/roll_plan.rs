@@ -20,6 +20,9 @@ pub struct Replacement {
     pub replacement: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// In place: its boot ID before the drain, as an interrupted roll recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// What a roll will do, from the pool as listed: pure, so `--dry-run` and the roll agree.
@@ -28,6 +31,8 @@ pub struct Replacement {
 pub struct RollPlan {
     pub selector: String,
     pub target: String,
+    /// Nodes are reprovisioned under their own names, not replaced.
+    pub in_place: bool,
     /// Nodes already on the target bundle.
     pub at_target: Vec<String>,
     /// Old nodes in order: interrupted ones first, then by name.
@@ -36,50 +41,77 @@ pub struct RollPlan {
     pub decommission: Vec<(String, String)>,
 }
 
-pub fn plan_roll(pool: &[Node], selector: &str, target: &str) -> RollPlan {
+/// The plan for a roll of `pool` to `target`, surge or `in_place`. Refused when a node is in the
+/// middle of a roll of the other kind: the two modes take turns, they do not mix on one pool.
+pub fn plan_roll(pool: &[Node], selector: &str, target: &str, in_place: bool) -> anyhow::Result<RollPlan> {
     let names: BTreeSet<String> = pool.iter().map(name).collect();
     let mut plan = RollPlan {
         selector: selector.to_string(),
         target: target.to_string(),
+        in_place,
         ..Default::default()
+    };
+    let (mode, other) = if in_place {
+        ("in-place", "without --in-place")
+    } else {
+        ("surge", "with --in-place")
     };
     for n in pool {
         let ann = annotations(n);
         let labels = n.metadata.labels.clone().unwrap_or_default();
         if let Some(old) = ann.get(REPLACES) {
             if !names.contains(old) {
+                if in_place {
+                    anyhow::bail!(
+                        "node {} replaced {old} in an interrupted surge roll and {old} was never decommissioned: finish that roll first (run it again without --in-place)",
+                        name(n)
+                    );
+                }
                 plan.decommission.push((name(n), old.clone()));
             }
         }
-        if labels.get(BUNDLE_VERSION).map(String::as_str) == Some(target) {
+        let same_roll = ann.get(ROLL_TARGET).map(String::as_str) == Some(target);
+        let phase = same_roll
+            .then(|| ann.get(ROLL_PHASE).and_then(|p| Phase::parse(p)))
+            .flatten();
+        if let Some(p) = phase.filter(|p| *p != Phase::Halted && p.in_place() != in_place) {
+            anyhow::bail!(
+                "node {} is in the middle of a roll of the other kind to bundle {target} ({ROLL_PHASE}={}); a {mode} roll cannot take it over: run the roll again {other}",
+                name(n),
+                p.as_str()
+            );
+        }
+        // A node rolled in place reaches the target before the roll is done with it (it is still
+        // cordoned), and one that halted there never proved a new boot: both are rolled again.
+        let rolled_in_place = in_place && phase.is_some();
+        if labels.get(BUNDLE_VERSION).map(String::as_str) == Some(target) && !rolled_in_place {
             plan.at_target.push(name(n));
             continue;
         }
-        let same_roll = ann.get(ROLL_TARGET).map(String::as_str) == Some(target);
-        let resume = same_roll
-            .then(|| ann.get(ROLL_PHASE).and_then(|p| Phase::parse(p)))
-            .flatten()
-            .filter(|p| *p != Phase::Halted);
+        let resume = phase.filter(|p| *p != Phase::Halted);
         plan.replace.push(Replacement {
             node: name(n),
             resume,
             replacement: resume.and_then(|_| ann.get(ROLL_REPLACEMENT).cloned()),
             started: resume.and_then(|_| ann.get(ROLL_STARTED).cloned()),
+            boot_id: resume.and_then(|_| ann.get(ROLL_BOOT_ID).cloned()),
         });
     }
     plan.replace
         .sort_by(|a, b| (a.resume.is_none(), &a.node).cmp(&(b.resume.is_none(), &b.node)));
-    plan
+    Ok(plan)
 }
 
 impl RollPlan {
     /// The plan as people read it (`--dry-run`).
     pub fn render(&self, a: &RollArgs) -> String {
         let mut s = format!(
-            "roll {} to bundle {}: {} node(s) to replace, {} already on it; max surge {}, max unavailable {}, ready timeout {:?}\n",
+            "roll {} to bundle {}{}: {} node(s) to {}, {} already on it; max surge {}, max unavailable {}, ready timeout {:?}\n",
             self.selector,
             self.target,
+            if self.in_place { " in place" } else { "" },
             self.replace.len(),
+            if self.in_place { "reprovision" } else { "replace" },
             self.at_target.len(),
             a.max_surge,
             a.max_unavailable,
@@ -91,9 +123,13 @@ impl RollPlan {
             ));
         }
         for r in &self.replace {
-            let how = match r.resume {
-                None => "provision a replacement, wait until Ready, drain, delete, decommission".to_string(),
-                Some(p) => format!("resume from {}", p.as_str()),
+            let how = match (r.resume, self.in_place) {
+                (None, false) => "provision a replacement, wait until Ready, drain, delete, decommission".to_string(),
+                (None, true) => format!(
+                    "cordon, drain, reprovision, wait until it is Ready on bundle {} after a new boot, uncordon",
+                    self.target
+                ),
+                (Some(p), _) => format!("resume from {}", p.as_str()),
             };
             s.push_str(&format!("  {}: {how}\n", r.node));
         }
@@ -136,7 +172,7 @@ mod tests {
             node("e", Some("1.0"), &[(ROLL_TARGET, "2.0"), (ROLL_PHASE, "halted")]),
             node("f", Some("2.0"), &[(REPLACES, "gone")]),
         ];
-        let p = plan_roll(&pool, "pool=x", "2.0");
+        let p = plan_roll(&pool, "pool=x", "2.0", false).unwrap();
         assert_eq!(p.at_target, ["b", "f"]);
         let order: Vec<(&str, Option<Phase>)> = p.replace.iter().map(|r| (r.node.as_str(), r.resume)).collect();
         assert_eq!(
@@ -145,5 +181,42 @@ mod tests {
         );
         assert_eq!(p.replace[0].replacement.as_deref(), Some("b"));
         assert_eq!(p.decommission, [("f".to_string(), "gone".to_string())]);
+    }
+
+    #[test]
+    fn in_place_resumes_a_node_already_on_the_target_and_refuses_the_other_mode() {
+        let pool = vec![
+            node("a", Some("1.0"), &[]),
+            node(
+                "b",
+                Some("2.0"),
+                &[
+                    (ROLL_TARGET, "2.0"),
+                    (ROLL_PHASE, "reprovisioned"),
+                    (ROLL_BOOT_ID, "boot-1"),
+                ],
+            ),
+            node("c", Some("2.0"), &[(ROLL_TARGET, "2.0"), (ROLL_PHASE, "halted")]),
+            node("d", Some("2.0"), &[]),
+        ];
+        let p = plan_roll(&pool, "pool=x", "2.0", true).unwrap();
+        assert_eq!(p.at_target, ["d"]);
+        let order: Vec<(&str, Option<Phase>)> = p.replace.iter().map(|r| (r.node.as_str(), r.resume)).collect();
+        assert_eq!(order, [("b", Some(Phase::Reprovisioned)), ("a", None), ("c", None)]);
+        assert_eq!(p.replace[0].boot_id.as_deref(), Some("boot-1"));
+        let e = plan_roll(&pool, "pool=x", "2.0", false).unwrap_err().to_string();
+        assert!(e.contains("node b is in the middle of a roll of the other kind"), "{e}");
+        assert!(e.contains("run the roll again with --in-place"), "{e}");
+
+        let surge = vec![node(
+            "a",
+            Some("1.0"),
+            &[(ROLL_TARGET, "2.0"), (ROLL_PHASE, "provisioned")],
+        )];
+        let e = plan_roll(&surge, "pool=x", "2.0", true).unwrap_err().to_string();
+        assert!(e.contains("run the roll again without --in-place"), "{e}");
+        let left = vec![node("n", Some("2.0"), &[(REPLACES, "gone")])];
+        let e = plan_roll(&left, "pool=x", "2.0", true).unwrap_err().to_string();
+        assert!(e.contains("gone was never decommissioned"), "{e}");
     }
 }

@@ -18,18 +18,38 @@ use crate::watch::{wait_for, Mirror};
 pub fn unfit(n: &Node, bundle: Option<&str>) -> Option<String> {
     let s = crate::status::node_status(n);
     let mut why = Vec::new();
-    if !s.ready {
-        why.push("not Ready".to_string());
-    }
     if !s.schedulable {
         why.push("cordoned".to_string());
+    }
+    why.extend(not_running(&s, bundle));
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Why a node rolled in place is not back yet (`None`: it is): it booted again since the drain
+/// (its boot ID is not `boot_before`), is Ready and runs `bundle`. It is still cordoned: the roll
+/// uncordons it.
+pub fn not_back(n: &Node, bundle: &str, boot_before: &str) -> Option<String> {
+    let s = crate::status::node_status(n);
+    let mut why = Vec::new();
+    if s.boot_id == boot_before {
+        let id = if s.boot_id.is_empty() { "<none>" } else { &s.boot_id };
+        why.push(format!("no new boot since the drain (bootID {id})"));
+    }
+    why.extend(not_running(&s, Some(bundle)));
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+fn not_running(s: &crate::status::NodeStatus, bundle: Option<&str>) -> Vec<String> {
+    let mut why = Vec::new();
+    if !s.ready {
+        why.push("not Ready".to_string());
     }
     match (s.bundle_version.as_deref(), bundle) {
         (None, _) => why.push(format!("no {BUNDLE_VERSION} label")),
         (Some(have), Some(want)) if have != want => why.push(format!("bundle {have}, not {want}")),
         _ => {}
     }
-    (!why.is_empty()).then(|| why.join(", "))
+    why
 }
 
 /// Wait until node `name` is a usable replacement (one watch of that node); `Err` describes what
@@ -82,6 +102,8 @@ pub struct ReplaceArgs {
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Replaced,
+    /// Rolled in place: the same node, back on the target bundle after a new boot.
+    Reprovisioned,
     /// Drained and deleted, but the decommission command (or its bookkeeping) failed; the next
     /// run retries it.
     DecommissionFailed,
@@ -94,6 +116,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Replaced => "replaced",
+            Outcome::Reprovisioned => "reprovisioned",
             Outcome::DecommissionFailed => "decommission-failed",
             Outcome::Untouched => "untouched",
             Outcome::Failed => "failed",
@@ -109,6 +132,9 @@ pub struct NodeOutcome {
     pub result: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replacement: Option<String>,
+    /// Rolled in place: the boot ID it came back with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub seconds: f64,
@@ -120,6 +146,7 @@ impl NodeOutcome {
             node: node.to_string(),
             result,
             replacement: None,
+            boot_id: None,
             message: None,
             seconds: 0.0,
         }

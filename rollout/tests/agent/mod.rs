@@ -3,8 +3,11 @@
 //! real scheduler places pods on it) once its `sim.kiln.dev/ready-after-ms` has passed since it
 //! was created (`never`: it stays NotReady), and keeps its heartbeat fresh; a pod bound to such a
 //! node becomes Running and Ready; a pod being deleted is removed once its grace period is over,
-//! as a kubelet confirms a terminated pod. It also records how many pods of each app label were
-//! Ready at each look, to check PodDisruptionBudgets were never violated.
+//! as a kubelet confirms a terminated pod. Like the simulator, it reports a `bootID` and acts on
+//! `sim.kiln.dev/reboot-into` (the machine reboots into that bundle: a new bootID, the bundle label
+//! set as kiln-firstboot sets it, Ready unless `ready-after-ms` is `never`). It also records how
+//! many pods of each app label were Ready at each look, to check PodDisruptionBudgets were never
+//! violated.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -36,7 +39,15 @@ impl Drop for Agent {
     }
 }
 
-const ANNOTATION: &str = "sim.kiln.dev/ready-after-ms";
+use kiln_kube_sim::{READY_AFTER_ANNOTATION as ANNOTATION, REBOOT_INTO_ANNOTATION};
+
+/// A fresh boot ID, shaped like the kernel's.
+fn boot_id() -> String {
+    static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BOOTS.fetch_add(1, Ordering::SeqCst);
+    let t = Timestamp::now().as_millisecond() as u64;
+    format!("a9e7{:04x}-0000-4000-8000-{:012x}", n & 0xffff, t & 0xffff_ffff_ffff)
+}
 
 impl Agent {
     /// Start acting as the kubelet of every node in the cluster `kubeconfig` points at.
@@ -101,6 +112,31 @@ async fn tick(client: &Client, history: &Mutex<BTreeMap<String, Vec<usize>>>) ->
     for n in nodes.list(&ListParams::default()).await? {
         let name = n.metadata.name.clone().unwrap_or_default();
         let after = n.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION)).cloned();
+        let annotations = n.metadata.annotations.clone().unwrap_or_default();
+        if let Some(bundle) = annotations.get(REBOOT_INTO_ANNOTATION) {
+            let t = now.to_string();
+            let ready = if after.as_deref() == Some("never") {
+                "False"
+            } else {
+                "True"
+            };
+            let status = json!({"status": {
+                "nodeInfo": {"bootID": boot_id()},
+                "conditions": [{"type": "Ready", "status": ready, "reason": "KubeletReady",
+                                "message": "test agent, rebooted", "lastHeartbeatTime": t, "lastTransitionTime": t}],
+            }});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+                .await?;
+            let meta = json!({"metadata": {
+                "labels": {"kiln.dev/bundle-version": bundle},
+                "annotations": {REBOOT_INTO_ANNOTATION: null},
+            }});
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&meta))
+                .await?;
+            continue;
+        }
         if after.as_deref() == Some("never") {
             continue;
         }
@@ -115,12 +151,21 @@ async fn tick(client: &Client, history: &Mutex<BTreeMap<String, Vec<usize>>>) ->
             continue;
         }
         let t = now.to_string();
-        let status = json!({"status": {
+        let has_boot = n
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .is_some_and(|i| !i.boot_id.is_empty());
+        let mut status = json!({"status": {
             "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
             "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "test agent", "lastHeartbeatTime": t, "lastTransitionTime": t}],
         }});
+        if !has_boot {
+            // A kubelet reports the boot it runs in from its first status on.
+            status["status"]["nodeInfo"] = json!({"bootID": boot_id()});
+        }
         nodes
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
             .await?;
