@@ -2,6 +2,7 @@
 //! bootstrap got it a client certificate) authenticates, and the Node object reports Ready. When it
 //! did not, [`diagnose`] asks the API server with the bootstrap kubeconfig's own credentials and
 //! names the cause in one line: the API server cannot be reached, or it refuses the bootstrap token.
+//! Once Ready, [`reconcile_labels`] sets the bundle's labels on the Node with the same credentials.
 //! The kubeconfigs are read as kubelet writes them: one cluster, one user, paths or inline data.
 
 use std::path::{Path, PathBuf};
@@ -167,7 +168,23 @@ impl Kubeconfig {
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
-        let mut resp = req.call().map_err(|e| anyhow!("{url}: {e}"))?;
+        let resp = req.call().map_err(|e| anyhow!("{url}: {e}"))?;
+        Self::read(resp, &url)
+    }
+
+    /// PATCH `path` with a JSON merge patch: the status and up to 1 MiB of body.
+    pub fn merge_patch(&self, path: &str, patch: &serde_json::Value, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+        let agent = self.agent(timeout)?;
+        let url = format!("{}{path}", self.server);
+        let mut req = agent.patch(&url).header("Content-Type", "application/merge-patch+json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.send(patch.to_string()).map_err(|e| anyhow!("{url}: {e}"))?;
+        Self::read(resp, &url)
+    }
+
+    fn read(mut resp: ureq::http::Response<ureq::Body>, url: &str) -> Result<(u16, Vec<u8>)> {
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -179,16 +196,23 @@ impl Kubeconfig {
     }
 }
 
-/// The Ready condition of Node `name`, through `kc` (kubelet's own credentials may read its Node).
-pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<()> {
+/// The Node object `name` once it is Ready, through `kc` (kubelet's own credentials may read its
+/// Node).
+pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<serde_json::Value> {
     let (status, body) = kc.get(&format!("/api/v1/nodes/{name}"), Duration::from_secs(5))?;
     match status {
         200 => {}
         404 => bail!("Node {name} is not registered yet"),
-        s => bail!(
-            "the API server answered {s} for Node {name}: {}",
-            String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-        ),
+        // Credentials that may not read their own Node will not come to.
+        401 | 403 => {
+            return Err(Refused(format!(
+                "the API server answered {status} for Node {name} to {}'s credentials: {}",
+                kc.origin,
+                message(&body)
+            ))
+            .into())
+        }
+        s => bail!("the API server answered {s} for Node {name}: {}", message(&body)),
     }
     let node: serde_json::Value = serde_json::from_slice(&body).context("the Node object is not JSON")?;
     let ready = node["status"]["conditions"]
@@ -197,13 +221,72 @@ pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<()> {
         .flatten()
         .find(|c| c["type"] == "Ready");
     match ready {
-        Some(c) if c["status"] == "True" => Ok(()),
+        Some(c) if c["status"] == "True" => Ok(node),
         Some(c) => bail!(
             "Node {name} is not Ready: {}",
             c["message"].as_str().unwrap_or("no message")
         ),
         None => bail!("Node {name} reports no Ready condition yet"),
     }
+}
+
+/// A Status's message, or the start of whatever else the API server sent.
+fn message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|b| b["message"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
+/// The API server refused a request outright (401, 403, 422): waiting will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Set the labels `want` on Node `node` (as [`node_ready`] returned it) where they differ, through
+/// `kc`: kubelet's own credentials, which NodeRestriction lets change labels on their own Node
+/// outside the `kubernetes.io` and `k8s.io` namespaces (so `kiln.dev/` labels). Each change as
+/// `key: old -> new`.
+pub fn reconcile_labels(
+    kc: &Kubeconfig,
+    node: &serde_json::Value,
+    want: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let have = &node["metadata"]["labels"];
+    let changes: Vec<(&String, &String)> = want
+        .iter()
+        .filter(|(k, v)| have[k.as_str()].as_str() != Some(v.as_str()))
+        .collect();
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let labels: serde_json::Map<String, serde_json::Value> = changes
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"labels": labels}});
+    let (status, body) = kc.merge_patch(&format!("/api/v1/nodes/{name}"), &patch, Duration::from_secs(5))?;
+    match status {
+        200 => {}
+        403 | 422 => {
+            return Err(Refused(format!(
+                "the API server refuses to set {} on Node {name} with {}'s credentials ({status}): {}",
+                changes.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+                kc.origin,
+                message(&body)
+            ))
+            .into())
+        }
+        s => bail!(
+            "the API server answered {s} to the labels of Node {name}: {}",
+            message(&body)
+        ),
+    }
+    Ok(changes
+        .iter()
+        .map(|(k, v)| format!("{k}: {} -> {v}", have[k.as_str()].as_str().unwrap_or("<none>")))
+        .collect())
 }
 
 /// Why a node did not join, from the bootstrap credentials: the API server cannot be reached, or

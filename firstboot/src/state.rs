@@ -101,12 +101,16 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// What the health check waits for: the Node `name` Ready within `timeout_s`.
+/// What the health check waits for: the Node `name` Ready within `timeout_s`, then carrying
+/// `labels` (the bundle's: kubelet applies `--node-labels` only when it creates the Node, so a
+/// machine that comes back under an existing Node, reimaged or updated in place, gets them set).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeJoin {
     pub name: String,
     pub timeout_s: u64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Seconds since boot, from /proc/uptime.

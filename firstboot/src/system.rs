@@ -190,7 +190,7 @@ impl System for Host {
 /// While there is no kubeconfig, the bootstrap credentials are checked every few seconds, and a
 /// token the API server refuses fails at once: waiting cannot fix it.
 fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
-    use crate::node::{diagnose, node_ready, Kubeconfig};
+    use crate::node::{diagnose, node_ready, reconcile_labels, Kubeconfig};
     let layout = kiln_bundle::layout::Layout::default();
     let kubeconfig = format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG);
     let bootstrap = layout.on_node(kiln_bundle::layout::files::KUBELET_BOOTSTRAP, true);
@@ -208,8 +208,19 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         match Kubeconfig::load(root, &kubeconfig) {
             Ok(kc) => {
                 cause = None;
-                match node_ready(&kc, &node.name) {
-                    Ok(()) => return Ok(()),
+                match node_ready(&kc, &node.name).and_then(|n| reconcile_labels(&kc, &n, &node.labels)) {
+                    Ok(changed) => {
+                        if !changed.is_empty() {
+                            // kubelet applies --node-labels only when it creates the Node.
+                            eprintln!(
+                                "kiln-firstboot: Node {} existed before this boot; set {}",
+                                node.name,
+                                changed.join(", ")
+                            );
+                        }
+                        return Ok(());
+                    }
+                    Err(e) if e.is::<crate::node::Refused>() => bail!("{e:#}"),
                     Err(e) => last = e,
                 }
             }

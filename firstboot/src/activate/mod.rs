@@ -226,6 +226,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
             Some(NodeJoin {
                 name: node_hostname(root, &cfg)?,
                 timeout_s: cfg.node.join_timeout_seconds.unwrap_or(DEFAULT_JOIN_TIMEOUT_S),
+                labels: bundle_labels(&version, &expected),
             })
         } else {
             None

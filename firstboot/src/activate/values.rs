@@ -11,6 +11,18 @@ use kiln_bundle::index::Index;
 
 use crate::config::NodeConfig;
 
+/// The labels that say which bundle a node runs: kubelet registers a new Node with them
+/// (`--node-labels`), and the health check sets them on a Node that already existed.
+pub fn bundle_labels(version: &str, digest: &Sha256) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            kiln_bundle::layout::labels::BUNDLE_VERSION.to_string(),
+            version.to_string(),
+        ),
+        (kiln_bundle::layout::labels::BUNDLE_DIGEST.to_string(), digest.short()),
+    ])
+}
+
 /// Values for the bundle's placeholders from the node configuration.
 pub fn placeholder_values(
     root: &Path,
@@ -53,11 +65,7 @@ pub fn placeholder_values(
     };
     let hostname = node_hostname(root, cfg)?;
     let mut labels = n.labels.clone();
-    labels.insert(
-        kiln_bundle::layout::labels::BUNDLE_VERSION.into(),
-        index.version.clone(),
-    );
-    labels.insert(kiln_bundle::layout::labels::BUNDLE_DIGEST.into(), digest.short());
+    labels.extend(bundle_labels(&index.version, digest));
     v.insert("node-ip".into(), node_ip);
     v.insert("hostname".into(), hostname);
     v.insert(

@@ -44,6 +44,7 @@ pub struct Cluster {
     pub bootstrap_token: String,
     procs: Vec<(&'static str, Child)>,
     pub started_in: Duration,
+    pki: Pki,
 }
 
 /// The group kubeadm puts bootstrapping kubelets in.
@@ -82,6 +83,13 @@ impl Pki {
 
     /// A leaf certificate `name.crt`/`name.key` in `dir`.
     pub fn leaf(&self, dir: &Path, name: &str, cn: &str, org: Option<&str>, sans: &[String], server: bool) {
+        let (cert, key) = self.issue(cn, org, sans, server);
+        std::fs::write(dir.join(format!("{name}.crt")), cert).unwrap();
+        write_secret(&dir.join(format!("{name}.key")), &key);
+    }
+
+    /// A leaf certificate and its key, PEM.
+    pub fn issue(&self, cn: &str, org: Option<&str>, sans: &[String], server: bool) -> (String, String) {
         let mut params = CertificateParams::new(sans.to_vec()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(o) = org {
@@ -96,8 +104,7 @@ impl Pki {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-        write_secret(&dir.join(format!("{name}.key")), &key.serialize_pem());
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -175,6 +182,7 @@ impl Cluster {
             bootstrap_token: new_token(&dir),
             procs: Vec::new(),
             started_in: Duration::ZERO,
+            pki: ca,
         };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -305,6 +313,13 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The client certificate and key (PEM) kubelet holds for node `name` after its TLS bootstrap:
+    /// `system:node:NAME` in `system:nodes`, so the Node authorizer and NodeRestriction judge it.
+    pub fn node_credentials(&self, name: &str) -> (String, String) {
+        self.pki
+            .issue(&format!("system:node:{name}"), Some("system:nodes"), &[], false)
     }
 
     /// `kubectl --kubeconfig <admin> ARGS`.
