@@ -197,8 +197,10 @@ impl Kubeconfig {
 }
 
 /// The Node object `name` once it is Ready, through `kc` (kubelet's own credentials may read its
-/// Node).
-pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<serde_json::Value> {
+/// Node). With `boot_id` (this machine's), only a Ready status that kubelet reported in this boot
+/// counts: a machine reimaged or rebooted under its existing Node finds the last boot's Ready
+/// condition there until the node controller marks it Unknown (40 s).
+pub fn node_ready(kc: &Kubeconfig, name: &str, boot_id: Option<&str>) -> Result<serde_json::Value> {
     let (status, body) = kc.get(&format!("/api/v1/nodes/{name}"), Duration::from_secs(5))?;
     match status {
         200 => {}
@@ -220,8 +222,15 @@ pub fn node_ready(kc: &Kubeconfig, name: &str) -> Result<serde_json::Value> {
         .into_iter()
         .flatten()
         .find(|c| c["type"] == "Ready");
+    let reported = node["status"]["nodeInfo"]["bootID"].as_str().unwrap_or_default();
     match ready {
-        Some(c) if c["status"] == "True" => Ok(node),
+        Some(c) if c["status"] == "True" => match boot_id {
+            Some(this) if reported != this => bail!(
+                "Node {name} is Ready from an earlier boot (bootID {}), kubelet has not reported this boot ({this}) yet",
+                if reported.is_empty() { "none" } else { reported }
+            ),
+            _ => Ok(node),
+        },
         Some(c) => bail!(
             "Node {name} is not Ready: {}",
             c["message"].as_str().unwrap_or("no message")

@@ -189,12 +189,24 @@ impl System for Host {
 /// Wait for kubelet's kubeconfig (written after its TLS bootstrap) and the Node's Ready condition.
 /// While there is no kubeconfig, the bootstrap credentials are checked every few seconds, and a
 /// token the API server refuses fails at once: waiting cannot fix it.
+/// This boot's ID as the kernel reports it (`/proc` under `root`), the one kubelet reports in its
+/// Node's status; `None` where `root` has no `/proc` (a test's node root).
+fn this_boot(root: &Path) -> Result<Option<String>> {
+    let path = root.join("proc/sys/kernel/random/boot_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => Ok(Some(id.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !root.join("proc/self").exists() => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read this boot's ID from {}", path.display())),
+    }
+}
+
 fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
     use crate::node::{diagnose, node_ready, reconcile_labels, Kubeconfig};
     let layout = kiln_bundle::layout::Layout::default();
     let kubeconfig = format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG);
     let bootstrap = layout.on_node(kiln_bundle::layout::files::KUBELET_BOOTSTRAP, true);
     let timeout = Duration::from_secs(node.timeout_s);
+    let boot_id = this_boot(root)?;
     // Checked: a timeout from an old state file may predate the bound user data has now.
     let deadline = Instant::now()
         .checked_add(timeout)
@@ -208,7 +220,9 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         match Kubeconfig::load(root, &kubeconfig) {
             Ok(kc) => {
                 cause = None;
-                match node_ready(&kc, &node.name).and_then(|n| reconcile_labels(&kc, &n, &node.labels)) {
+                match node_ready(&kc, &node.name, boot_id.as_deref())
+                    .and_then(|n| reconcile_labels(&kc, &n, &node.labels))
+                {
                     Ok(changed) => {
                         if !changed.is_empty() {
                             // kubelet applies --node-labels only when it creates the Node.

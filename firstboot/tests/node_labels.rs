@@ -72,7 +72,8 @@ fn register(root: &Path, name: &str, bundle: &str) {
     let now = "2026-01-01T00:00:00Z";
     let status = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True",
         "reason": "KubeletReady", "message": "kubelet is posting ready status",
-        "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+        "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "nodeInfo": {"bootID": format!("{name}-boot-1")}}});
     let (code, body) = kc
         .merge_patch(&format!("/api/v1/nodes/{name}/status"), &status, Duration::from_secs(5))
         .unwrap();
@@ -101,7 +102,34 @@ fn the_health_check_sets_the_bundle_labels_on_an_existing_node_with_its_own_cred
     register(&worker, "worker96", "A");
     register(&other, "worker97", "A");
 
-    // The machine came back on bundle B under its existing Node: the health check relabels it.
+    // The machine came back on bundle B under its existing Node, in a new boot: the Ready status
+    // there is the last boot's until kubelet reports this one, and does not count.
+    let boot_id = worker.join("proc/sys/kernel/random/boot_id");
+    std::fs::create_dir_all(boot_id.parent().unwrap()).unwrap();
+    std::fs::write(&boot_id, "worker96-boot-2\n").unwrap();
+    let early = NodeJoin {
+        name: "worker96".into(),
+        timeout_s: 2,
+        labels: bundle("B", "b1b2b3b4"),
+    };
+    let e = format!("{:#}", Host::default().node_joined(&worker, &early).unwrap_err());
+    assert!(
+        e.contains("Node worker96 did not become Ready within 2s: Node worker96 is Ready from an earlier boot (bootID worker96-boot-1), kubelet has not reported this boot (worker96-boot-2) yet"),
+        "{e}"
+    );
+    assert_eq!(
+        labels(&c, "worker96")["kiln.dev/bundle-version"],
+        "A",
+        "not relabelled before"
+    );
+
+    // Once kubelet reports this boot, the health check relabels it.
+    let kc = Kubeconfig::load(&worker, "/var/lib/kubelet/kubeconfig").unwrap();
+    let this = serde_json::json!({"status": {"nodeInfo": {"bootID": "worker96-boot-2"}}});
+    let (code, body) = kc
+        .merge_patch("/api/v1/nodes/worker96/status", &this, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let join = NodeJoin {
         name: "worker96".into(),
         timeout_s: 20,
@@ -115,8 +143,7 @@ fn the_health_check_sets_the_bundle_labels_on_an_existing_node_with_its_own_cred
     assert_eq!(labels(&c, "worker97")["kiln.dev/bundle-version"], "A");
 
     // Already right: nothing to change.
-    let kc = Kubeconfig::load(&worker, "/var/lib/kubelet/kubeconfig").unwrap();
-    let node = node_ready(&kc, "worker96").unwrap();
+    let node = node_ready(&kc, "worker96", Some("worker96-boot-2")).unwrap();
     assert!(reconcile_labels(&kc, &node, &join.labels).unwrap().is_empty());
 
     // What NodeRestriction allows: a label under kubernetes.io is refused on the node's own Node
