@@ -11,6 +11,12 @@
 //!
 //! `kiln-vm decommission --state DIR [--name N]`: stops the machine of N (default `$KILN_NODE`)
 //! by PID and waits until it is gone. A machine that is not running is not an error.
+//!
+//! `kiln-vm reimage --images DIR --state DIR --user-data FILE --api-port PORT [--name N]
+//! [--bundle V]`: an in-place roll's reprovision command, as a PXE or replace-root-volume reimage
+//! would do it: stops the machine of N (default `$KILN_NODE`) and boots it again, under the same
+//! name, from a fresh copy of `DIR/<V>.raw` (default `$KILN_TARGET_BUNDLE`) with a fresh seed. The
+//! node comes back under its existing Node object.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,22 +35,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Provision {
-        #[arg(long)]
-        images: PathBuf,
-        #[arg(long)]
-        state: PathBuf,
-        #[arg(long)]
-        user_data: PathBuf,
-        #[arg(long)]
-        api_port: u16,
+        #[command(flatten)]
+        boot: Boot,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, env = "KILN_TARGET_BUNDLE")]
-        bundle: String,
-        #[arg(long, default_value_t = 1024)]
-        memory: u32,
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
     },
     Decommission {
         #[arg(long)]
@@ -52,6 +46,30 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    Reimage {
+        #[command(flatten)]
+        boot: Boot,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Boot {
+    #[arg(long)]
+    images: PathBuf,
+    #[arg(long)]
+    state: PathBuf,
+    #[arg(long)]
+    user_data: PathBuf,
+    #[arg(long)]
+    api_port: u16,
+    #[arg(long, env = "KILN_TARGET_BUNDLE")]
+    bundle: String,
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
 }
 
 fn pid_file(state: &Path, name: &str) -> PathBuf {
@@ -84,21 +102,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Provision {
-            images,
-            state,
-            user_data,
-            api_port,
-            name,
-            bundle,
-            memory,
-            cpus,
-        } => {
+        Cmd::Provision { boot, name } => {
             let name = match name {
                 Some(n) => n,
                 None => {
                     let old = node_name(None)?;
-                    let suffix = &kiln_testkit::sha256_hex(bundle.as_bytes())[..5];
+                    let suffix = &kiln_testkit::sha256_hex(boot.bundle.as_bytes())[..5];
                     // A node that replaced another carries such a suffix already: swap it.
                     let base = match old.rsplit_once('-') {
                         Some((b, s)) if s.len() == 5 && s.bytes().all(|c| c.is_ascii_hexdigit()) => b,
@@ -107,69 +116,91 @@ fn run(cli: Cli) -> Result<(), String> {
                     format!("{base}-{suffix}")
                 }
             };
-            std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
-            let pidf = pid_file(&state, &name);
-            if running(&pidf).is_some() {
+            if running(&pid_file(&boot.state, &name)).is_some() {
                 eprintln!("kiln-vm: {name} is already running");
                 println!("{name}");
                 return Ok(());
             }
-            let image = images.join(format!("{bundle}.raw"));
-            if !image.is_file() {
-                return Err(format!(
-                    "no image for bundle {bundle}: {} does not exist",
-                    image.display()
-                ));
-            }
-            let template = std::fs::read_to_string(&user_data).map_err(|e| format!("{}: {e}", user_data.display()))?;
-            let seed = qemu::nocloud_seed(
-                &state,
-                &name,
-                &template.replace("{name}", &name),
-                &format!("instance-id: {name}\n"),
-            );
-            let opts = qemu::Options {
-                memory_mib: memory,
-                cpus,
-                net: Net::Restricted {
-                    forwards: vec![(qemu::GUEST_API.into(), api_port)],
-                },
-            };
-            let out = qemu::command(&state, &name, &image, &seed, &opts)
-                .arg("-daemonize")
-                .arg("-pidfile")
-                .arg(&pidf)
-                .output()
-                .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "qemu for {name} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            eprintln!("kiln-vm: {name} booting from {}", image.display());
+            start(&boot, &name)?;
             println!("{name}");
             Ok(())
         }
-        Cmd::Decommission { state, name } => {
+        Cmd::Decommission { state, name } => stop(&state, &node_name(name)?),
+        Cmd::Reimage { boot, name } => {
             let name = node_name(name)?;
-            let pidf = pid_file(&state, &name);
-            let Some(pid) = running(&pidf) else {
-                eprintln!("kiln-vm: {name} is not running");
-                return Ok(());
-            };
-            let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while running(&pidf).is_some() {
-                if Instant::now() > deadline {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = std::fs::remove_file(&pidf);
-            eprintln!("kiln-vm: {name} stopped");
-            Ok(())
+            image_of(&boot)?;
+            stop(&boot.state, &name)?;
+            start(&boot, &name)
         }
     }
+}
+
+fn image_of(boot: &Boot) -> Result<PathBuf, String> {
+    let image = boot.images.join(format!("{}.raw", boot.bundle));
+    if !image.is_file() {
+        return Err(format!(
+            "no image for bundle {}: {} does not exist",
+            boot.bundle,
+            image.display()
+        ));
+    }
+    Ok(image)
+}
+
+/// Boot machine `name` from the image of `boot.bundle` (a copy-on-write view: the image is never
+/// written) with a fresh NoCloud seed.
+fn start(boot: &Boot, name: &str) -> Result<(), String> {
+    let image = image_of(boot)?;
+    let state = &boot.state;
+    std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    let template =
+        std::fs::read_to_string(&boot.user_data).map_err(|e| format!("{}: {e}", boot.user_data.display()))?;
+    let seed = qemu::nocloud_seed(
+        state,
+        name,
+        &template.replace("{name}", name),
+        &format!("instance-id: {name}\n"),
+    );
+    let opts = qemu::Options {
+        memory_mib: boot.memory,
+        cpus: boot.cpus,
+        net: Net::Restricted {
+            forwards: vec![(qemu::GUEST_API.into(), boot.api_port)],
+        },
+    };
+    let out = qemu::command(state, name, &image, &seed, &opts)
+        .arg("-daemonize")
+        .arg("-pidfile")
+        .arg(pid_file(state, name))
+        .output()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu for {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    eprintln!("kiln-vm: {name} booting from {}", image.display());
+    Ok(())
+}
+
+/// Stop machine `name` by PID and wait until it is gone; one not running is not an error.
+fn stop(state: &Path, name: &str) -> Result<(), String> {
+    let pidf = pid_file(state, name);
+    let Some(pid) = running(&pidf) else {
+        eprintln!("kiln-vm: {name} is not running");
+        return Ok(());
+    };
+    let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(&pidf).is_some() {
+        if Instant::now() > deadline {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(&pidf);
+    eprintln!("kiln-vm: {name} stopped");
+    Ok(())
 }
