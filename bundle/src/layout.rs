@@ -18,6 +18,11 @@ pub mod root {
     pub const STATE_DIR: &str = "var/lib/kiln";
     /// What kiln-firstboot did and how it ended (`kiln-firstboot status` reads it).
     pub const STATE: &str = "var/lib/kiln/state.json";
+    /// Bundles delivered to a running node (`kiln-firstboot update`), one directory per version,
+    /// each with the bundle file and what is baked beside it.
+    pub const STAGED: &str = "var/lib/kiln/staged";
+    /// Which bundle an activation takes: the one proven healthy, and one on trial.
+    pub const SELECTION: &str = "var/lib/kiln/selection.json";
 }
 
 /// Absolute node paths that rendered configuration refers to.

@@ -10,4 +10,5 @@ pub mod net;
 pub mod node;
 pub mod state;
 pub mod system;
+pub mod update;
 pub mod userdata;

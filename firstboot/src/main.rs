@@ -9,6 +9,7 @@ use kiln_firstboot::activate::{self, ModeRequest, Options, Outcome, Phase, Step}
 use kiln_firstboot::datasource::Endpoints;
 use kiln_firstboot::state::State;
 use kiln_firstboot::system::{Host, Recording, System};
+use kiln_firstboot::update::{At, Selection, Updated};
 
 #[derive(Parser)]
 #[command(
@@ -28,11 +29,36 @@ struct Cli {
 enum Command {
     /// Activate the baked bundle (the default)
     Run(RunArgs),
+    /// Deliver a new bundle to this running node: verify it (digest, and signature when the
+    /// node configuration sets bundlePublicKey), stage it, and activate it now (health-gated,
+    /// rolled back on failure) or at the next boot (a boot that never reaches the health check
+    /// falls back)
+    Update(UpdateArgs),
     /// Show what is active and the last result
     Status {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// The bundle file, with its .sha256 (and .minisig, .verity) beside it
+    bundle: PathBuf,
+    /// `now`: activate at once, health-gated, with rollback; `next-boot`: stage it for the next
+    /// boot's activation
+    #[arg(long, value_enum, default_value_t = AtArg::Now)]
+    at: AtArg,
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum AtArg {
+    Now,
+    NextBoot,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -103,9 +129,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(kiln_bundle::term::color_stderr())
         .try_init();
+    // What a failure means for the node, after the failure's own words.
+    let meaning = match cli.command {
+        Some(Command::Update(_)) => "the update was not completed (see `kiln-firstboot status`)",
+        _ => "the node was not activated (see `kiln-firstboot status`)",
+    };
     let result = match cli.command {
         Some(Command::Status { output }) => status(&cli.root, output),
         Some(Command::Run(args)) => run(&cli.root, &args),
+        Some(Command::Update(args)) => update(&cli.root, &args),
         None => run(
             &cli.root,
             &RunArgs {
@@ -123,21 +155,18 @@ fn main() -> ExitCode {
             // quoted stderr may have several lines (systemctl's has two).
             let msg = format!("{e:#}");
             let msg: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            eprintln!(
-                "kiln-firstboot: FAILED: {}; the node was not activated (see `kiln-firstboot status`)",
-                msg.join(" ")
-            );
+            eprintln!("kiln-firstboot: FAILED: {}; {meaning}", msg.join(" "));
             ExitCode::from(1)
         }
     }
 }
 
-fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
+fn options(a: &RunArgs) -> anyhow::Result<Options> {
     let stop_after = match &a.stop_after {
         Some(s) => Some(Step::parse(s).ok_or_else(|| anyhow::anyhow!("--stop-after: unknown step `{s}`"))?),
         None => None,
     };
-    let opts = Options {
+    Ok(Options {
         endpoints: Endpoints {
             imds: a.imds_endpoint.clone(),
             ..Default::default()
@@ -154,12 +183,20 @@ fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
             ModeArg::Verity => ModeRequest::Verity,
             ModeArg::Unpack => ModeRequest::Unpack,
         },
-    };
+    })
+}
+
+/// Run `f` with the system `a` asks for; a recording system keeps its services "active" and its
+/// calls across runs in files under the root.
+fn with_system<T>(
+    root: &std::path::Path,
+    a: &RunArgs,
+    f: impl FnOnce(&mut dyn System) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let mut host = Host {
         kubelet_healthz: a.kubelet_healthz.clone(),
     };
     let mut rec = Recording::new(root);
-    // A recording system keeps its services "active" across runs in a file under the root.
     rec.active = std::fs::read_to_string(root.join("run/kiln-recorded-active"))
         .unwrap_or_default()
         .lines()
@@ -169,7 +206,7 @@ fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
         SystemKind::Host => &mut host,
         SystemKind::Record => &mut rec,
     };
-    let outcome = activate::run(root, sys, &opts);
+    let outcome = f(sys);
     if a.system == SystemKind::Record {
         let active: Vec<String> = rec.active.iter().cloned().collect();
         let _ = std::fs::create_dir_all(root.join("run"));
@@ -181,10 +218,46 @@ fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         std::fs::write(root.join("run/kiln-recorded-calls"), log)?;
     }
-    match outcome? {
+    outcome
+}
+
+fn run(root: &std::path::Path, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let opts = options(a)?;
+    match with_system(root, a, |sys| activate::run(root, sys, &opts))? {
         Outcome::AlreadyActive { version } => tracing::info!("bundle {version} is already active; nothing to do"),
         Outcome::Activated { version } => tracing::info!("bundle {version} activated"),
         Outcome::Stopped { after } => tracing::warn!("stopped after step {}", after.name()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn update(root: &std::path::Path, a: &UpdateArgs) -> anyhow::Result<ExitCode> {
+    if a.run.phase != PhaseArg::All {
+        anyhow::bail!("--phase is for `run`; `update --at next-boot` leaves the phases to the boot units");
+    }
+    let opts = options(&a.run)?;
+    let at = match a.at {
+        AtArg::Now => At::Now,
+        AtArg::NextBoot => At::NextBoot,
+    };
+    let done = with_system(root, &a.run, |sys| {
+        kiln_firstboot::update::update(root, sys, &a.bundle, at, &opts)
+    })?;
+    if a.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match done {
+        Updated::AlreadyActive { version } => println!("bundle {version} is already active; nothing to do"),
+        Updated::Staged { version, staged } => {
+            println!("bundle {version} verified and staged at {staged}; the next boot activates it")
+        }
+        Updated::Activated {
+            version,
+            staged,
+            previous,
+        } => println!("bundle {version} active and healthy (was {previous}; staged at {staged})"),
+        Updated::Stopped { version } => println!("stopped while activating bundle {version}"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -196,8 +269,11 @@ fn status(root: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
             root.join(kiln_firstboot::state::STATE).display()
         );
     };
+    let sel = Selection::load(root)?;
     if output == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        v["selection"] = serde_json::to_value(&sel)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("version   {}", s.version);
@@ -215,6 +291,19 @@ fn status(root: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
     }
     if let Some((v, _)) = &s.previous {
         println!("previous  {v}");
+    }
+    if let Some(b) = &sel.bundle {
+        println!("boots     /{b} (delivered by an update)");
+    }
+    match &sel.trial {
+        Some(t) if t.tries_left > 0 => {
+            println!("trial     {} (/{}): the next activation takes it", t.version, t.bundle)
+        }
+        Some(t) => println!(
+            "trial     {} (/{}): taken, waiting for its health check; a boot that finds it still so falls back",
+            t.version, t.bundle
+        ),
+        None => {}
     }
     println!(
         "sources   {}",

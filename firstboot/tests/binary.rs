@@ -190,3 +190,65 @@ fn shipped_units_pass_systemd_analyze_verify() {
         "{unit}"
     );
 }
+
+#[test]
+fn update_stages_for_the_next_boot_and_status_shows_the_trial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = production_mirror();
+    let v1 = build_bundle(tmp.path(), &mirror, "1.36.4-1", true, "");
+    let v2 = build_bundle(tmp.path(), &mirror, "1.36.4-2", true, "");
+    let root = node_root(tmp.path(), &v1);
+    write(&root, "etc/kiln/node.yaml", NODE_SECTION);
+    ok(&firstboot(&root, &["run", "--system", "record"]));
+
+    let v2_arg = v2.display().to_string();
+    let out = ok(&firstboot(
+        &root,
+        &[
+            "update",
+            &v2_arg,
+            "--at",
+            "next-boot",
+            "--system",
+            "record",
+            "-o",
+            "json",
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["result"], "staged", "{json}");
+    assert_eq!(json["version"], "1.36.4-2", "{json}");
+    let table = ok(&firstboot(&root, &["status"]));
+    assert!(
+        table.contains("version   1.36.4-1")
+            && table.contains("trial     1.36.4-2 (/var/lib/kiln/staged/1.36.4-2/")
+            && table.contains("the next activation takes it"),
+        "{table}"
+    );
+
+    // The next boot's two phases take it and promote it.
+    ok(&firstboot(&root, &["run", "--system", "record", "--phase", "activate"]));
+    ok(&firstboot(&root, &["run", "--system", "record", "--phase", "health"]));
+    let json: serde_json::Value = serde_json::from_str(&ok(&firstboot(&root, &["status", "-o", "json"]))).unwrap();
+    assert_eq!(json["version"], "1.36.4-2", "{json}");
+    assert_eq!(json["result"], "ok", "{json}");
+    assert!(json["selection"]["trial"].is_null(), "{json}");
+    assert!(
+        json["selection"]["bundle"]
+            .as_str()
+            .unwrap()
+            .starts_with("var/lib/kiln/staged/1.36.4-2/"),
+        "{json}"
+    );
+
+    // A wrong path: one line naming it, exit 1.
+    let out = firstboot(&root, &["update", "/nonexistent.kiln.tar.zst", "--system", "record"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kiln-firstboot: FAILED:")
+            && err.contains("/nonexistent.kiln.tar.zst")
+            && err.contains("the update was not completed"),
+        "{err}"
+    );
+}

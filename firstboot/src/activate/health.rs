@@ -48,6 +48,7 @@ pub(crate) fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) ->
     match result {
         Ok(()) => {
             state.result = Status::Ok;
+            crate::update::settle(root, &state.version, true)?;
             state.write(root)?;
             Ok(Outcome::Activated { version: state.version })
         }
@@ -56,7 +57,32 @@ pub(crate) fn health_phase(root: &Path, sys: &mut dyn System, opts: &Options) ->
             state.result = Status::Failed;
             state.error = Some(msg.clone());
             let rolled = rollback(root, sys, &before, &state.version)?;
+            let was_trial = crate::update::settle(root, &state.version, false)?;
             state.write(root)?;
+            if rolled.is_none() && was_trial {
+                // An update tried at this boot, with nothing to flip back to in this boot (a
+                // verity image is mounted only in the boot that mounted it): activate the last
+                // healthy bundle now rather than leave the node broken until the next boot.
+                let again = super::run(
+                    root,
+                    sys,
+                    &Options {
+                        phase: Phase::All,
+                        ..opts.clone()
+                    },
+                );
+                match again {
+                    Ok(Outcome::Activated { version } | Outcome::AlreadyActive { version }) => bail!(
+                        "bundle {} failed its health check ({msg}); activated {version} again",
+                        state.version
+                    ),
+                    Ok(Outcome::Stopped { .. }) => bail!("bundle {} failed its health check ({msg})", state.version),
+                    Err(e) => bail!(
+                        "bundle {} failed its health check ({msg}), and activating the last healthy bundle failed too: {e:#}",
+                        state.version
+                    ),
+                }
+            }
             match rolled {
                 Some(prev) => bail!(
                     "bundle {} failed its health check ({msg}); rolled back to {prev}",

@@ -1,4 +1,5 @@
-//! Activation, in steps, each crash-safe and idempotent:
+//! Activation of the baked bundle (or one `kiln-firstboot update` staged, see [`crate::update`]),
+//! in steps, each crash-safe and idempotent:
 //!
 //! 1. `config`: gather the node configuration (see [`crate::datasource`]);
 //! 2. `verify`: find the baked bundle, verify its outer digest, signature and every file
@@ -96,7 +97,8 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     let state_before = State::load(root)?;
 
     let cfg = datasource::gather(root, &opts.endpoints, sys)?;
-    let bundle = find_bundle(root)?;
+    // The baked bundle, or one delivered by `kiln-firstboot update` (see [`crate::update`]).
+    let bundle = crate::update::pick(root)?;
     let id = bundle_id(root, &bundle)?;
     let config_digest = cfg.digest();
     // Active in another mode than the one asked for is not "already active".
@@ -246,6 +248,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         state.result = Status::Failed;
         state.error = Some(msg.clone());
         let rolled = rollback(root, sys, &state_before, &version)?;
+        crate::update::settle(root, &version, false)?;
         t.done(Step::Health);
         state.steps = t.steps;
         state.write(root)?;
@@ -254,6 +257,7 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
             None => bail!("bundle {version} failed its health check: {msg}"),
         }
     }
+    crate::update::settle(root, &version, true)?;
     if t.done(Step::Health) {
         return Ok(Outcome::Stopped { after: Step::Health });
     }
@@ -271,14 +275,14 @@ fn holds_index(dir: &Path, index: &Index) -> bool {
         .is_some_and(|i| i == *index)
 }
 
-fn check_version_name(version: &str) -> Result<()> {
+pub(crate) fn check_version_name(version: &str) -> Result<()> {
     if version.is_empty() || version.contains('/') || version.starts_with('.') || version.ends_with(".partial") {
         bail!("the bundle's version `{version}` cannot name a directory");
     }
     Ok(())
 }
 
-fn remove_if_exists(p: &Path) -> Result<()> {
+pub(crate) fn remove_if_exists(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(md) if md.is_dir() => fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display())),
         Ok(_) => fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display())),
@@ -286,7 +290,7 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
-fn read_expected_digest(bundle: &Path) -> Result<Sha256> {
+pub(crate) fn read_expected_digest(bundle: &Path) -> Result<Sha256> {
     read_sha256_beside(bundle)?.ok_or_else(|| {
         anyhow!(
             "cannot read {} (the bundle's digest is baked beside it)",
@@ -307,7 +311,7 @@ fn signature_of(bundle: &Path, cfg: &NodeConfig) -> Result<Option<(PublicKey, Si
 
 /// Verity mode's check of the bundle file: its digest and signature, which cover the index and the
 /// root hash in it. The files are read from the image, each block checked as it is read.
-fn verify_raw(bundle: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
+pub(crate) fn verify_raw(bundle: &Path, expected: Sha256, cfg: &NodeConfig) -> Result<()> {
     let signed = signature_of(bundle, cfg)?;
     let expect = Expect {
         sha256: Some(expected),

@@ -47,6 +47,7 @@ impl Step {
     }
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub endpoints: Endpoints,
     pub health_timeout: Duration,
