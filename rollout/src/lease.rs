@@ -21,6 +21,12 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(60);
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
 /// Annotation on the lease: the selector it locks, for people reading `kubectl get lease`.
 pub const SELECTOR_ANNOTATION: &str = "kiln.dev/selector";
+/// Annotation on the lease: the pool's roll is paused, by whom and when (`WHO at RFC3339`). Set
+/// and cleared by `kubectl kiln roll pause|resume`; a roll holding the lease reads it every
+/// [`PAUSE_POLL`] and starts no new node while it is there.
+pub const PAUSED_ANNOTATION: &str = "kiln.dev/roll-paused";
+/// How often a running roll reads its lease for a pause (and renews it when due).
+pub const PAUSE_POLL: Duration = Duration::from_secs(2);
 
 /// The lease name for a pool: `kiln-roll-` and a digest of the selector (whitespace removed), a
 /// valid object name whatever the selector's characters.
@@ -66,6 +72,7 @@ pub struct PoolLease {
     name: String,
     holder: String,
     lost: watch::Receiver<Option<String>>,
+    paused: watch::Receiver<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -139,7 +146,10 @@ impl PoolLease {
                 api.create(&PostParams::default(), &lease).await
             };
             match written {
-                Ok(_) => return Ok(Self::renewing(api, name, holder)),
+                Ok(l) => {
+                    let paused = paused_by(&l);
+                    return Ok(Self::renewing(api, name, holder, paused));
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot take {what}")),
             }
@@ -147,15 +157,26 @@ impl PoolLease {
         bail!("cannot take {what}: it kept changing while kiln tried")
     }
 
-    fn renewing(api: Api<Lease>, name: String, holder: String) -> PoolLease {
+    fn renewing(api: Api<Lease>, name: String, holder: String, paused_now: Option<String>) -> PoolLease {
         let (tx, lost) = watch::channel(None);
+        let (paused_tx, paused) = watch::channel(paused_now);
         let (a, n, h) = (api.clone(), name.clone(), holder.clone());
         let task = tokio::spawn(async move {
             let mut last = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(LEASE_DURATION / 3).await;
-                match renew(&a, &n, &h).await {
-                    Ok(()) => last = tokio::time::Instant::now(),
+                tokio::time::sleep(PAUSE_POLL).await;
+                let due = last.elapsed() >= LEASE_DURATION / 3;
+                match renew(&a, &n, &h, due).await {
+                    Ok(pause) => {
+                        paused_tx.send_if_modified(|p| {
+                            let changed = *p != pause;
+                            *p = pause;
+                            changed
+                        });
+                        if due {
+                            last = tokio::time::Instant::now();
+                        }
+                    }
                     Err(Renew::Lost(why)) => {
                         tx.send_replace(Some(why));
                         return;
@@ -173,6 +194,7 @@ impl PoolLease {
             name,
             holder,
             lost,
+            paused,
             task,
         }
     }
@@ -180,6 +202,11 @@ impl PoolLease {
     /// Why the lease was lost, once it is: the roll must stop starting new work.
     pub fn lost(&self) -> watch::Receiver<Option<String>> {
         self.lost.clone()
+    }
+
+    /// Who paused the pool's roll and when, while it is paused (read every [`PAUSE_POLL`]).
+    pub fn paused(&self) -> watch::Receiver<Option<String>> {
+        self.paused.clone()
     }
 
     /// Free the lease for the next roll (holder cleared), if it is still ours.
@@ -199,6 +226,107 @@ impl PoolLease {
     }
 }
 
+/// The pause annotation of a lease.
+fn paused_by(l: &Lease) -> Option<String> {
+    l.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSED_ANNOTATION))
+        .cloned()
+}
+
+/// A pool's lease as `kubectl kiln roll status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseView {
+    pub namespace: String,
+    pub name: String,
+    /// The roll holding it, while its lease is valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Seconds since the holder last renewed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed_seconds_ago: Option<f64>,
+    /// Who paused the pool's roll and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+}
+
+/// The lease of the pool `selector`, if it exists.
+pub async fn view(client: &Client, namespace: &str, selector: &str) -> Result<Option<LeaseView>> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let name = lease_name(selector);
+    let Some(l) = crate::retry(|| api.get_opt(&name))
+        .await
+        .with_context(|| format!("cannot read Lease {namespace}/{name}"))?
+    else {
+        return Ok(None);
+    };
+    let held = held_by(&l, Timestamp::now());
+    Ok(Some(LeaseView {
+        namespace: namespace.to_string(),
+        name,
+        holder: held.as_ref().map(|(h, _)| h.clone()),
+        renewed_seconds_ago: held.map(|(_, s)| s),
+        paused: paused_by(&l),
+    }))
+}
+
+/// Pause (`Some(who)`) or resume (`None`) the roll of the pool `selector`: the annotation on its
+/// lease, which is created (held by nobody) when no roll has run yet, so that a roll started
+/// later starts paused. Pausing a paused pool and resuming one that is not paused are errors, as
+/// `kubectl rollout pause|resume` has them. Returns the annotation as written.
+pub async fn set_paused(client: &Client, namespace: &str, selector: &str, by: Option<&str>) -> Result<Option<String>> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let name = lease_name(selector);
+    let what = format!("Lease {namespace}/{name}");
+    for _ in 0..5 {
+        let current = crate::retry(|| api.get_opt(&name))
+            .await
+            .with_context(|| format!("cannot read {what}"))?;
+        let was = current.as_ref().and_then(paused_by);
+        let value = match (by, &was) {
+            (Some(_), Some(w)) => bail!("the roll of pool {selector:?} is already paused ({w})"),
+            (None, None) => bail!("the roll of pool {selector:?} is not paused"),
+            (Some(who), None) => {
+                let now = Timestamp::now();
+                Some(format!(
+                    "{who} at {}",
+                    Timestamp::from_second(now.as_second()).unwrap_or(now)
+                ))
+            }
+            (None, Some(_)) => None,
+        };
+        let mut lease = current.unwrap_or_else(|| Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                annotations: Some([(SELECTOR_ANNOTATION.to_string(), selector.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        });
+        let notes = lease.metadata.annotations.get_or_insert_with(Default::default);
+        match &value {
+            Some(v) => notes.insert(PAUSED_ANNOTATION.to_string(), v.clone()),
+            None => notes.remove(PAUSED_ANNOTATION),
+        };
+        let written = if lease.metadata.resource_version.is_some() {
+            api.replace(&name, &PostParams::default(), &lease).await
+        } else {
+            api.create(&PostParams::default(), &lease).await
+        };
+        match written {
+            Ok(_) => return Ok(value),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot write {what}")),
+        }
+    }
+    bail!("cannot write {what}: it kept changing while kiln tried")
+}
+
 enum Renew {
     /// Someone else holds it now, or it was deleted.
     Lost(String),
@@ -206,10 +334,12 @@ enum Renew {
     Failed(kube::Error),
 }
 
-async fn renew(api: &Api<Lease>, name: &str, holder: &str) -> Result<(), Renew> {
+/// Read the lease: still ours, and paused by whom; renew it when `due`.
+async fn renew(api: &Api<Lease>, name: &str, holder: &str, due: bool) -> Result<Option<String>, Renew> {
     let Some(mut l) = api.get_opt(name).await.map_err(Renew::Failed)? else {
         return Err(Renew::Lost(format!("the roll's Lease {name} was deleted")));
     };
+    let paused = paused_by(&l);
     let spec = l.spec.get_or_insert_with(Default::default);
     if spec.holder_identity.as_deref() != Some(holder) {
         return Err(Renew::Lost(format!(
@@ -217,9 +347,12 @@ async fn renew(api: &Api<Lease>, name: &str, holder: &str) -> Result<(), Renew> 
             spec.holder_identity.as_deref().unwrap_or("nobody")
         )));
     }
+    if !due {
+        return Ok(paused);
+    }
     spec.renew_time = Some(now());
     match api.replace(name, &PostParams::default(), &l).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(paused),
         // Written by someone else since the read: the next round reads who holds it.
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Renew::Failed(kube::Error::Api(s))),
         Err(e) => Err(Renew::Failed(e)),

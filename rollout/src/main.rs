@@ -153,54 +153,96 @@ enum Command {
         output: Output,
     },
     /// Replace every node of a pool that is not on the target bundle, surge-first; or, with
-    /// --in-place, reprovision each node under its own name
-    Roll {
-        /// The pool: a node label selector
+    /// --in-place, reprovision each node under its own name. `roll status|pause|resume -l SEL`
+    /// show and steer a pool's roll from anywhere
+    Roll(RollCmd),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct RollCmd {
+    #[command(subcommand)]
+    action: Option<RollAction>,
+    #[command(flatten)]
+    run: RollRun,
+}
+
+#[derive(Subcommand)]
+enum RollAction {
+    /// The pool's roll from the cluster alone: who holds its Lease, whether it is paused, each
+    /// node's phase, for how long, and why a halted node stopped
+    Status {
         #[arg(short = 'l', long)]
         selector: String,
-        /// The bundle version (kiln.dev/bundle-version) the pool moves to
-        #[arg(long)]
-        to_bundle: String,
-        /// Creates one replacement node; runs with KILN_NODE (the old node), KILN_TARGET_BUNDLE and
-        /// KILN_SELECTOR (no shell). If its last output line is a node name, that node is awaited.
-        #[arg(long)]
-        provision_cmd: Option<Hook>,
-        /// Run after an old node is deleted, with KILN_NODE and KILN_REPLACEMENT (no shell)
-        #[arg(long)]
-        decommission_cmd: Option<Hook>,
-        /// Keep every node: cordon, drain, run --reprovision-cmd, wait until the same Node is
-        /// Ready on the target bundle after a new boot (its bootID changed), uncordon
-        #[arg(long, requires = "reprovision_cmd")]
-        in_place: bool,
-        /// In place: reimages or updates one drained node and reboots it; runs with KILN_NODE,
-        /// KILN_TARGET_BUNDLE, KILN_SELECTOR and KILN_BOOT_ID (its bootID before; no shell)
-        #[arg(long, requires = "in_place")]
-        reprovision_cmd: Option<Hook>,
-        /// Replacements in flight at once (extra nodes above the pool's size) [default: 1; 0 in place]
-        #[arg(long)]
-        max_surge: Option<usize>,
-        /// Nodes that may be out of service at once: drained before their replacement is Ready,
-        /// or being reprovisioned in place [default: 0; 1 in place]
-        #[arg(long)]
-        max_unavailable: Option<usize>,
-        /// How long a replacement (in place: the node itself) may take to become Ready; past it
-        /// the roll halts
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        ready_timeout: Duration,
-        /// How long a command may run
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        command_timeout: Duration,
-        #[command(flatten)]
-        flags: DrainFlags,
-        /// Print the plan and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Namespace of the Lease that lets one roll at a time replace this pool
         #[arg(long, default_value = kiln_rollout::lease::DEFAULT_NAMESPACE)]
         lease_namespace: String,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Pause the pool's roll wherever it runs: nodes in flight finish, no new node starts (a roll
+    /// started later starts paused)
+    Pause {
+        #[arg(short = 'l', long)]
+        selector: String,
+        #[arg(long, default_value = kiln_rollout::lease::DEFAULT_NAMESPACE)]
+        lease_namespace: String,
+    },
+    /// Let a paused roll go on
+    Resume {
+        #[arg(short = 'l', long)]
+        selector: String,
+        #[arg(long, default_value = kiln_rollout::lease::DEFAULT_NAMESPACE)]
+        lease_namespace: String,
+    },
+}
+
+#[derive(Args)]
+struct RollRun {
+    /// The pool: a node label selector
+    #[arg(short = 'l', long, required = true)]
+    selector: Option<String>,
+    /// The bundle version (kiln.dev/bundle-version) the pool moves to
+    #[arg(long, required = true)]
+    to_bundle: Option<String>,
+    /// Creates one replacement node; runs with KILN_NODE (the old node), KILN_TARGET_BUNDLE and
+    /// KILN_SELECTOR (no shell). If its last output line is a node name, that node is awaited.
+    #[arg(long)]
+    provision_cmd: Option<Hook>,
+    /// Run after an old node is deleted, with KILN_NODE and KILN_REPLACEMENT (no shell)
+    #[arg(long)]
+    decommission_cmd: Option<Hook>,
+    /// Keep every node: cordon, drain, run --reprovision-cmd, wait until the same Node is
+    /// Ready on the target bundle after a new boot (its bootID changed), uncordon
+    #[arg(long, requires = "reprovision_cmd")]
+    in_place: bool,
+    /// In place: reimages or updates one drained node and reboots it; runs with KILN_NODE,
+    /// KILN_TARGET_BUNDLE, KILN_SELECTOR and KILN_BOOT_ID (its bootID before; no shell)
+    #[arg(long, requires = "in_place")]
+    reprovision_cmd: Option<Hook>,
+    /// Replacements in flight at once (extra nodes above the pool's size) [default: 1; 0 in place]
+    #[arg(long)]
+    max_surge: Option<usize>,
+    /// Nodes that may be out of service at once: drained before their replacement is Ready,
+    /// or being reprovisioned in place [default: 0; 1 in place]
+    #[arg(long)]
+    max_unavailable: Option<usize>,
+    /// How long a replacement (in place: the node itself) may take to become Ready; past it
+    /// the roll halts
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ready_timeout: Duration,
+    /// How long a command may run
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    command_timeout: Duration,
+    #[command(flatten)]
+    flags: DrainFlags,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Namespace of the Lease that lets one roll at a time replace this pool
+    #[arg(long, default_value = kiln_rollout::lease::DEFAULT_NAMESPACE)]
+    lease_namespace: String,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 fn main() -> ExitCode {
@@ -240,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Uncordon { .. } => "uncordon",
         Command::Status { .. } => "status",
         Command::Replace { .. } => "replace",
-        Command::Roll { .. } => "roll",
+        Command::Roll(_) => "roll",
     };
     if let Command::Drain { nodes, .. } | Command::Cordon { nodes } | Command::Uncordon { nodes } = &cli.command {
         if nodes.is_empty() {
@@ -330,25 +372,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Roll {
-            selector,
-            to_bundle,
-            provision_cmd,
-            decommission_cmd,
-            in_place,
-            reprovision_cmd,
-            max_surge,
-            max_unavailable,
-            ready_timeout,
-            command_timeout,
-            flags,
-            dry_run,
-            lease_namespace,
-            output,
-        } => {
+        Command::Roll(RollCmd {
+            action: Some(action), ..
+        }) => roll_control(&client, action).await,
+        Command::Roll(RollCmd {
+            action: None,
+            run:
+                RollRun {
+                    selector,
+                    to_bundle,
+                    provision_cmd,
+                    decommission_cmd,
+                    in_place,
+                    reprovision_cmd,
+                    max_surge,
+                    max_unavailable,
+                    ready_timeout,
+                    command_timeout,
+                    flags,
+                    dry_run,
+                    lease_namespace,
+                    output,
+                },
+        }) => {
             let args = RollArgs {
-                selector,
-                target: to_bundle,
+                selector: selector.expect("clap requires -l"),
+                target: to_bundle.expect("clap requires --to-bundle"),
                 max_surge: max_surge.unwrap_or(if in_place { 0 } else { 1 }),
                 max_unavailable: max_unavailable.unwrap_or(if in_place { 1 } else { 0 }),
                 ready_timeout,
@@ -393,6 +442,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+/// `roll status|pause|resume`.
+async fn roll_control(client: &kube::Client, action: RollAction) -> anyhow::Result<ExitCode> {
+    match action {
+        RollAction::Pause {
+            selector,
+            lease_namespace,
+        } => {
+            let who = kiln_rollout::lease::identity();
+            kiln_rollout::lease::set_paused(client, &lease_namespace, &selector, Some(&who)).await?;
+            println!("roll of {selector} paused");
+            Ok(ExitCode::SUCCESS)
+        }
+        RollAction::Resume {
+            selector,
+            lease_namespace,
+        } => {
+            kiln_rollout::lease::set_paused(client, &lease_namespace, &selector, None).await?;
+            println!("roll of {selector} resumed");
+            Ok(ExitCode::SUCCESS)
+        }
+        RollAction::Status {
+            selector,
+            lease_namespace,
+            output,
+        } => {
+            let s = replace::roll_status(client, &selector, &lease_namespace).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", s.render());
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

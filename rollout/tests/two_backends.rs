@@ -432,3 +432,135 @@ fn an_in_place_roll_keeps_each_node_and_halts_on_one_that_came_back_on_the_old_b
         );
     });
 }
+
+/// Pause and resume from another process, and the roll's status read from the cluster alone, on
+/// both backends: paused while its first node is being reprovisioned, the roll says so within a
+/// bound, lets that node finish and starts no other; `roll status` shows the holder, the pause and
+/// each node's phase; resumed, it rolls the rest.
+#[test]
+fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("reprovision");
+    std::fs::write(&script, include_str!("reprovision.sh")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    both(|b| {
+        let _ = std::fs::remove_file(hooks.path().join("reprovisioned"));
+        for n in ["p-0", "p-1"] {
+            b.add_labelled_node(n, &[("pool", "green"), ("kiln.dev/bundle-version", "A")]);
+        }
+        let boot_1 = b.node_json("p-1")["status"]["nodeInfo"]["bootID"].clone();
+        std::fs::write(hooks.path().join("hold"), "").unwrap();
+        let log = hooks.path().join(format!("roll-{}.log", b.name()));
+        let mut roll = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+            .arg("--kubeconfig")
+            .arg(b.kubeconfig())
+            .args(["roll", "-l", "pool=green", "--to-bundle", "B", "--in-place"])
+            .arg("--reprovision-cmd")
+            .arg(&script)
+            .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", "60s"])
+            .env("KUBECONFIG", b.kubeconfig())
+            .env("HOOKS", hooks.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until("p-0 is being reprovisioned", Duration::from_secs(30), || {
+            std::fs::read_to_string(hooks.path().join("reprovisioned")).is_ok_and(|r| r.starts_with("p-0 B "))
+        });
+
+        let paused = b.kiln(&["roll", "pause", "-l", "pool=green"]);
+        assert_eq!(paused.status.code(), Some(0), "{}: {}", b.name(), text(&paused));
+        assert_eq!(String::from_utf8_lossy(&paused.stdout), "roll of pool=green paused\n");
+        let asked = std::time::Instant::now();
+        wait_until("the roll saw the pause", Duration::from_secs(10), || {
+            said().contains("roll paused (")
+        });
+        let seen_s = asked.elapsed().as_secs_f64();
+        let again = b.kiln(&["roll", "pause", "-l", "pool=green"]);
+        assert_eq!(again.status.code(), Some(1), "{}", b.name());
+        assert!(
+            text(&again).contains("is already paused"),
+            "{}: {}",
+            b.name(),
+            text(&again)
+        );
+
+        // Seen from the cluster alone.
+        let status = b.kiln(&["roll", "status", "-l", "pool=green", "-o", "json"]);
+        assert_eq!(status.status.code(), Some(0), "{}: {}", b.name(), text(&status));
+        let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert!(
+            s["lease"]["holder"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(" pid {}", roll.id())),
+            "{}: {s}",
+            b.name()
+        );
+        assert!(
+            s["lease"]["paused"].as_str().unwrap().contains(" at "),
+            "{}: {s}",
+            b.name()
+        );
+        assert_eq!(s["targets"], serde_json::json!(["B"]), "{}: {s}", b.name());
+        assert_eq!(s["nodes"][0]["phase"], "reprovisioning", "{}: {s}", b.name());
+        assert!(s["nodes"][1]["phase"].is_null(), "{}: {s}", b.name());
+        let table = String::from_utf8_lossy(&b.kiln(&["roll", "status", "-l", "pool=green"]).stdout).into_owned();
+        assert!(
+            table.contains("PAUSED   yes, by ")
+                && table.contains(" held by ")
+                && table.contains("reprovisioning,cordoned"),
+            "{}: {table}",
+            b.name()
+        );
+
+        // The node in flight finishes; the next does not start.
+        std::fs::remove_file(hooks.path().join("hold")).unwrap();
+        wait_until("p-1 waits for the resume", Duration::from_secs(60), || {
+            said().contains("p-1: waiting to start: the roll is paused")
+        });
+        let p0 = b.node_json("p-0");
+        assert_eq!(
+            p0["metadata"]["labels"]["kiln.dev/bundle-version"],
+            "B",
+            "{}: {p0}",
+            b.name()
+        );
+        assert!(p0["spec"]["unschedulable"].is_null(), "{}: p-0 uncordoned", b.name());
+        let p1 = b.node_json("p-1");
+        assert!(p1["spec"]["unschedulable"].is_null(), "{}: p-1 untouched", b.name());
+        assert!(
+            p1["metadata"]["annotations"]["kiln.dev/roll-phase"].is_null(),
+            "{}: {p1}",
+            b.name()
+        );
+        assert_eq!(p1["status"]["nodeInfo"]["bootID"], boot_1, "{}", b.name());
+
+        let resumed = b.kiln(&["roll", "resume", "-l", "pool=green"]);
+        assert_eq!(resumed.status.code(), Some(0), "{}: {}", b.name(), text(&resumed));
+        let done = roll.wait().unwrap();
+        assert!(done.success(), "{}: {}", b.name(), said());
+        assert!(said().contains("roll resumed"), "{}: {}", b.name(), said());
+        let p1 = b.node_json("p-1");
+        assert_eq!(
+            p1["metadata"]["labels"]["kiln.dev/bundle-version"],
+            "B",
+            "{}: {p1}",
+            b.name()
+        );
+        let again = b.kiln(&["roll", "resume", "-l", "pool=green"]);
+        assert_eq!(again.status.code(), Some(1), "{}", b.name());
+        assert!(text(&again).contains("is not paused"), "{}: {}", b.name(), text(&again));
+        let status = String::from_utf8_lossy(&b.kiln(&["roll", "status", "-l", "pool=green"]).stdout).into_owned();
+        assert!(
+            status.contains("PAUSED   no") && status.contains("not held (no roll is running)"),
+            "{}: {status}",
+            b.name()
+        );
+        println!(
+            "{}: the pause reached the roll {seen_s:.1} s after `roll pause` returned",
+            b.name()
+        );
+    });
+}

@@ -9,6 +9,7 @@ mod duration;
 mod hook;
 mod roll;
 mod roll_plan;
+mod roll_status;
 mod single;
 
 pub use annotations::*;
@@ -16,4 +17,5 @@ pub use duration::*;
 pub use hook::*;
 pub use roll::*;
 pub use roll_plan::*;
+pub use roll_status::*;
 pub use single::*;

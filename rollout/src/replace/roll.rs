@@ -79,6 +79,8 @@ struct Shared {
     lease_lost: tokio::sync::watch::Receiver<Option<String>>,
     /// The pool as one watch sees it, for every replacement's wait.
     pool: tokio::sync::watch::Receiver<Snapshot<Node>>,
+    /// Who paused the roll, while it is paused (the pool's Lease, see [`crate::lease`]).
+    paused: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Shared {
@@ -91,6 +93,32 @@ impl Shared {
 
     fn halt(&self, why: String) {
         self.halted.lock().unwrap().get_or_insert(why);
+    }
+
+    /// Wait while the roll is paused: the safe point before a node starts (nodes in flight go on
+    /// to their end). False when the roll halted meanwhile (its Lease lost).
+    async fn unpaused(&self, node: &str, selector: &str, progress: &(dyn Fn(&str) + Sync)) -> bool {
+        let mut paused = self.paused.clone();
+        let mut said = false;
+        loop {
+            if self.halted() {
+                return false;
+            }
+            let Some(by) = paused.borrow_and_update().clone() else {
+                if said {
+                    progress(&format!("{node}: the roll was resumed"));
+                }
+                return true;
+            };
+            if !said {
+                progress(&format!(
+                    "{node}: waiting to start: the roll is paused ({by}); `kubectl kiln roll resume -l {selector}` continues it"
+                ));
+                said = true;
+            }
+            // The lease's loss ends the pause's watch too: look again at least every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), paused.changed()).await;
+        }
     }
 }
 
@@ -132,7 +160,7 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
     validate(a)?;
     let start = Instant::now();
     let lease = PoolLease::acquire(client, &a.lease_namespace, &a.selector).await?;
-    let report = roll_holding(client, a, lease.lost(), start, progress).await;
+    let report = roll_holding(client, a, lease.lost(), lease.paused(), start, progress).await;
     if let Err(e) = lease.release().await {
         progress(&format!(
             "could not release the pool's Lease (it expires by itself): {e}"
@@ -145,6 +173,7 @@ async fn roll_holding(
     client: &Client,
     a: &RollArgs,
     lease_lost: tokio::sync::watch::Receiver<Option<String>>,
+    paused: tokio::sync::watch::Receiver<Option<String>>,
     start: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<RollReport> {
@@ -200,15 +229,35 @@ async fn roll_holding(
         halted: Mutex::new(None),
         lease_lost,
         pool: pool_watch.subscribe(),
+        paused,
     });
     let surge = Arc::new(Semaphore::new(a.max_surge));
     let unavailable = Arc::new(Semaphore::new(a.max_unavailable));
-    let outcomes = futures::future::join_all(
+    let nodes = futures::future::join_all(
         plan.replace
             .iter()
             .map(|r| replace_one(client, a, r, &shared, &surge, &unavailable, progress)),
-    )
-    .await;
+    );
+    // Say when a pause or a resume reaches the roll, while the nodes go on.
+    let mut pauses = shared.paused.clone();
+    if let Some(by) = pauses.borrow_and_update().clone() {
+        progress(&format!("roll paused ({by}): no node starts until it is resumed"));
+    }
+    let reporting = async move {
+        while pauses.changed().await.is_ok() {
+            match pauses.borrow_and_update().clone() {
+                Some(by) => progress(&format!(
+                    "roll paused ({by}): the nodes in flight finish, no new node starts"
+                )),
+                None => progress("roll resumed"),
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let outcomes = tokio::select! {
+        outcomes = nodes => outcomes,
+        () = reporting => unreachable!("the pause reporter never ends"),
+    };
     report.nodes.extend(outcomes);
     shared.halted();
     report.halted = shared.halted.lock().unwrap().clone();
@@ -233,7 +282,7 @@ async fn replace_one(
         p = unavailable.clone().acquire_owned(), if a.max_unavailable > 0 || r.resume == Some(Phase::DrainingFirst) => (p, true),
     };
     let _permit = permit.expect("the semaphores are never closed");
-    if shared.halted() {
+    if !shared.unpaused(old, &a.selector, progress).await {
         return NodeOutcome::new(old, Outcome::Untouched);
     }
     let start = Instant::now();
