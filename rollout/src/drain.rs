@@ -307,7 +307,7 @@ async fn evict_one(
 /// The budget that blocks evicting `pod` and what waiting on it can bring: `Err(why)` when it can
 /// never allow the eviction, `Ok(Some(why))` while it waits, `Ok(None)` when no budget explains the
 /// refusal. Every budget of the namespace is considered, whatever its selector's form.
-async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<String>, String> {
+pub(crate) async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<String>, String> {
     use crate::pdb::{covered, verdict, Verdict};
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &pod.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);

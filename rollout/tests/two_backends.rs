@@ -564,3 +564,78 @@ fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed()
         );
     });
 }
+
+/// `roll status` while a roll's drain waits on a budget, on both backends: the node's phase and
+/// which pod the budget holds back and why, read from the cluster alone; the roll goes on once the
+/// budget allows.
+#[test]
+fn roll_status_shows_what_a_blocked_drain_waits_for() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("reprovision");
+    std::fs::write(&script, include_str!("reprovision.sh")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    both(|b| {
+        for n in ["q-0", "q-1"] {
+            b.add_labelled_node(n, &[("pool", "amber"), ("kiln.dev/bundle-version", "A")]);
+        }
+        b.add_app("shop", "q-0", 2, 1);
+        b.add_pdb("shop", "shop", None, Some(1));
+        // Nowhere for an evicted pod to go: the budget holds the second eviction back.
+        let out = b.kiln(&["cordon", "q-1"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let mut roll = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+            .arg("--kubeconfig")
+            .arg(b.kubeconfig())
+            .args(["roll", "-l", "pool=amber", "--to-bundle", "B", "--in-place"])
+            .arg("--reprovision-cmd")
+            .arg(&script)
+            .args(["--ignore-daemonsets", "--timeout", "90s", "--ready-timeout", "60s"])
+            .env("KUBECONFIG", b.kubeconfig())
+            .env("HOOKS", hooks.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut seen = serde_json::Value::Null;
+        wait_until(
+            "roll status names the budget the drain waits on",
+            Duration::from_secs(30),
+            || {
+                let out = b.kiln(&["roll", "status", "-l", "pool=amber", "-o", "json"]);
+                seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                seen["nodes"][0]["waiting"].as_array().is_some_and(|w| !w.is_empty())
+            },
+        );
+        let q0 = &seen["nodes"][0];
+        assert_eq!(q0["name"], "q-0", "{}: {seen}", b.name());
+        assert_eq!(q0["phase"], "draining-in-place", "{}: {seen}", b.name());
+        let why = q0["waiting"][0].as_str().unwrap();
+        assert!(
+            why.starts_with("default/shop-")
+                && why.contains(": waiting for PodDisruptionBudget shop: 1 of 2 pods healthy"),
+            "{}: {why}",
+            b.name()
+        );
+        let table = String::from_utf8_lossy(&b.kiln(&["roll", "status", "-l", "pool=amber"]).stdout).into_owned();
+        assert!(
+            table.contains("draining-in-place,cordoned") && table.contains("waiting for PodDisruptionBudget shop"),
+            "{}: {table}",
+            b.name()
+        );
+
+        let out = b.kiln(&["uncordon", "q-1"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        assert!(roll.wait().unwrap().success(), "{}", b.name());
+        let s: serde_json::Value =
+            serde_json::from_slice(&b.kiln(&["roll", "status", "-l", "pool=amber", "-o", "json"]).stdout).unwrap();
+        assert!(
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["bundle"] == "B" && n["phase"].is_null()),
+            "{}: {s}",
+            b.name()
+        );
+    });
+}

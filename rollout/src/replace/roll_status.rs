@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use serde::Serialize;
@@ -40,6 +40,10 @@ pub struct NodeRoll {
     pub replacement: Option<String>,
     /// Why the roll halted at this node.
     pub message: Option<String>,
+    /// While it is being drained: the pods whose eviction a budget holds back, and what the
+    /// budget waits for (`default/web-1: waiting for PodDisruptionBudget web: ...`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 /// Read the roll of the pool `selector` (its Lease in `lease_namespace`).
@@ -63,9 +67,19 @@ pub async fn roll_status(client: &Client, selector: &str, lease_namespace: &str)
                 seconds: ann.get(ROLL_PHASE).and(started),
                 replacement: ann.get(ROLL_REPLACEMENT).cloned(),
                 message: ann.get(ROLL_MESSAGE).cloned(),
+                waiting: Vec::new(),
             }
         })
         .collect();
+    for n in nodes.iter_mut().filter(|n| {
+        n.phase.as_deref().is_some_and(|p| {
+            [Phase::Draining, Phase::DrainingFirst, Phase::DrainingInPlace]
+                .iter()
+                .any(|d| d.as_str() == p)
+        })
+    }) {
+        n.waiting = held_back(client, &n.name).await?;
+    }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut targets: Vec<String> = nodes.iter().filter_map(|n| n.target.clone()).collect();
     targets.sort();
@@ -76,6 +90,29 @@ pub async fn roll_status(client: &Client, selector: &str, lease_namespace: &str)
         targets,
         nodes,
     })
+}
+
+/// The pods on `node` whose eviction a budget holds back, with the budget's verdict.
+async fn held_back(client: &Client, node: &str) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let on = crate::retry(|| pods.list(&lp))
+        .await
+        .with_context(|| format!("cannot list the pods on node {node}"))?;
+    let mut out = Vec::new();
+    for p in on.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let pod = crate::plan::PodRef {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+        };
+        match crate::drain::pdb_verdict(client, &pod).await {
+            Ok(Some(why)) | Err(why) => out.push(format!("{pod}: {why}")),
+            Ok(None) => {}
+        }
+    }
+    Ok(out)
 }
 
 impl RollStatus {
@@ -131,6 +168,7 @@ impl RollStatus {
                     n.seconds.map(|s| format!("{s:.0}s")).unwrap_or_else(|| "-".into()),
                     n.message
                         .clone()
+                        .or_else(|| (!n.waiting.is_empty()).then(|| n.waiting.join("; ")))
                         .or_else(|| n.replacement.as_ref().map(|r| format!("replacement {r}")))
                         .unwrap_or_default(),
                 ]
