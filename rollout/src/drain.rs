@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::events::{self, Kind};
 use crate::plan::{plan, Decision, DrainOptions, Plan, PodRef};
 use crate::watch::{wait_for, Mirror, Snapshot};
 
@@ -187,6 +188,13 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
         }
     }
     set_unschedulable(client, node, true).await?;
+    events::node(
+        node,
+        Kind::Normal,
+        "Cordoned",
+        "Drain",
+        "cordoned by kubectl kiln to drain it",
+    );
     if !p.errors.is_empty() {
         // As kubectl does: nothing is evicted while some pod needs a flag.
         report.blocked = p.errors;
@@ -201,7 +209,7 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     let results = join_all(
         p.evict
             .iter()
-            .map(|d| evict_one(client, d, a, deadline, pods.subscribe(), progress)),
+            .map(|d| evict_one(client, node, d, a, deadline, pods.subscribe(), progress)),
     )
     .await;
     for (d, r) in p.evict.into_iter().zip(results) {
@@ -210,12 +218,31 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
             Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
         }
     }
+    if report.ok() {
+        let verb = if a.disable_eviction { "deleted" } else { "evicted" };
+        events::node(
+            node,
+            Kind::Normal,
+            "Drained",
+            "Drain",
+            format!("{} pods {verb}", report.evicted.len()),
+        );
+    } else {
+        events::node(
+            node,
+            Kind::Warning,
+            "DrainFailed",
+            "Drain",
+            format!("drain stopped: {}", report.blocked_summary()),
+        );
+    }
     Ok(report)
 }
 
 /// Evict (or delete) one pod and wait for it to be gone; `Err` says why it is still there.
 async fn evict_one(
     client: &Client,
+    node: &str,
     d: &Decision,
     a: &DrainArgs,
     deadline: Instant,
@@ -254,6 +281,16 @@ async fn evict_one(
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 429 => {
                 let waiting = pdb_verdict(client, pod).await?;
+                events::node(
+                    node,
+                    Kind::Warning,
+                    "EvictionBlocked",
+                    "Drain",
+                    format!(
+                        "eviction of {pod} refused: {}",
+                        waiting.clone().unwrap_or_else(|| s.message.clone())
+                    ),
+                );
                 if Instant::now() >= deadline {
                     return Err(format!("eviction refused until the timeout: {}", s.message));
                 }

@@ -2,6 +2,7 @@
 //! and [`status`] talk to the API through kube-rs.
 
 pub mod drain;
+pub mod events;
 pub mod lease;
 pub mod pdb;
 pub mod plan;

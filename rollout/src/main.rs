@@ -19,6 +19,9 @@ struct Cli {
     /// The kubeconfig context to use
     #[arg(long, global = true)]
     context: Option<String>,
+    /// Record Kubernetes Events (events.k8s.io/v1) on the nodes drained, replaced and rolled
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    events: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -290,7 +293,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let client = kiln_rollout::client(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
-    match cli.command {
+    let writes = matches!(
+        cli.command,
+        Command::Drain { .. } | Command::Replace { .. } | Command::Roll(_)
+    );
+    let recorder = (cli.events && writes)
+        .then(|| kiln_rollout::events::start(&client))
+        .flatten();
+    let code = run_verb(cli.command, &client).await;
+    if let Some(r) = recorder {
+        let st = r.finish(Duration::from_secs(10)).await;
+        if st.failed > 0 {
+            eprintln!(
+                "warning: {} of {} Events could not be written (see the messages above); the nodes are as reported",
+                st.failed,
+                st.failed + st.written
+            );
+        }
+    }
+    code
+}
+
+async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<ExitCode> {
+    let client = client.clone();
+    match command {
         Command::Cordon { nodes } => {
             drain::check_nodes(&client, &nodes).await?;
             for n in nodes {

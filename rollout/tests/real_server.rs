@@ -324,6 +324,15 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
         jsonpath(&c, &["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
         "old-0-next old-1-next"
     );
+    // Its Events, written with the ServiceAccount's own rights.
+    assert!(!stderr(&out).contains("could not be written"), "{}", stderr(&out));
+    let reasons = jsonpath(
+        &c,
+        &["get", "events.events.k8s.io", "-n", "default", "-o", "jsonpath={range .items[?(@.regarding.name==\"old-0\")]}{.reason} {end}"],
+    );
+    for reason in ["Cordoned", "Drained", "ReplacementReady", "Deleted"] {
+        assert!(reasons.split(' ').any(|r| r == reason), "{reason} in {reasons:?}");
+    }
     wait_until(
         "the web pods run again on the new nodes",
         std::time::Duration::from_secs(60),

@@ -611,8 +611,11 @@ fn roll_status_shows_what_a_blocked_drain_waits_for() {
         assert_eq!(q0["phase"], "draining-in-place", "{}: {seen}", b.name());
         let why = q0["waiting"][0].as_str().unwrap();
         assert!(
+            // The healthy count is the disruption controller's: right after an eviction the
+            // real one may still say 2.
             why.starts_with("default/shop-")
-                && why.contains(": waiting for PodDisruptionBudget shop: 1 of 2 pods healthy"),
+                && why.contains(": waiting for PodDisruptionBudget shop: ")
+                && why.ends_with(" of 2 pods healthy, it needs more than 1"),
             "{}: {why}",
             b.name()
         );
@@ -623,9 +626,45 @@ fn roll_status_shows_what_a_blocked_drain_waits_for() {
             b.name()
         );
 
+        // The refusals are one Event with a growing series, not one object per retry.
+        wait_until(
+            "the blocked eviction's Event has a series",
+            Duration::from_secs(30),
+            || {
+                let blocked = node_events(b, "q-0", "EvictionBlocked");
+                blocked.len() == 1 && blocked[0]["series"]["count"].as_i64().unwrap_or(0) >= 2
+            },
+        );
+
         let out = b.kiln(&["uncordon", "q-1"]);
         assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
         assert!(roll.wait().unwrap().success(), "{}", b.name());
+        // The story, read back with kubectl.
+        let blocked = node_events(b, "q-0", "EvictionBlocked");
+        assert_eq!(blocked[0]["type"], "Warning", "{}", b.name());
+        assert!(
+            blocked[0]["note"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for PodDisruptionBudget shop"),
+            "{}: {blocked:?}",
+            b.name()
+        );
+        for reason in ["Cordoned", "Drained", "Reprovisioned"] {
+            let got = node_events(b, "q-0", reason);
+            assert_eq!(got.len(), 1, "{}: one {reason} Event on q-0: {got:?}", b.name());
+            assert_eq!(got[0]["reportingController"], "kiln.dev/kubectl-kiln", "{}", b.name());
+            assert_eq!(got[0]["type"], "Normal", "{}", b.name());
+        }
+        assert!(
+            node_events(b, "q-0", "Reprovisioned")[0]["note"]
+                .as_str()
+                .unwrap()
+                .starts_with("back Ready on bundle B after a new boot (bootID "),
+            "{}",
+            b.name()
+        );
+        assert_eq!(node_events(b, "q-1", "Reprovisioned").len(), 1, "{}", b.name());
         let s: serde_json::Value =
             serde_json::from_slice(&b.kiln(&["roll", "status", "-l", "pool=amber", "-o", "json"]).stdout).unwrap();
         assert!(
@@ -638,4 +677,23 @@ fn roll_status_shows_what_a_blocked_drain_waits_for() {
             b.name()
         );
     });
+}
+
+/// The `events.k8s.io/v1` Events about Node `node` with `reason`, as `kubectl get` reads them.
+fn node_events(b: &dyn Backend, node: &str, reason: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(b.kubeconfig())
+        .args(["get", "events.events.k8s.io", "-n", "default", "-o", "json"])
+        .output()
+        .expect("kubectl (scripts/setup installs it)");
+    assert!(out.status.success(), "{}: {}", b.name(), text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node && e["reason"] == reason)
+        .cloned()
+        .collect()
 }

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::drain::{self, DrainArgs};
+use crate::events::{self, Kind};
 use crate::lease::PoolLease;
 use crate::watch::{wait_for, Mirror, Snapshot};
 
@@ -309,6 +310,7 @@ async fn replace_one(
             ],
         )
         .await;
+        events::node(old, Kind::Warning, "RollHalted", "Roll", format!("{e:#}"));
         out.result = Outcome::Failed;
         out.message = Some(format!("{e:#}"));
         shared.halt(why);
@@ -586,6 +588,16 @@ async fn reprovision_steps(
         ],
     )
     .await?;
+    events::node(
+        node,
+        Kind::Normal,
+        "Reprovisioned",
+        "Roll",
+        format!(
+            "back Ready on bundle {} after a new boot (bootID {boot}); uncordoned",
+            a.target
+        ),
+    );
     out.result = Outcome::Reprovisioned;
     out.boot_id = Some(boot);
     progress(&format!("{node}: uncordoned"));

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::drain::{self, DrainArgs};
+use crate::events::{self, Kind};
 use crate::status::BUNDLE_VERSION;
 use crate::watch::{wait_for, Mirror};
 
@@ -227,6 +228,13 @@ pub(crate) async fn finish(
     out: &mut NodeOutcome,
 ) -> Result<()> {
     progress(&format!("{old}: draining (replacement {new} is Ready)"));
+    events::node(
+        old,
+        Kind::Normal,
+        "ReplacementReady",
+        "Replace",
+        format!("replacement {new} is Ready"),
+    );
     let report = drain::drain(client, old, drain_args, &|_| {}).await?;
     if !report.ok() {
         let why = report.blocked_summary();
@@ -236,6 +244,13 @@ pub(crate) async fn finish(
     }
     delete_node(client, old).await?;
     progress(&format!("{old}: drained and deleted"));
+    events::node(
+        old,
+        Kind::Normal,
+        "Deleted",
+        "Replace",
+        format!("drained and deleted; replaced by {new}"),
+    );
     decommission_node(client, old, new, decommission, command_timeout, progress, out).await;
     Ok(())
 }
@@ -263,9 +278,17 @@ pub(crate) async fn decommission_node(
             out.result = Outcome::DecommissionFailed;
             out.message = Some(format!("{e:#}"));
             progress(&format!("{old}: {e:#}"));
+            events::node(old, Kind::Warning, "DecommissionFailed", "Replace", format!("{e:#}"));
             return;
         }
         progress(&format!("{old}: decommissioned"));
+        events::node(
+            old,
+            Kind::Normal,
+            "Decommissioned",
+            "Replace",
+            "the decommission command succeeded",
+        );
     }
     if let Err(e) = annotate(client, new, &[(REPLACES, None)]).await {
         out.result = Outcome::DecommissionFailed;

@@ -62,6 +62,8 @@ struct State {
     daemonsets: BTreeMap<(String, String), Value>,
     replicasets: BTreeMap<(String, String), Value>,
     leases: BTreeMap<(String, String), Value>,
+    /// `events.k8s.io/v1` Events, by namespace and name.
+    k8s_events: BTreeMap<(String, String), Value>,
     /// (resourceVersion, kind, type, object) for watches.
     events: Vec<(u64, &'static str, &'static str, Value)>,
     /// Open watches: each gets the events that match it, and only those wake it.
@@ -387,6 +389,11 @@ impl Sim {
             lease["metadata"]["resourceVersion"] = json!(s.rv.to_string());
             s.leases.insert((ns.to_string(), name), lease);
         })
+    }
+
+    /// Every `events.k8s.io/v1` Event written so far.
+    pub fn k8s_events(&self) -> Vec<Value> {
+        self.with(|s| s.k8s_events.values().cloned().collect())
     }
 
     /// Every request the API answered so far (watches count once, when they start).

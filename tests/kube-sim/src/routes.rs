@@ -88,7 +88,7 @@ pub(crate) fn route(s: &mut State, req: &Request) -> (u16, Value) {
             let group = |name: &str| json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}], "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}});
             (
                 200,
-                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group("apps"), group("policy")]}),
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group("apps"), group("policy"), group("events.k8s.io")]}),
             )
         }
         ("GET", ["api", "v1"]) => (
@@ -208,6 +208,79 @@ pub(crate) fn route(s: &mut State, req: &Request) -> (u16, Value) {
                 ),
             }
         }
+        ("GET", ["apis", "events.k8s.io", "v1"]) => (
+            200,
+            api_resources(
+                "events.k8s.io/v1",
+                json!([{"name": "events", "singularName": "event", "namespaced": true, "kind": "Event", "verbs": ["create", "get", "list", "patch"], "shortNames": ["ev"]}]),
+            ),
+        ),
+        ("GET", ["apis", "events.k8s.io", "v1", "events"]) => {
+            let items = s.k8s_events.values().cloned().collect();
+            (200, event_list(items, s.rv))
+        }
+        ("GET", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            let items = s
+                .k8s_events
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, e)| e.clone())
+                .collect();
+            (200, event_list(items, s.rv))
+        }
+        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            let Ok(mut e) = serde_json::from_slice::<Value>(&req.body) else {
+                return (400, status(400, "BadRequest", "the event is not JSON"));
+            };
+            let name = e["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if name.is_empty() || e["eventTime"].is_null() || e["reportingController"].is_null() {
+                // What the API server's validation insists on for events.k8s.io/v1.
+                return (
+                    422,
+                    status(
+                        422,
+                        "Invalid",
+                        "Event is invalid: name, eventTime and reportingController are required",
+                    ),
+                );
+            }
+            let key = (ns.to_string(), name.clone());
+            if s.k8s_events.contains_key(&key) {
+                return (
+                    409,
+                    status(
+                        409,
+                        "AlreadyExists",
+                        &format!("events.events.k8s.io \"{name}\" already exists"),
+                    ),
+                );
+            }
+            s.rv += 1;
+            e["apiVersion"] = json!("events.k8s.io/v1");
+            e["kind"] = json!("Event");
+            e["metadata"]["namespace"] = json!(ns);
+            e["metadata"]["uid"] = json!(format!("uid-event-{ns}-{name}"));
+            e["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            e["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+            s.k8s_events.insert(key, e.clone());
+            (201, e)
+        }
+        ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
+                return (400, status(400, "BadRequest", "the patch is not JSON"));
+            };
+            let key = (ns.to_string(), name.to_string());
+            let Some(e) = s.k8s_events.get_mut(&key) else {
+                return (
+                    404,
+                    status(404, "NotFound", &format!("events.events.k8s.io \"{name}\" not found")),
+                );
+            };
+            merge(e, &patch);
+            s.rv += 1;
+            e["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            (200, e.clone())
+        }
         ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             match s.leases.get(&(ns.to_string(), name.to_string())) {
                 Some(l) => (200, l.clone()),
@@ -262,6 +335,10 @@ pub(crate) fn route(s: &mut State, req: &Request) -> (u16, Value) {
             ),
         ),
     }
+}
+
+fn event_list(items: Vec<Value>, rv: u64) -> Value {
+    json!({"apiVersion": "events.k8s.io/v1", "kind": "EventList", "metadata": {"resourceVersion": rv.to_string()}, "items": items})
 }
 
 pub(crate) fn lease_not_found(name: &str) -> Value {

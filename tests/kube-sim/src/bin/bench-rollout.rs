@@ -113,11 +113,13 @@ fn main() {
     std::fs::write(&provision, PROVISION).unwrap();
     std::fs::set_permissions(&provision, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     for (pool, surge) in [(50, 5), (1000, 50)] {
-        roll(dir, &kiln, &provision, pool, surge);
+        roll(dir, &kiln, &provision, pool, surge, true);
     }
+    // The same roll without Events: what they cost in API requests.
+    roll(dir, &kiln, &provision, 1000, 50, false);
 }
 
-fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize) {
+fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize, events: bool) {
     let (sim, kc) = cluster(dir);
     sim.run_replicaset_controller(Duration::from_millis(200));
     for i in 0..pool {
@@ -135,6 +137,7 @@ fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize) {
     let before = sim.requests();
     let t = Instant::now();
     let out = Command::new(kiln)
+        .arg(format!("--events={events}"))
         .args(["roll", "--selector", "pool=bench", "--to-bundle", "2", "--max-surge"])
         .arg(surge.to_string())
         .arg("--provision-cmd")
@@ -167,7 +170,8 @@ fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize) {
     let ideal = (pool as f64 / surge as f64).ceil() * per_node;
     println!();
     println!(
-        "roll: {pool} nodes, max surge {surge}, Ready {READY_AFTER_MS} ms after registering, 2 pods x {GRACE_S} s each"
+        "roll: {pool} nodes, max surge {surge}, Ready {READY_AFTER_MS} ms after registering, 2 pods x {GRACE_S} s each, Events {}",
+        if events { "on" } else { "off" }
     );
     println!("  kubectl kiln roll   {wall:>6.2} s");
     println!("  ideal               {ideal:>6.2} s  ({pool}/{surge} x {per_node:.1} s per node)");
@@ -175,6 +179,16 @@ fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize) {
     println!(
         "  API requests        {:>6.1} per replaced node ({requests} in all, the provision POSTs included)",
         requests as f64 / pool as f64
+    );
+    let written = sim.k8s_events();
+    let series: i64 = written
+        .iter()
+        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+        .sum();
+    println!(
+        "  Events              {:>6.1} per replaced node ({} objects for {series} occurrences)",
+        written.len() as f64 / pool as f64,
+        written.len()
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     let per: Vec<f64> = report["nodes"]
