@@ -29,6 +29,10 @@ pub struct DrainArgs {
     pub pod_selector: Option<String>,
     pub disable_eviction: bool,
     pub dry_run: DryRun,
+    /// A roll's `--on-blocked-drain=delete`: pods whose eviction was still refused at the timeout
+    /// (or that a budget never lets go) are then deleted, as `--disable-eviction` deletes them,
+    /// and a `DrainForced` Warning Event says so. Off, the drain stops there (fail-closed).
+    pub delete_when_blocked: bool,
 }
 
 /// kubectl's `--dry-run`: `none` acts; `client` only plans; `server` asks the API server to
@@ -216,6 +220,43 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
         match r {
             Ok(()) => report.evicted.push(d),
             Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
+        }
+    }
+    if !report.ok() && a.delete_when_blocked && !a.disable_eviction {
+        let why = report.blocked_summary();
+        progress(&format!("{node}: drain blocked ({why}); deleting the remaining pods"));
+        events::node(
+            node,
+            Kind::Warning,
+            "DrainForced",
+            "Drain",
+            format!("the drain was blocked ({why}); the remaining pods are deleted, their budgets notwithstanding, as --on-blocked-drain=delete asks"),
+        );
+        let forced = DrainArgs {
+            disable_eviction: true,
+            delete_when_blocked: false,
+            timeout: a
+                .pod_timeout
+                .unwrap_or(Duration::from_secs(300))
+                .max(Duration::from_secs(60)),
+            ..a.clone()
+        };
+        let deadline = Instant::now() + forced.timeout;
+        let blocked = std::mem::take(&mut report.blocked);
+        let again = join_all(
+            blocked
+                .iter()
+                .map(|d| evict_one(client, node, d, &forced, deadline, pods.subscribe(), progress)),
+        )
+        .await;
+        for (d, r) in blocked.into_iter().zip(again) {
+            match r {
+                Ok(()) => report.evicted.push(Decision {
+                    pod: d.pod,
+                    reason: "deleted after the drain was blocked".into(),
+                }),
+                Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
+            }
         }
     }
     if report.ok() {

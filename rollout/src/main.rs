@@ -44,6 +44,13 @@ impl From<DryRunFlag> for DryRun {
     }
 }
 
+/// What a roll does with a drain that stays blocked.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BlockedDrain {
+    Halt,
+    Delete,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Output {
     Table,
@@ -102,6 +109,7 @@ impl DrainFlags {
             pod_selector: self.pod_selector.clone(),
             disable_eviction: self.disable_eviction,
             dry_run,
+            delete_when_blocked: false,
         }
     }
 }
@@ -238,6 +246,11 @@ struct RollRun {
     command_timeout: Duration,
     #[command(flatten)]
     flags: DrainFlags,
+    /// A drain still blocked at --timeout (or by a budget that never allows): `halt` the roll,
+    /// the node left cordoned; `delete` the remaining pods as --disable-eviction does, their
+    /// budgets notwithstanding, recorded in a DrainForced Event
+    #[arg(long, value_enum, default_value_t = BlockedDrain::Halt)]
+    on_blocked_drain: BlockedDrain,
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -416,11 +429,19 @@ async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<Exi
                     ready_timeout,
                     command_timeout,
                     flags,
+                    on_blocked_drain,
                     dry_run,
                     lease_namespace,
                     output,
                 },
         }) => {
+            if on_blocked_drain == BlockedDrain::Delete && flags.timeout.is_zero() {
+                anyhow::bail!(
+                    "--on-blocked-drain=delete needs a drain --timeout: without one a blocked drain waits forever"
+                );
+            }
+            let mut drain_args = flags.args(DryRun::None);
+            drain_args.delete_when_blocked = on_blocked_drain == BlockedDrain::Delete;
             let args = RollArgs {
                 selector: selector.expect("clap requires -l"),
                 target: to_bundle.expect("clap requires --to-bundle"),
@@ -431,7 +452,7 @@ async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<Exi
                 provision: provision_cmd,
                 decommission: decommission_cmd,
                 reprovision: reprovision_cmd,
-                drain: flags.args(DryRun::None),
+                drain: drain_args,
                 lease_namespace,
             };
             replace::validate(&args)?;

@@ -328,7 +328,14 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
     assert!(!stderr(&out).contains("could not be written"), "{}", stderr(&out));
     let reasons = jsonpath(
         &c,
-        &["get", "events.events.k8s.io", "-n", "default", "-o", "jsonpath={range .items[?(@.regarding.name==\"old-0\")]}{.reason} {end}"],
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={range .items[?(@.regarding.name==\"old-0\")]}{.reason} {end}",
+        ],
     );
     for reason in ["Cordoned", "Drained", "ReplacementReady", "Deleted"] {
         assert!(reasons.split(' ').any(|r| r == reason), "{reason} in {reasons:?}");

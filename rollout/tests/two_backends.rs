@@ -697,3 +697,95 @@ fn node_events(b: &dyn Backend, node: &str, reason: &str) -> Vec<serde_json::Val
         .cloned()
         .collect()
 }
+
+/// The blocked-drain policy both ways, on both backends: a budget that never lets a pod go halts
+/// the roll with the node cordoned (the default); with `--on-blocked-drain=delete` the pods are
+/// deleted, the roll goes on, and a `DrainForced` Warning Event says why.
+#[test]
+fn a_blocked_drain_halts_the_roll_unless_asked_to_delete_the_pods() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("reprovision");
+    std::fs::write(&script, include_str!("reprovision.sh")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    both(|b| {
+        for n in ["r-0", "r-1"] {
+            b.add_labelled_node(n, &[("pool", "rose"), ("kiln.dev/bundle-version", "A")]);
+        }
+        b.add_app("cart", "r-0", 2, 1);
+        b.add_pdb("cart", "cart", Some(2), None);
+        let roll = |policy: &str| {
+            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+                .arg("--kubeconfig")
+                .arg(b.kubeconfig())
+                .args(["roll", "-l", "pool=rose", "--to-bundle", "B", "--in-place"])
+                .arg("--reprovision-cmd")
+                .arg(&script)
+                .args(["--ignore-daemonsets", "--timeout", "5s", "--ready-timeout", "60s"])
+                .args(["--on-blocked-drain", policy])
+                .env("KUBECONFIG", b.kubeconfig())
+                .env("HOOKS", hooks.path())
+                .output()
+                .unwrap()
+        };
+        let out = roll("halt");
+        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("roll HALTED: r-0: drain stopped: default/cart-")
+                && said.contains("never allows this eviction"),
+            "{}: {said}",
+            b.name()
+        );
+        let r0 = b.node_json("r-0");
+        assert_eq!(r0["spec"]["unschedulable"], true, "{}: r-0 stays cordoned", b.name());
+        assert_eq!(b.pods_on("r-0").len(), 2, "{}: nothing deleted", b.name());
+        assert!(node_events(b, "r-0", "DrainForced").is_empty(), "{}", b.name());
+        assert_eq!(node_events(b, "r-0", "RollHalted").len(), 1, "{}", b.name());
+
+        let refused = b.kiln(&[
+            "roll",
+            "-l",
+            "pool=rose",
+            "--to-bundle",
+            "B",
+            "--in-place",
+            "--reprovision-cmd",
+            "true",
+            "--on-blocked-drain",
+            "delete",
+        ]);
+        assert_eq!(refused.status.code(), Some(1), "{}", b.name());
+        assert!(
+            text(&refused).contains("--on-blocked-drain=delete needs a drain --timeout"),
+            "{}: {}",
+            b.name(),
+            text(&refused)
+        );
+
+        let out = roll("delete");
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let forced = node_events(b, "r-0", "DrainForced");
+        assert_eq!(forced.len(), 1, "{}: {forced:?}", b.name());
+        assert_eq!(forced[0]["type"], "Warning", "{}", b.name());
+        assert!(
+            forced[0]["note"]
+                .as_str()
+                .unwrap()
+                .contains("never allows this eviction")
+                && forced[0]["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--on-blocked-drain=delete"),
+            "{}: {forced:?}",
+            b.name()
+        );
+        let r0 = b.node_json("r-0");
+        assert_eq!(
+            r0["metadata"]["labels"]["kiln.dev/bundle-version"],
+            "B",
+            "{}: {r0}",
+            b.name()
+        );
+        assert!(r0["spec"]["unschedulable"].is_null(), "{}: r-0 uncordoned", b.name());
+    });
+}
