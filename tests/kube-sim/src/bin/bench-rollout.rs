@@ -181,10 +181,7 @@ fn roll(dir: &Path, kiln: &Path, provision: &Path, pool: usize, surge: usize, ev
         requests as f64 / pool as f64
     );
     let written = sim.k8s_events();
-    let series: i64 = written
-        .iter()
-        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
-        .sum();
+    let series: i64 = written.iter().map(|e| e["series"]["count"].as_i64().unwrap_or(1)).sum();
     println!(
         "  Events              {:>6.1} per replaced node ({} objects for {series} occurrences)",
         written.len() as f64 / pool as f64,
