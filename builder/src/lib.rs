@@ -11,7 +11,7 @@ pub mod commands;
 pub mod fetch;
 pub mod image;
 pub mod lockfile;
-pub mod migrate;
+pub use kiln_migrate as migrate;
 pub mod mirror;
 pub mod oci;
 pub mod plan;

@@ -5,7 +5,7 @@
 
 pub mod cni;
 pub mod containerd;
-pub mod flags;
+pub use kiln_migrate::flags;
 pub mod kube_proxy;
 pub mod kubelet;
 pub mod registries;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::minor;
+use crate::minor;
 
 pub struct Removed {
     pub flag: &'static str,

@@ -11,16 +11,22 @@
 //! functions; the command prints.
 
 mod docker;
-mod systemd;
+pub mod fields;
+pub mod flags;
+pub mod systemd;
+
+/// `(major, minor)` of a version string.
+pub fn minor(version: &str) -> Option<(u32, u32)> {
+    kiln_bundle::manifest::parse_minor(version)
+}
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{json, Map, Value};
 
-use crate::render::flags::{moved, removed};
-use crate::render::kubelet::has_field;
-use crate::render::minor;
+use crate::fields::has_field;
+use crate::flags::{moved, removed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
