@@ -239,6 +239,28 @@ pub fn node_ready(kc: &Kubeconfig, name: &str, boot_id: Option<&str>) -> Result<
     }
 }
 
+/// Whether the Node's Ready status was reported at or after `since` (RFC 3339, UTC, as the API
+/// server writes `lastHeartbeatTime`): a kubelet restarted within the same boot reports at its
+/// start, so a Ready older than the restart is the kubelet that was stopped.
+pub fn reported_since(node: &serde_json::Value, since: &str) -> Result<()> {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let beat = node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["lastHeartbeatTime"].as_str())
+        .unwrap_or_default();
+    // Both are `YYYY-MM-DDTHH:MM:SSZ`: their order is the strings' order.
+    if beat.len() == since.len() && beat >= since {
+        return Ok(());
+    }
+    bail!(
+        "Node {name} is Ready as reported at {} by the kubelet that ran before, not yet by the one started at {since}",
+        if beat.is_empty() { "no time" } else { beat }
+    )
+}
+
 /// A Status's message, or the start of whatever else the API server sent.
 fn message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)

@@ -111,6 +111,15 @@ pub struct NodeJoin {
     pub timeout_s: u64,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// When kubelet was (re)started in this boot by the run that wrote this (RFC 3339): the Ready
+    /// status must be reported at or after it (`lastHeartbeatTime`), since the bootID alone cannot
+    /// tell a kubelet restarted in the same boot from the one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The kubeconfig to check with, when not kiln's kubelet's (`/var/lib/kubelet/kubeconfig`):
+    /// the old kubelet's, after an adoption rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
 }
 
 /// Seconds since boot, from /proc/uptime.

@@ -201,9 +201,12 @@ fn this_boot(root: &Path) -> Result<Option<String>> {
 }
 
 fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
-    use crate::node::{diagnose, node_ready, reconcile_labels, Kubeconfig};
+    use crate::node::{diagnose, node_ready, reconcile_labels, reported_since, Kubeconfig};
     let layout = kiln_bundle::layout::Layout::default();
-    let kubeconfig = format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG);
+    let kubeconfig = node
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", layout.kubelet_root, crate::node::KUBELET_KUBECONFIG));
     let bootstrap = layout.on_node(kiln_bundle::layout::files::KUBELET_BOOTSTRAP, true);
     let timeout = Duration::from_secs(node.timeout_s);
     let boot_id = this_boot(root)?;
@@ -220,7 +223,12 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         match Kubeconfig::load(root, &kubeconfig) {
             Ok(kc) => {
                 cause = None;
+                let fresh = |n: serde_json::Value| match &node.since {
+                    Some(since) => reported_since(&n, since).map(|()| n),
+                    None => Ok(n),
+                };
                 match node_ready(&kc, &node.name, boot_id.as_deref())
+                    .and_then(fresh)
                     .and_then(|n| reconcile_labels(&kc, &n, &node.labels))
                 {
                     Ok(changed) => {

@@ -111,6 +111,8 @@ fn the_health_check_sets_the_bundle_labels_on_an_existing_node_with_its_own_cred
         name: "worker96".into(),
         timeout_s: 2,
         labels: bundle("B", "b1b2b3b4"),
+        since: None,
+        kubeconfig: None,
     };
     let e = format!("{:#}", Host::default().node_joined(&worker, &early).unwrap_err());
     assert!(
@@ -130,10 +132,36 @@ fn the_health_check_sets_the_bundle_labels_on_an_existing_node_with_its_own_cred
         .merge_patch("/api/v1/nodes/worker96/status", &this, Duration::from_secs(5))
         .unwrap();
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    // A kubelet restarted within the boot (an update at once, an adoption) has the same bootID as
+    // the one before it: its Ready counts only once reported after the restart.
+    let restarted = NodeJoin {
+        name: "worker96".into(),
+        timeout_s: 2,
+        labels: bundle("B", "b1b2b3b4"),
+        since: Some("2026-06-01T00:00:00Z".into()),
+        kubeconfig: None,
+    };
+    let e = format!("{:#}", Host::default().node_joined(&worker, &restarted).unwrap_err());
+    assert!(
+        e.contains("Node worker96 is Ready as reported at 2026-01-01T00:00:00Z by the kubelet that ran before, not yet by the one started at 2026-06-01T00:00:00Z"),
+        "{e}"
+    );
+    assert_eq!(labels(&c, "worker96")["kiln.dev/bundle-version"], "A");
+    let later = "2026-06-01T00:00:03Z";
+    let beat = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+        "reason": "KubeletReady", "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": later, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    let (code, body) = kc
+        .merge_patch("/api/v1/nodes/worker96/status", &beat, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let join = NodeJoin {
         name: "worker96".into(),
         timeout_s: 20,
         labels: bundle("B", "b1b2b3b4"),
+        since: None,
+        kubeconfig: None,
     };
     Host::default().node_joined(&worker, &join).unwrap();
     let l = labels(&c, "worker96");
@@ -166,6 +194,8 @@ fn the_health_check_sets_the_bundle_labels_on_an_existing_node_with_its_own_cred
         name: "worker96".into(),
         timeout_s: 20,
         labels: bundle("C", "c1c2c3c4"),
+        since: None,
+        kubeconfig: None,
     };
     let started = Instant::now();
     let e = format!("{:#}", Host::default().node_joined(&other, &as_other).unwrap_err());

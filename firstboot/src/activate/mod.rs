@@ -202,7 +202,11 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
         .as_ref()
         .is_some_and(|(cur, _)| *cur != format!("bundles/{version}"));
     // A service that fails to start is a failed health check: it rolls back like one.
+    let services_at = now_rfc3339();
     let started = services(sys, &index, changed || version_changed, opts.phase == Phase::Activate);
+    // A kubelet (re)started in this boot: only a Ready it reports from now on counts.
+    let since = matches!(started, Ok(true)).then_some(services_at);
+    let started = started.map(drop);
     if t.done(Step::Services) && started.is_ok() {
         return Ok(Outcome::Stopped { after: Step::Services });
     }
@@ -229,6 +233,8 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
                 name: node_hostname(root, &cfg)?,
                 timeout_s: cfg.node.join_timeout_seconds.unwrap_or(DEFAULT_JOIN_TIMEOUT_S),
                 labels: bundle_labels(&version, &expected),
+                since,
+                kubeconfig: None,
             })
         } else {
             None
@@ -265,6 +271,14 @@ pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome>
     state.steps = t.steps;
     state.write(root)?;
     Ok(Outcome::Activated { version })
+}
+
+/// Now, to the second, as the API server writes times.
+pub(crate) fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    kiln_bundle::time::rfc3339(secs)
 }
 
 /// Whether the bundle directory `dir` holds exactly `index` in its `kiln-bundle.json`.
@@ -348,7 +362,9 @@ fn verify_unpack(bundle: &Path, partial: &Path, expected: Sha256, cfg: &NodeConf
     Ok(())
 }
 
-fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool) -> Result<()> {
+/// Enable and start (or restart) the bundle's services; true when kubelet was started or
+/// restarted here (not only queued).
+fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool) -> Result<bool> {
     sys.daemon_reload()?;
     let mut units = vec![kiln_bundle::layout::units::CONTAINERD];
     if index.file(kiln_bundle::layout::files::IMAGES_UNIT).is_some() {
@@ -360,17 +376,22 @@ fn services(sys: &mut dyn System, index: &Index, restart: bool, queue_only: bool
     if index.file(kiln_bundle::layout::files::KUBE_PROXY_UNIT).is_some() {
         units.push(kiln_bundle::layout::units::KUBE_PROXY);
     }
+    let mut kubelet_started = false;
     for unit in units {
         sys.enable(unit)?;
-        if sys.is_active(unit) {
+        let started = if sys.is_active(unit) {
             if restart {
                 sys.restart(unit)?;
             }
+            restart
         } else if queue_only {
             sys.queue_start(unit)?;
+            false
         } else {
             sys.start(unit)?;
-        }
+            true
+        };
+        kubelet_started |= started && unit == kiln_bundle::layout::units::KUBELET;
     }
-    Ok(())
+    Ok(kubelet_started)
 }

@@ -143,6 +143,10 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
                 let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 v["steps"] = serde_json::Value::Null;
                 v["uptimeS"] = serde_json::Value::Null;
+                // When this run started kubelet: a time, and absent when an earlier run did.
+                if let Some(node) = v["node"].as_object_mut() {
+                    node.remove("since");
+                }
                 bytes = serde_json::to_vec(&v).unwrap();
             }
             out.insert(rel, format!("file {mode:o} {}", kiln_testkit::sha256_hex(&bytes)));
