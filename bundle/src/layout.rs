@@ -23,6 +23,11 @@ pub mod root {
     pub const STAGED: &str = "var/lib/kiln/staged";
     /// Which bundle an activation takes: the one proven healthy, and one on trial.
     pub const SELECTION: &str = "var/lib/kiln/selection.json";
+    /// What `kiln-firstboot adopt` found and changed on a worker it turned into a kiln node, to
+    /// resume a killed run and to restore the worker when the bundle fails its health check.
+    pub const ADOPTION: &str = "var/lib/kiln/adoption.json";
+    /// The adopted worker's files as they were, under their own paths.
+    pub const ADOPTION_SAVED: &str = "var/lib/kiln/adoption/saved";
 }
 
 /// Absolute node paths that rendered configuration refers to.

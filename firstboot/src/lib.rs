@@ -4,6 +4,7 @@
 //! Every path is relative to a root passed in; only `main` uses `/`.
 
 pub mod activate;
+pub mod adopt;
 pub mod config;
 pub mod datasource;
 pub mod net;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_firstboot::activate::{self, ModeRequest, Options, Outcome, Phase, Step};
+use kiln_firstboot::adopt::{AdoptOptions, AdoptStep, Adopted};
 use kiln_firstboot::datasource::Endpoints;
 use kiln_firstboot::state::State;
 use kiln_firstboot::system::{Host, Recording, System};
@@ -34,6 +35,11 @@ enum Command {
     /// rolled back on failure) or at the next boot (a boot that never reaches the health check
     /// falls back)
     Update(UpdateArgs),
+    /// Turn this running worker (set up by hand or by configuration management, Docker or a
+    /// distribution containerd as its runtime) into a kiln node under its own name, node IP and
+    /// kubelet identity: compare its kubelet settings with the bundle's, stop and mask the old
+    /// runtime, activate the bundle health-gated, and put the worker back if it fails
+    Adopt(AdoptArgs),
     /// Show what is active and the last result
     Status {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
@@ -55,6 +61,23 @@ struct UpdateArgs {
     run: RunArgs,
 }
 
+#[derive(clap::Args)]
+struct AdoptArgs {
+    /// The node bundle, with its .sha256 (and .minisig, .verity) beside it
+    bundle: PathBuf,
+    /// Adopt although the worker loses kubelet settings the bundle does not keep (listed in the
+    /// report)
+    #[arg(long)]
+    accept_losses: bool,
+    /// The old kubelet's systemd unit
+    #[arg(long, default_value = "kubelet.service")]
+    kubelet_unit: String,
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum AtArg {
     Now,
@@ -67,7 +90,7 @@ enum Format {
     Json,
 }
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args, Default, Clone)]
 struct RunArgs {
     /// IMDS endpoint (EC2's by default)
     #[arg(long, default_value = "http://169.254.169.254")]
@@ -132,12 +155,14 @@ fn main() -> ExitCode {
     // What a failure means for the node, after the failure's own words.
     let meaning = match cli.command {
         Some(Command::Update(_)) => "the update was not completed (see `kiln-firstboot status`)",
+        Some(Command::Adopt(_)) => "the worker was not adopted",
         _ => "the node was not activated (see `kiln-firstboot status`)",
     };
     let result = match cli.command {
         Some(Command::Status { output }) => status(&cli.root, output),
         Some(Command::Run(args)) => run(&cli.root, &args),
         Some(Command::Update(args)) => update(&cli.root, &args),
+        Some(Command::Adopt(args)) => adopt(&cli.root, &args),
         None => run(
             &cli.root,
             &RunArgs {
@@ -202,6 +227,12 @@ fn with_system<T>(
         .lines()
         .map(String::from)
         .collect();
+    rec.unit_files = std::fs::read_to_string(root.join("run/kiln-recorded-unit-files"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(u, s)| (u.to_string(), s.to_string()))
+        .collect();
     let sys: &mut dyn System = match a.system {
         SystemKind::Host => &mut host,
         SystemKind::Record => &mut rec,
@@ -211,6 +242,8 @@ fn with_system<T>(
         let active: Vec<String> = rec.active.iter().cloned().collect();
         let _ = std::fs::create_dir_all(root.join("run"));
         std::fs::write(root.join("run/kiln-recorded-active"), active.join("\n"))?;
+        let files: Vec<String> = rec.unit_files.iter().map(|(u, s)| format!("{u} {s}")).collect();
+        std::fs::write(root.join("run/kiln-recorded-unit-files"), files.join("\n"))?;
         let mut log = std::fs::read_to_string(root.join("run/kiln-recorded-calls")).unwrap_or_default();
         for c in &rec.calls {
             log.push_str(c);
@@ -259,6 +292,94 @@ fn update(root: &std::path::Path, a: &UpdateArgs) -> anyhow::Result<ExitCode> {
         } => println!("bundle {version} active and healthy (was {previous}; staged at {staged})"),
         Updated::Stopped { version } => println!("stopped while activating bundle {version}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn adopt(root: &std::path::Path, a: &AdoptArgs) -> anyhow::Result<ExitCode> {
+    if a.run.phase != PhaseArg::All {
+        anyhow::bail!("--phase is for `run`; adoption runs both phases at once");
+    }
+    let stop_after = match a.run.stop_after.as_deref() {
+        Some(s) => {
+            Some(AdoptStep::parse(s).ok_or_else(|| anyhow::anyhow!("--stop-after: unknown adoption step `{s}`"))?)
+        }
+        None => None,
+    };
+    let opts = AdoptOptions {
+        bundle: a.bundle.clone(),
+        accept_losses: a.accept_losses,
+        kubelet_unit: a.kubelet_unit.clone(),
+        stop_after,
+        run: options(&RunArgs {
+            stop_after: None,
+            ..a.run.clone()
+        })?,
+    };
+    let done = with_system(root, &a.run, |sys| kiln_firstboot::adopt::adopt(root, sys, &opts))?;
+    let (record, already) = match done {
+        Adopted::Stopped { after } => {
+            eprintln!("kiln-firstboot: stopped after adoption step {}", after.name());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Adopted::Done { record, already } => (record, already),
+    };
+    if a.output == Format::Json {
+        let mut v = serde_json::to_value(&record)?;
+        v["already"] = already.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if already {
+        println!(
+            "Node {} was adopted with bundle {} already; nothing to do",
+            record.node, record.version
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "Node {} adopted: bundle {} active and healthy",
+        record.node, record.version
+    );
+    println!("read      {}", record.read.join(", "));
+    println!("SETTING\tNODE\tBUNDLE\tVERDICT\tSOURCE");
+    for c in &record.compared {
+        println!(
+            "{}\t{}\t{}\t{}\t{}{}",
+            c.setting,
+            c.node,
+            c.bundle.as_deref().unwrap_or("-"),
+            c.verdict,
+            c.source,
+            if c.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.detail)
+            }
+        );
+    }
+    for u in record.units.iter().filter(|u| u.action != "untouched") {
+        println!(
+            "unit      {} was {}{}: {}",
+            u.unit,
+            u.state,
+            if u.active { " and active" } else { "" },
+            u.action
+        );
+    }
+    for s in record.saved.iter().filter(|s| s.existed) {
+        println!(
+            "saved     /{} ({})",
+            s.path,
+            if s.moved { "moved aside" } else { "replaced by kiln's" }
+        );
+    }
+    println!(
+        "images    Docker's image store (/var/lib/docker) is not carried over: pods pull their images again through containerd, or use the bundle's preloaded images"
+    );
+    println!(
+        "restore   everything saved is in /{}",
+        kiln_bundle::layout::root::ADOPTION_SAVED
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -124,6 +124,16 @@ impl Kubeconfig {
         })
     }
 
+    /// The cluster CA, PEM.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// Whether it authenticates with a client certificate and key (kubelet's own identity).
+    pub fn has_client_identity(&self) -> bool {
+        self.client.is_some()
+    }
+
     fn agent(&self, timeout: Duration) -> Result<ureq::Agent> {
         let mut roots = Vec::new();
         let mut chain = Vec::new();

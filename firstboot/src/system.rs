@@ -39,6 +39,12 @@ pub trait System {
     fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()>;
     /// Whether a filesystem is mounted at `target`.
     fn is_mounted(&mut self, target: &Path) -> bool;
+    fn stop(&mut self, unit: &str) -> Result<()>;
+    fn disable(&mut self, unit: &str) -> Result<()>;
+    fn mask(&mut self, unit: &str) -> Result<()>;
+    fn unmask(&mut self, unit: &str) -> Result<()>;
+    /// `systemctl is-enabled`'s word for `unit`: enabled, disabled, static, masked, not-found, ...
+    fn unit_file_state(&mut self, unit: &str) -> String;
 }
 
 /// Run a command, failing with its stderr.
@@ -171,6 +177,28 @@ impl System for Host {
             &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
             target,
         )
+    }
+    fn stop(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["stop", unit])).map(drop)
+    }
+    fn disable(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["disable", unit])).map(drop)
+    }
+    fn mask(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["mask", unit])).map(drop)
+    }
+    fn unmask(&mut self, unit: &str) -> Result<()> {
+        run(Command::new("systemctl").args(["unmask", unit])).map(drop)
+    }
+    fn unit_file_state(&mut self, unit: &str) -> String {
+        // It exits non-zero for every state but enabled; the word on stdout is the answer.
+        Command::new("systemctl")
+            .args(["is-enabled", unit])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "not-found".into())
     }
     fn kubelet_healthy(&mut self, timeout: Duration) -> Result<()> {
         let http = crate::net::Http::new(Duration::from_secs(2), 0);
@@ -318,6 +346,9 @@ pub struct Recording {
     pub no_verity: Option<String>,
     /// Where verity images were "mounted".
     pub mounted: BTreeSet<PathBuf>,
+    /// `systemctl is-enabled` of units the test set up (absent: not-found); enable, disable, mask
+    /// and unmask change it.
+    pub unit_files: std::collections::BTreeMap<String, String>,
 }
 
 impl Recording {
@@ -352,6 +383,7 @@ impl System for Recording {
     }
     fn enable(&mut self, unit: &str) -> Result<()> {
         self.calls.push(format!("enable {unit}"));
+        self.unit_files.insert(unit.into(), "enabled".into());
         Ok(())
     }
     fn start(&mut self, unit: &str) -> Result<()> {
@@ -449,6 +481,33 @@ impl System for Recording {
     }
     fn is_mounted(&mut self, target: &Path) -> bool {
         self.mounted.contains(target)
+    }
+    fn stop(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("stop {unit}"));
+        self.active.remove(unit);
+        Ok(())
+    }
+    fn disable(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("disable {unit}"));
+        if let Some(s) = self.unit_files.get_mut(unit).filter(|s| *s == "enabled") {
+            *s = "disabled".into();
+        }
+        Ok(())
+    }
+    fn mask(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("mask {unit}"));
+        self.unit_files.insert(unit.into(), "masked".into());
+        Ok(())
+    }
+    fn unmask(&mut self, unit: &str) -> Result<()> {
+        self.calls.push(format!("unmask {unit}"));
+        if let Some(s) = self.unit_files.get_mut(unit).filter(|s| *s == "masked") {
+            *s = "disabled".into();
+        }
+        Ok(())
+    }
+    fn unit_file_state(&mut self, unit: &str) -> String {
+        self.unit_files.get(unit).cloned().unwrap_or_else(|| "not-found".into())
     }
 }
 

@@ -198,21 +198,7 @@ pub fn update(root: &Path, sys: &mut dyn System, bundle: &Path, at: At, opts: &O
             &active.digest[..12.min(active.digest.len())]
         );
     }
-    let staged = stage(root, bundle, &version)?;
-    let rel = staged
-        .strip_prefix(root)
-        .expect("staged under the root")
-        .display()
-        .to_string();
-    Selection {
-        trial: Some(Trial {
-            version: version.clone(),
-            bundle: rel.clone(),
-            tries_left: 1,
-        }),
-        ..Selection::load(root)?
-    }
-    .write(root)?;
+    let rel = stage_trial(root, bundle, &version)?;
     let shown = format!("/{rel}");
     if at == At::NextBoot {
         return Ok(Updated::Staged { version, staged: shown });
@@ -247,6 +233,27 @@ pub fn update(root: &Path, sys: &mut dyn System, bundle: &Path, at: At, opts: &O
             }
         }
     }
+}
+
+/// Stage `bundle` (verified already) and put it on trial with one try; its path relative to the
+/// root.
+pub(crate) fn stage_trial(root: &Path, bundle: &Path, version: &str) -> Result<String> {
+    let staged = stage(root, bundle, version)?;
+    let rel = staged
+        .strip_prefix(root)
+        .expect("staged under the root")
+        .display()
+        .to_string();
+    Selection {
+        trial: Some(Trial {
+            version: version.to_string(),
+            bundle: rel.clone(),
+            tries_left: 1,
+        }),
+        ..Selection::load(root)?
+    }
+    .write(root)?;
+    Ok(rel)
 }
 
 /// Copy `bundle` and what is beside it into `/var/lib/kiln/staged/<version>/` (through a

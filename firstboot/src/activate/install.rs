@@ -137,19 +137,42 @@ pub fn install_units(root: &Path, index: &Index) -> Result<bool> {
     Ok(changed)
 }
 
+/// Bundle files copied to where the system looks for them.
+const COPIES: [(&str, &str); 5] = [
+    (files::CNI_CONFLIST, "etc/cni/net.d/10-kiln.conflist"),
+    (files::CNI_LOOPBACK, "etc/cni/net.d/99-loopback.conf"),
+    (files::SYSCTL, "etc/sysctl.d/99-kiln.conf"),
+    (files::MODULES_LOAD, "etc/modules-load.d/kiln.conf"),
+    (files::CRICTL, "etc/crictl.yaml"),
+];
+
+/// The bundle's tools linked into `/usr/local/bin` for operators.
+const TOOLS: [&str; 3] = ["ctr", "crictl", "nerdctl"];
+
+/// Every path [`install`] may write, relative to the root, but `write_files`: what an adoption
+/// saves first, so that a rollback can put the worker back.
+pub fn targets() -> Vec<String> {
+    let mut out: Vec<String> = [
+        kiln_bundle::layout::units::CONTAINERD,
+        kiln_bundle::layout::units::IMAGES,
+        kiln_bundle::layout::units::KUBELET,
+        kiln_bundle::layout::units::KUBE_PROXY,
+    ]
+    .iter()
+    .map(|u| format!("etc/systemd/system/{u}"))
+    .collect();
+    out.extend(COPIES.iter().map(|(_, dest)| dest.to_string()));
+    out.extend(TOOLS.iter().map(|t| format!("usr/local/bin/{t}")));
+    out.push("etc/hostname".into());
+    out
+}
+
 /// Units, CNI configuration, sysctl and modules-load files, crictl.yaml, operator tool links and
 /// `write_files`. Returns whether a unit changed (so services must restart).
 pub fn install(root: &Path, index: &Index, cfg: &NodeConfig) -> Result<bool> {
     let changed = install_units(root, index)?;
     let current = root.join(CURRENT);
-    let copies = [
-        (files::CNI_CONFLIST, "etc/cni/net.d/10-kiln.conflist"),
-        (files::CNI_LOOPBACK, "etc/cni/net.d/99-loopback.conf"),
-        (files::SYSCTL, "etc/sysctl.d/99-kiln.conf"),
-        (files::MODULES_LOAD, "etc/modules-load.d/kiln.conf"),
-        (files::CRICTL, "etc/crictl.yaml"),
-    ];
-    for (rel, dest) in copies {
+    for (rel, dest) in COPIES {
         if index.file(rel).is_none() {
             continue;
         }
@@ -157,7 +180,7 @@ pub fn install(root: &Path, index: &Index, cfg: &NodeConfig) -> Result<bool> {
             fs::read(current.join(rel)).with_context(|| format!("cannot read {}", current.join(rel).display()))?;
         put(&root.join(dest), &bytes, 0o644)?;
     }
-    for tool in ["ctr", "crictl", "nerdctl"] {
+    for tool in TOOLS {
         let rel = format!("bin/{tool}");
         if index.file(&rel).is_some() {
             link(
