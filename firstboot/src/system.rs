@@ -349,6 +349,9 @@ pub struct Recording {
     /// `systemctl is-enabled` of units the test set up (absent: not-found); enable, disable, mask
     /// and unmask change it.
     pub unit_files: std::collections::BTreeMap<String, String>,
+    /// Check the Node as [`Host`] does, against the API server the kubeconfig under the root names
+    /// (tests with a real control plane), once the recorded health allows.
+    pub node_api: bool,
 }
 
 impl Recording {
@@ -440,11 +443,14 @@ impl System for Recording {
         }
         Ok(())
     }
-    fn node_joined(&mut self, _root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
+    fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         let v = self.current_version();
         self.calls.push(format!("health node {} ({v})", node.name));
         if self.unhealthy_versions.contains(&v) {
             bail!("Node {} of bundle {v} is not Ready", node.name);
+        }
+        if self.node_api {
+            return wait_joined(root, node);
         }
         Ok(())
     }

@@ -10,101 +10,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::worker::*;
 use common::*;
 use kiln_firstboot::activate::Options;
 use kiln_firstboot::adopt::{adopt, AdoptOptions, AdoptStep, Adopted, Phase, Record};
 use kiln_firstboot::system::Recording;
-
-const UNIT: &str = "[Unit]
-Description=Kubernetes kubelet (ansible role kubernetes-node)
-After=docker.service containerd.service
-Wants=containerd.service
-
-[Service]
-EnvironmentFile=-/etc/default/kubelet
-ExecStart=/usr/local/bin/kubelet $KUBELET_ARGS $KUBELET_EXTRA_ARGS
-Restart=always
-
-[Install]
-WantedBy=multi-user.target
-";
-
-const DROPIN: &str = "[Service]
-Environment=\"KUBELET_ARGS=--kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml --container-runtime-endpoint=unix:///run/containerd/containerd.sock --node-ip=10.8.0.205 --hostname-override=worker96\"
-";
-
-const ENV: &str = "KUBELET_EXTRA_ARGS=--max-pods=50\n";
-
-const CONFIG: &str = "apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-cgroupDriver: systemd
-clusterDNS:
-- 10.96.0.10
-clusterDomain: cluster.local
-";
-
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: default-cluster
-  cluster:
-    server: https://10.8.0.1:6443
-    certificate-authority: /etc/kubernetes/pki/ca.crt
-contexts:
-- name: default-context
-  context: {cluster: default-cluster, user: default-auth}
-current-context: default-context
-users:
-- name: default-auth
-  user:
-    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem
-    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
-";
-
-/// The worker as the Ansible role left it.
-fn worker(dir: &Path) -> PathBuf {
-    let root = dir.join("worker");
-    for (p, c) in [
-        ("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n"),
-        ("proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n"),
-        ("etc/hostname", "worker96\n"),
-        ("etc/systemd/system/kubelet.service", UNIT),
-        ("etc/systemd/system/kubelet.service.d/10-flags.conf", DROPIN),
-        ("etc/default/kubelet", ENV),
-        ("var/lib/kubelet/config.yaml", CONFIG),
-        ("etc/kubernetes/kubelet.conf", KUBECONFIG),
-        ("etc/kubernetes/pki/ca.crt", "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"),
-        (
-            "var/lib/kubelet/pki/kubelet-client-current.pem",
-            "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n-----BEGIN EC PRIVATE KEY-----\nMHcfake\n-----END EC PRIVATE KEY-----\n",
-        ),
-        ("usr/local/bin/kubelet", "old kubelet 1.32.13\n"),
-        ("lib/systemd/system/docker.service", "[Service]\nExecStart=/usr/sbin/dockerd -H fd://\n"),
-        ("lib/systemd/system/docker.socket", "[Socket]\nListenStream=/run/docker.sock\n"),
-        ("lib/systemd/system/containerd.service", "[Service]\nExecStart=/usr/bin/containerd\n"),
-        ("etc/cni/net.d/10-flannel.conflist", "{\"name\": \"cbr0\", \"cniVersion\": \"0.3.1\", \"plugins\": []}\n"),
-    ] {
-        write(&root, p, c);
-    }
-    root
-}
-
-/// The worker's systemd: kubelet, Docker and containerd enabled and running.
-fn worker_system(root: &Path) -> Recording {
-    let mut sys = Recording::new(root);
-    for u in [
-        "kubelet.service",
-        "docker.socket",
-        "docker.service",
-        "containerd.service",
-    ] {
-        sys.unit_files.insert(u.into(), "enabled".into());
-        sys.active.insert(u.into());
-    }
-    sys
-}
 
 fn opts(bundle: &Path) -> AdoptOptions {
     let mut run = Options::default();
@@ -118,9 +30,6 @@ fn opts(bundle: &Path) -> AdoptOptions {
         run,
     }
 }
-
-/// A bundle whose kubelet keeps the worker's maxPods.
-const KEEPS_MAX_PODS: &str = "  config:\n    kubelet:\n      settings:\n        maxPods: 50\n";
 
 fn systemd_state(sys: &Recording) -> (BTreeSet<String>, BTreeMap<String, String>) {
     (sys.active.clone(), sys.unit_files.clone())

@@ -1,6 +1,8 @@
 //! Helpers for activation tests: bundles built with the real builder, fake node roots, tree hashes.
 #![allow(dead_code)]
 
+pub mod worker;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
