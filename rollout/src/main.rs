@@ -166,7 +166,7 @@ enum Command {
     /// Replace every node of a pool that is not on the target bundle, surge-first; or, with
     /// --in-place, reprovision each node under its own name. `roll status|pause|resume -l SEL`
     /// show and steer a pool's roll from anywhere
-    Roll(RollCmd),
+    Roll(Box<RollCmd>),
 }
 
 #[derive(Args)]
@@ -251,6 +251,17 @@ struct RollRun {
     /// budgets notwithstanding, recorded in a DrainForced Event
     #[arg(long, value_enum, default_value_t = BlockedDrain::Halt)]
     on_blocked_drain: BlockedDrain,
+    /// Roll this many nodes first, soak them, and only then the rest of the pool (0: no canary)
+    #[arg(long, default_value_t = 0)]
+    canary: usize,
+    /// How long the canary nodes are watched (Ready throughout, no container restarts) before
+    /// the rest follows
+    #[arg(long, default_value = "5m", value_parser = parse_duration, requires = "canary")]
+    soak: Duration,
+    /// Run at the end of the soak with KILN_CANARY_NODES (comma-separated), KILN_TARGET_BUNDLE
+    /// and KILN_SELECTOR (no shell); a non-zero exit halts the roll before the rest
+    #[arg(long, requires = "canary")]
+    soak_check: Option<Hook>,
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -411,85 +422,93 @@ async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<Exi
                 ExitCode::from(1)
             })
         }
-        Command::Roll(RollCmd {
-            action: Some(action), ..
-        }) => roll_control(&client, action).await,
-        Command::Roll(RollCmd {
-            action: None,
-            run:
-                RollRun {
-                    selector,
-                    to_bundle,
-                    provision_cmd,
-                    decommission_cmd,
-                    in_place,
-                    reprovision_cmd,
-                    max_surge,
-                    max_unavailable,
+        Command::Roll(roll) => match *roll {
+            RollCmd {
+                action: Some(action), ..
+            } => roll_control(&client, action).await,
+            RollCmd {
+                action: None,
+                run:
+                    RollRun {
+                        selector,
+                        to_bundle,
+                        provision_cmd,
+                        decommission_cmd,
+                        in_place,
+                        reprovision_cmd,
+                        max_surge,
+                        max_unavailable,
+                        ready_timeout,
+                        command_timeout,
+                        flags,
+                        on_blocked_drain,
+                        canary,
+                        soak,
+                        soak_check,
+                        dry_run,
+                        lease_namespace,
+                        output,
+                    },
+            } => {
+                if on_blocked_drain == BlockedDrain::Delete && flags.timeout.is_zero() {
+                    anyhow::bail!(
+                        "--on-blocked-drain=delete needs a drain --timeout: without one a blocked drain waits forever"
+                    );
+                }
+                let mut drain_args = flags.args(DryRun::None);
+                drain_args.delete_when_blocked = on_blocked_drain == BlockedDrain::Delete;
+                let args = RollArgs {
+                    selector: selector.expect("clap requires -l"),
+                    target: to_bundle.expect("clap requires --to-bundle"),
+                    max_surge: max_surge.unwrap_or(if in_place { 0 } else { 1 }),
+                    max_unavailable: max_unavailable.unwrap_or(if in_place { 1 } else { 0 }),
                     ready_timeout,
                     command_timeout,
-                    flags,
-                    on_blocked_drain,
-                    dry_run,
+                    provision: provision_cmd,
+                    decommission: decommission_cmd,
+                    reprovision: reprovision_cmd,
+                    drain: drain_args,
                     lease_namespace,
-                    output,
-                },
-        }) => {
-            if on_blocked_drain == BlockedDrain::Delete && flags.timeout.is_zero() {
-                anyhow::bail!(
-                    "--on-blocked-drain=delete needs a drain --timeout: without one a blocked drain waits forever"
-                );
-            }
-            let mut drain_args = flags.args(DryRun::None);
-            drain_args.delete_when_blocked = on_blocked_drain == BlockedDrain::Delete;
-            let args = RollArgs {
-                selector: selector.expect("clap requires -l"),
-                target: to_bundle.expect("clap requires --to-bundle"),
-                max_surge: max_surge.unwrap_or(if in_place { 0 } else { 1 }),
-                max_unavailable: max_unavailable.unwrap_or(if in_place { 1 } else { 0 }),
-                ready_timeout,
-                command_timeout,
-                provision: provision_cmd,
-                decommission: decommission_cmd,
-                reprovision: reprovision_cmd,
-                drain: drain_args,
-                lease_namespace,
-            };
-            replace::validate(&args)?;
-            if dry_run {
-                let nodes = replace::pool(&client, &args.selector).await?;
-                let plan = replace::plan_roll(&nodes, &args.selector, &args.target, args.in_place())?;
+                    canary,
+                    soak,
+                    soak_check,
+                };
+                replace::validate(&args)?;
+                if dry_run {
+                    let nodes = replace::pool(&client, &args.selector).await?;
+                    let plan = replace::plan_roll(&nodes, &args.selector, &args.target, args.in_place())?;
+                    if output == Output::Json {
+                        println!("{}", serde_json::to_string_pretty(&plan)?);
+                    } else {
+                        print!("{}", plan.render(&args));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let started = std::time::Instant::now();
+                let r = replace::roll(&client, &args, &|l| {
+                    eprintln!("[{:>6.1}s] {l}", started.elapsed().as_secs_f64())
+                })
+                .await?;
                 if output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                    println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
-                    print!("{}", plan.render(&args));
+                    for o in &r.nodes {
+                        print_outcome(o);
+                    }
+                    for d in &r.decommissioned {
+                        println!("{d}: decommissioned (left over from an interrupted roll)");
+                    }
+                    match &r.halted {
+                        Some(why) => println!("roll HALTED: {why}"),
+                        None => println!(
+                            "roll of {} to bundle {} done in {:.1}s",
+                            r.selector, r.target, r.seconds
+                        ),
+                    }
                 }
-                return Ok(ExitCode::SUCCESS);
+                Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
-            let started = std::time::Instant::now();
-            let r = replace::roll(&client, &args, &|l| {
-                eprintln!("[{:>6.1}s] {l}", started.elapsed().as_secs_f64())
-            })
-            .await?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                for o in &r.nodes {
-                    print_outcome(o);
-                }
-                for d in &r.decommissioned {
-                    println!("{d}: decommissioned (left over from an interrupted roll)");
-                }
-                match &r.halted {
-                    Some(why) => println!("roll HALTED: {why}"),
-                    None => println!(
-                        "roll of {} to bundle {} done in {:.1}s",
-                        r.selector, r.target, r.seconds
-                    ),
-                }
-            }
-            Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
+        },
     }
 }
 

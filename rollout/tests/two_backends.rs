@@ -34,6 +34,8 @@ trait Backend {
     fn pods_on(&self, node: &str) -> Vec<String>;
     /// Once the app had `replicas` pods Ready, it never had fewer than `min`.
     fn budget_held(&self, app: &str, replicas: usize, min: usize) -> bool;
+    /// Every container of every pod on `node` restarted once (its `restartCount` one higher).
+    fn restart_pods_on(&self, node: &str);
 
     fn kiln(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
@@ -91,6 +93,12 @@ impl Backend for Simulated {
     }
     fn budget_held(&self, _app: &str, _replicas: usize, _min: usize) -> bool {
         self.0.sim.violations().is_empty()
+    }
+    fn restart_pods_on(&self, node: &str) {
+        for pod in self.0.sim.pods_on(node) {
+            let (ns, name) = pod.split_once('/').unwrap();
+            self.0.sim.restart_containers(ns, name);
+        }
     }
 }
 
@@ -235,6 +243,22 @@ impl Backend for Real {
     }
     fn budget_held(&self, app: &str, replicas: usize, min: usize) -> bool {
         self.agent.budget_held(app, replicas, min)
+    }
+    fn restart_pods_on(&self, node: &str) {
+        // What the kubelet reports after it restarted a crashed container, written as it would.
+        let status = r#"{"status":{"containerStatuses":[{"name":"c","image":"busybox","imageID":"","ready":true,"restartCount":1,"state":{"running":{}}}]}}"#;
+        for pod in self.pods_on(node) {
+            let out = self.cluster.kubectl(&[
+                "patch",
+                "pod",
+                &pod,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                status,
+            ]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
 
@@ -787,5 +811,106 @@ fn a_blocked_drain_halts_the_roll_unless_asked_to_delete_the_pods() {
             b.name()
         );
         assert!(r0["spec"]["unschedulable"].is_null(), "{}: r-0 uncordoned", b.name());
+    });
+}
+
+/// Canary and soak, on both backends: `--canary 1` rolls the first node alone, soaks it, and halts
+/// the roll before the rest when the soak check fails or a container on the canary restarts
+/// during the soak (each a `CanaryFailed` Warning Event); when the soak passes, the rest follow
+/// (a `CanarySoaked` Event). A re-run's canary is the first node not yet on the target.
+#[test]
+fn a_canary_that_fails_its_soak_halts_the_roll_before_the_rest() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("reprovision");
+    std::fs::write(&script, include_str!("reprovision.sh")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let check = hooks.path().join("soak-check");
+    std::fs::write(
+        &check,
+        "#!/bin/sh\necho \"$KILN_CANARY_NODES $KILN_TARGET_BUNDLE $KILN_SELECTOR\" >> \"$HOOKS/checked\"\necho 'p99 latency 900ms > 300ms' >&2\nexit \"$CHECK_EXIT\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    both(|b| {
+        let _ = std::fs::remove_file(hooks.path().join("checked"));
+        for n in ["c-0", "c-1", "c-2"] {
+            b.add_labelled_node(n, &[("pool", "coral"), ("kiln.dev/bundle-version", "A")]);
+        }
+        let roll = |soak: &str, exit: &str| {
+            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
+                .arg("--kubeconfig")
+                .arg(b.kubeconfig())
+                .args(["roll", "-l", "pool=coral", "--to-bundle", "B", "--in-place"])
+                .arg("--reprovision-cmd")
+                .arg(&script)
+                .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", "60s"])
+                .args(["--canary", "1", "--soak", soak, "--soak-check"])
+                .arg(&check)
+                .env("KUBECONFIG", b.kubeconfig())
+                .env("HOOKS", hooks.path())
+                .env("CHECK_EXIT", exit)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let bundle = |n: &str| b.node_json(n)["metadata"]["labels"]["kiln.dev/bundle-version"].clone();
+        let checked = || std::fs::read_to_string(hooks.path().join("checked")).unwrap_or_default();
+
+        // The soak check fails: c-0 rolled and soaked, the rest untouched.
+        let out = roll("2s", "1").wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("roll HALTED: canary failed: soak check command")
+                && said.contains("p99 latency 900ms > 300ms"),
+            "{}: {said}",
+            b.name()
+        );
+        assert_eq!(checked(), "c-0 B pool=coral\n", "{}", b.name());
+        assert_eq!(bundle("c-0"), "B", "{}", b.name());
+        assert!(b.node_json("c-0")["spec"]["unschedulable"].is_null(), "{}", b.name());
+        for n in ["c-1", "c-2"] {
+            assert_eq!(bundle(n), "A", "{}: {n} untouched", b.name());
+        }
+        let failed = node_events(b, "c-0", "CanaryFailed");
+        assert_eq!(failed.len(), 1, "{}: {failed:?}", b.name());
+        assert_eq!(failed[0]["type"], "Warning", "{}", b.name());
+
+        // A container on the canary (now c-1) restarts during the soak: halted at once.
+        let running = roll("60s", "0");
+        wait_until("c-1 is back on B and uncordoned", Duration::from_secs(60), || {
+            let n = b.node_json("c-1");
+            n["metadata"]["labels"]["kiln.dev/bundle-version"] == "B" && n["spec"]["unschedulable"].is_null()
+        });
+        b.add_app("probe", "c-1", 1, 0);
+        b.restart_pods_on("c-1");
+        let out = running.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("roll HALTED: canary failed: container c of pod default/probe")
+                && said.contains("on canary c-1 restarted during the soak (0 → 1 restarts)"),
+            "{}: {said}",
+            b.name()
+        );
+        assert_eq!(
+            checked(),
+            "c-0 B pool=coral\n",
+            "{}: no check after a failed soak",
+            b.name()
+        );
+        assert_eq!(bundle("c-2"), "A", "{}: c-2 untouched", b.name());
+        assert_eq!(node_events(b, "c-1", "CanaryFailed").len(), 1, "{}", b.name());
+
+        // The soak passes: the canary (c-2, the last one left) is soaked and the roll ends.
+        let out = roll("1s", "0").wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        assert_eq!(checked(), "c-0 B pool=coral\nc-2 B pool=coral\n", "{}", b.name());
+        for n in ["c-0", "c-1", "c-2"] {
+            assert_eq!(bundle(n), "B", "{}: {n}", b.name());
+        }
+        assert_eq!(node_events(b, "c-2", "CanarySoaked").len(), 1, "{}", b.name());
     });
 }

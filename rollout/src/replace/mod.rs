@@ -5,6 +5,7 @@
 //! and leaves the remaining old nodes untouched.
 
 mod annotations;
+mod canary;
 mod duration;
 mod hook;
 mod roll;
@@ -13,6 +14,7 @@ mod roll_status;
 mod single;
 
 pub use annotations::*;
+pub use canary::SOAK_POLL;
 pub use duration::*;
 pub use hook::*;
 pub use roll::*;

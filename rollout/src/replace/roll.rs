@@ -36,6 +36,12 @@ pub struct RollArgs {
     pub drain: DrainArgs,
     /// Where the pool's Lease lives (see [`crate::lease`]).
     pub lease_namespace: String,
+    /// Nodes rolled first and soaked before the rest (0: no canary; see [`super::canary`]).
+    pub canary: usize,
+    /// How long the canary nodes are watched.
+    pub soak: Duration,
+    /// Run at the end of the soak, with KILN_CANARY_NODES; a failure halts the roll.
+    pub soak_check: Option<Hook>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,11 +240,27 @@ async fn roll_holding(
     });
     let surge = Arc::new(Semaphore::new(a.max_surge));
     let unavailable = Arc::new(Semaphore::new(a.max_unavailable));
-    let nodes = futures::future::join_all(
-        plan.replace
-            .iter()
-            .map(|r| replace_one(client, a, r, &shared, &surge, &unavailable, progress)),
-    );
+    // The canary first, soaked; then the rest (which starts nothing once the roll halted).
+    let (canary, rest) = plan.replace.split_at(a.canary.min(plan.replace.len()));
+    let nodes = async {
+        let mut outcomes = futures::future::join_all(
+            canary
+                .iter()
+                .map(|r| replace_one(client, a, r, &shared, &surge, &unavailable, progress)),
+        )
+        .await;
+        if !canary.is_empty() && !shared.halted() {
+            soak_canary(client, a, &outcomes, &shared, progress).await;
+        }
+        outcomes.extend(
+            futures::future::join_all(
+                rest.iter()
+                    .map(|r| replace_one(client, a, r, &shared, &surge, &unavailable, progress)),
+            )
+            .await,
+        );
+        outcomes
+    };
     // Say when a pause or a resume reaches the roll, while the nodes go on.
     let mut pauses = shared.paused.clone();
     if let Some(by) = pauses.borrow_and_update().clone() {
@@ -264,6 +286,55 @@ async fn roll_holding(
     report.halted = shared.halted.lock().unwrap().clone();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Soak what the canary nodes became; a failure halts the roll, recorded on each of them.
+async fn soak_canary(
+    client: &Client,
+    a: &RollArgs,
+    outcomes: &[NodeOutcome],
+    shared: &Shared,
+    progress: &(dyn Fn(&str) + Sync),
+) {
+    let nodes: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.result != Outcome::AtTarget)
+        .map(|o| o.replacement.clone().unwrap_or_else(|| o.node.clone()))
+        .collect();
+    match super::canary::soak(client, a, &nodes, &shared.pool, progress).await {
+        Ok(()) => {
+            for n in &nodes {
+                events::node(
+                    n,
+                    Kind::Normal,
+                    "CanarySoaked",
+                    "Roll",
+                    format!(
+                        "soaked for {:?} on bundle {}; the rest of the pool follows",
+                        a.soak, a.target
+                    ),
+                );
+            }
+            progress(&format!(
+                "canary {}: soaked; rolling the rest of the pool",
+                nodes.join(", ")
+            ));
+        }
+        Err(e) => {
+            let why = format!("canary failed: {e:#}");
+            for n in &nodes {
+                events::node(
+                    n,
+                    Kind::Warning,
+                    "CanaryFailed",
+                    "Roll",
+                    format!("{e:#}; the roll halted before the rest of the pool"),
+                );
+            }
+            progress(&why);
+            shared.halt(why);
+        }
+    }
 }
 
 async fn replace_one(

@@ -117,6 +117,19 @@ impl RollPlan {
             a.max_unavailable,
             a.ready_timeout
         );
+        if a.canary > 0 {
+            let first: Vec<&str> = self.replace.iter().take(a.canary).map(|r| r.node.as_str()).collect();
+            s.push_str(&format!(
+                "  canary: {} first, soaked for {:?}{}, then the rest\n",
+                if first.is_empty() {
+                    "none left".to_string()
+                } else {
+                    first.join(", ")
+                },
+                a.soak,
+                if a.soak_check.is_some() { " and checked" } else { "" }
+            ));
+        }
         for (new, old) in &self.decommission {
             s.push_str(&format!(
                 "  decommission {old} (replaced by {new}; interrupted before)\n"

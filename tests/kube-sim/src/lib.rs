@@ -374,6 +374,17 @@ impl Sim {
         });
     }
 
+    /// Restart every container of pod `ns/name` once, as a kubelet reports a crashed container
+    /// that it started again (`restartCount` one higher).
+    pub fn restart_containers(&self, ns: &str, name: &str) {
+        self.with(|s| {
+            if let Some(p) = s.pods.get_mut(&(ns.to_string(), name.to_string())) {
+                let before = p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
+                p["status"]["containerStatuses"] = json!([{"name": "c", "image": "busybox", "imageID": "", "ready": true, "restartCount": before + 1}]);
+            }
+        });
+    }
+
     /// The Lease `ns/name`, if there is one.
     pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
         self.with(|s| s.leases.get(&(ns.to_string(), name.to_string())).cloned())
