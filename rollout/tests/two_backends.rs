@@ -45,6 +45,21 @@ trait Backend {
             .output()
             .unwrap()
     }
+
+    /// `kubectl kiln roll -l pool=<pool> --to-bundle B --in-place`, reprovisioning with `script`
+    /// (which finds its hold and record files under `hooks`); the caller adds the timeouts.
+    fn roll_in_place(&self, pool: &str, script: &Path, hooks: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"));
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["roll", "-l", &format!("pool={pool}"), "--to-bundle", "B", "--in-place"])
+            .arg("--reprovision-cmd")
+            .arg(script)
+            .arg("--ignore-daemonsets")
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOOKS", hooks);
+        c
+    }
 }
 
 struct Simulated(common::Cluster);
@@ -403,15 +418,8 @@ fn an_in_place_roll_keeps_each_node_and_halts_on_one_that_came_back_on_the_old_b
         };
         let before = [boot("n-0"), boot("n-1")];
         let roll = |mode: &str, timeout: &str| {
-            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
-                .arg("--kubeconfig")
-                .arg(b.kubeconfig())
-                .args(["roll", "-l", "pool=blue", "--to-bundle", "B", "--in-place"])
-                .arg("--reprovision-cmd")
-                .arg(&script)
-                .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", timeout])
-                .env("KUBECONFIG", b.kubeconfig())
-                .env("HOOKS", hooks.path())
+            b.roll_in_place("blue", &script, hooks.path())
+                .args(["--timeout", "60s", "--ready-timeout", timeout])
                 .env("MODE", mode)
                 .env("ROLLBACK_TO", "A")
                 .output()
@@ -475,15 +483,9 @@ fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed()
         let boot_1 = b.node_json("p-1")["status"]["nodeInfo"]["bootID"].clone();
         std::fs::write(hooks.path().join("hold"), "").unwrap();
         let log = hooks.path().join(format!("roll-{}.log", b.name()));
-        let mut roll = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
-            .arg("--kubeconfig")
-            .arg(b.kubeconfig())
-            .args(["roll", "-l", "pool=green", "--to-bundle", "B", "--in-place"])
-            .arg("--reprovision-cmd")
-            .arg(&script)
-            .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", "60s"])
-            .env("KUBECONFIG", b.kubeconfig())
-            .env("HOOKS", hooks.path())
+        let mut roll = b
+            .roll_in_place("green", &script, hooks.path())
+            .args(["--timeout", "60s", "--ready-timeout", "60s"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -607,15 +609,9 @@ fn roll_status_shows_what_a_blocked_drain_waits_for() {
         // Nowhere for an evicted pod to go: the budget holds the second eviction back.
         let out = b.kiln(&["cordon", "q-1"]);
         assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
-        let mut roll = Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
-            .arg("--kubeconfig")
-            .arg(b.kubeconfig())
-            .args(["roll", "-l", "pool=amber", "--to-bundle", "B", "--in-place"])
-            .arg("--reprovision-cmd")
-            .arg(&script)
-            .args(["--ignore-daemonsets", "--timeout", "90s", "--ready-timeout", "60s"])
-            .env("KUBECONFIG", b.kubeconfig())
-            .env("HOOKS", hooks.path())
+        let mut roll = b
+            .roll_in_place("amber", &script, hooks.path())
+            .args(["--timeout", "90s", "--ready-timeout", "60s"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -738,16 +734,9 @@ fn a_blocked_drain_halts_the_roll_unless_asked_to_delete_the_pods() {
         b.add_app("cart", "r-0", 2, 1);
         b.add_pdb("cart", "cart", Some(2), None);
         let roll = |policy: &str| {
-            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
-                .arg("--kubeconfig")
-                .arg(b.kubeconfig())
-                .args(["roll", "-l", "pool=rose", "--to-bundle", "B", "--in-place"])
-                .arg("--reprovision-cmd")
-                .arg(&script)
-                .args(["--ignore-daemonsets", "--timeout", "5s", "--ready-timeout", "60s"])
+            b.roll_in_place("rose", &script, hooks.path())
+                .args(["--timeout", "5s", "--ready-timeout", "60s"])
                 .args(["--on-blocked-drain", policy])
-                .env("KUBECONFIG", b.kubeconfig())
-                .env("HOOKS", hooks.path())
                 .output()
                 .unwrap()
         };
@@ -837,17 +826,10 @@ fn a_canary_that_fails_its_soak_halts_the_roll_before_the_rest() {
             b.add_labelled_node(n, &[("pool", "coral"), ("kiln.dev/bundle-version", "A")]);
         }
         let roll = |soak: &str, exit: &str| {
-            Command::new(env!("CARGO_BIN_EXE_kubectl-kiln"))
-                .arg("--kubeconfig")
-                .arg(b.kubeconfig())
-                .args(["roll", "-l", "pool=coral", "--to-bundle", "B", "--in-place"])
-                .arg("--reprovision-cmd")
-                .arg(&script)
-                .args(["--ignore-daemonsets", "--timeout", "60s", "--ready-timeout", "60s"])
+            b.roll_in_place("coral", &script, hooks.path())
+                .args(["--timeout", "60s", "--ready-timeout", "60s"])
                 .args(["--canary", "1", "--soak", soak, "--soak-check"])
                 .arg(&check)
-                .env("KUBECONFIG", b.kubeconfig())
-                .env("HOOKS", hooks.path())
                 .env("CHECK_EXIT", exit)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())

@@ -16,7 +16,7 @@ use super::RollArgs;
 use crate::watch::Snapshot;
 
 /// How often the soak looks at the canary nodes and their pods.
-pub const SOAK_POLL: Duration = Duration::from_secs(2);
+const SOAK_POLL: Duration = Duration::from_secs(2);
 
 /// Restart counts of every container on `nodes`: `(node, namespace/pod, container) -> restarts`.
 async fn restarts(client: &Client, nodes: &[String]) -> Result<BTreeMap<(String, String, String), i32>> {

@@ -14,7 +14,6 @@ mod roll_status;
 mod single;
 
 pub use annotations::*;
-pub use canary::SOAK_POLL;
 pub use duration::*;
 pub use hook::*;
 pub use roll::*;

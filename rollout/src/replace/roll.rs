@@ -298,7 +298,6 @@ async fn soak_canary(
 ) {
     let nodes: Vec<String> = outcomes
         .iter()
-        .filter(|o| o.result != Outcome::AtTarget)
         .map(|o| o.replacement.clone().unwrap_or_else(|| o.node.clone()))
         .collect();
     match super::canary::soak(client, a, &nodes, &shared.pool, progress).await {
