@@ -4,6 +4,7 @@
 pub mod drain;
 pub mod events;
 pub mod lease;
+pub mod metrics;
 pub mod pdb;
 pub mod plan;
 pub mod replace;

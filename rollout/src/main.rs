@@ -262,6 +262,11 @@ struct RollRun {
     /// and KILN_SELECTOR (no shell); a non-zero exit halts the roll before the rest
     #[arg(long, requires = "canary")]
     soak_check: Option<Hook>,
+    /// Serve the roll's Prometheus metrics at http://ADDR/metrics while it runs (nodes to roll,
+    /// in flight, replaced, halted; paused, halted; drain durations): host:port, or :port for
+    /// every address
+    #[arg(long, value_name = "ADDR", value_parser = kiln_rollout::metrics::parse_bind_address)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -445,6 +450,7 @@ async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<Exi
                         canary,
                         soak,
                         soak_check,
+                        metrics_bind_address,
                         dry_run,
                         lease_namespace,
                         output,
@@ -472,6 +478,7 @@ async fn run_verb(command: Command, client: &kube::Client) -> anyhow::Result<Exi
                     canary,
                     soak,
                     soak_check,
+                    metrics_bind_address,
                 };
                 replace::validate(&args)?;
                 if dry_run {

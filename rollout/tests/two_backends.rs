@@ -468,7 +468,8 @@ fn an_in_place_roll_keeps_each_node_and_halts_on_one_that_came_back_on_the_old_b
 /// Pause and resume from another process, and the roll's status read from the cluster alone, on
 /// both backends: paused while its first node is being reprovisioned, the roll says so within a
 /// bound, lets that node finish and starts no other; `roll status` shows the holder, the pause and
-/// each node's phase; resumed, it rolls the rest.
+/// each node's phase; resumed, it rolls the rest. A real Prometheus scrapes the roll's metrics
+/// meanwhile and sees the node in flight, the pause, the node replaced and its drain.
 #[test]
 fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed() {
     let hooks = tempfile::tempdir().unwrap();
@@ -486,6 +487,7 @@ fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed()
         let mut roll = b
             .roll_in_place("green", &script, hooks.path())
             .args(["--timeout", "60s", "--ready-timeout", "60s"])
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -493,6 +495,24 @@ fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed()
         let said = || std::fs::read_to_string(&log).unwrap_or_default();
         wait_until("p-0 is being reprovisioned", Duration::from_secs(30), || {
             std::fs::read_to_string(hooks.path().join("reprovisioned")).is_ok_and(|r| r.starts_with("p-0 B "))
+        });
+        let log_text = said();
+        let endpoint = log_text
+            .split("serving the roll's metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next())
+            .unwrap_or_else(|| panic!("{}: the roll names its metrics address: {log_text}", b.name()));
+        let prom =
+            kiln_testkit::prometheus::Prometheus::start(&hooks.path().join(format!("prom-{}", b.name())), endpoint);
+        let series = |name: &str| format!("{name}{{job=\"kiln\",pool=\"pool=green\",target=\"B\"}}");
+        let figures = |want: &[(&str, f64)]| want.iter().all(|(name, v)| prom.value(&series(name)) == Some(*v));
+        wait_until("Prometheus sees p-0 in flight", Duration::from_secs(30), || {
+            figures(&[
+                ("kiln_roll_nodes_to_roll", 2.0),
+                ("kiln_roll_nodes_in_flight", 1.0),
+                ("kiln_roll_nodes_replaced_total", 0.0),
+                ("kiln_roll_paused", 0.0),
+            ])
         });
 
         let paused = b.kiln(&["roll", "pause", "-l", "pool=green"]);
@@ -546,6 +566,26 @@ fn a_paused_roll_finishes_the_node_in_flight_and_starts_no_other_until_resumed()
         wait_until("p-1 waits for the resume", Duration::from_secs(60), || {
             said().contains("p-1: waiting to start: the roll is paused")
         });
+        wait_until(
+            "Prometheus sees the pause, p-0 replaced and drained",
+            Duration::from_secs(30),
+            || {
+                figures(&[
+                    ("kiln_roll_nodes_in_flight", 0.0),
+                    ("kiln_roll_nodes_replaced_total", 1.0),
+                    ("kiln_roll_nodes_halted_total", 0.0),
+                    ("kiln_roll_paused", 1.0),
+                    ("kiln_roll_halted", 0.0),
+                    ("kiln_roll_drain_duration_seconds_count", 1.0),
+                ])
+            },
+        );
+        assert!(
+            prom.targets().contains("\"health\":\"up\""),
+            "{}: {}",
+            b.name(),
+            prom.targets()
+        );
         let p0 = b.node_json("p-0");
         assert_eq!(
             p0["metadata"]["labels"]["kiln.dev/bundle-version"],

@@ -18,6 +18,7 @@ use super::*;
 use crate::drain::{self, DrainArgs};
 use crate::events::{self, Kind};
 use crate::lease::PoolLease;
+use crate::metrics::{self, RollMetrics};
 use crate::watch::{wait_for, Mirror, Snapshot};
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct RollArgs {
     pub soak: Duration,
     /// Run at the end of the soak, with KILN_CANARY_NODES; a failure halts the roll.
     pub soak_check: Option<Hook>,
+    /// Serve the roll's Prometheus metrics here while it runs (see [`crate::metrics`]).
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,7 @@ struct Shared {
     pool: tokio::sync::watch::Receiver<Snapshot<Node>>,
     /// Who paused the roll, while it is paused (the pool's Lease, see [`crate::lease`]).
     paused: tokio::sync::watch::Receiver<Option<String>>,
+    metrics: Arc<RollMetrics>,
 }
 
 impl Shared {
@@ -100,6 +104,7 @@ impl Shared {
 
     fn halt(&self, why: String) {
         self.halted.lock().unwrap().get_or_insert(why);
+        self.metrics.halted.set(1);
     }
 
     /// Wait while the roll is paused: the safe point before a node starts (nodes in flight go on
@@ -166,8 +171,17 @@ pub async fn pool(client: &Client, selector: &str) -> Result<Vec<Node>> {
 pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync)) -> Result<RollReport> {
     validate(a)?;
     let start = Instant::now();
+    let figures = Arc::new(RollMetrics::new(&a.selector, &a.target));
+    let _server = match a.metrics_bind_address {
+        Some(addr) => {
+            let s = metrics::serve(addr, figures.clone()).await?;
+            progress(&format!("serving the roll's metrics on http://{}/metrics", s.addr));
+            Some(s)
+        }
+        None => None,
+    };
     let lease = PoolLease::acquire(client, &a.lease_namespace, &a.selector).await?;
-    let report = roll_holding(client, a, lease.lost(), lease.paused(), start, progress).await;
+    let report = roll_holding(client, a, lease.lost(), lease.paused(), figures, start, progress).await;
     if let Err(e) = lease.release().await {
         progress(&format!(
             "could not release the pool's Lease (it expires by itself): {e}"
@@ -181,6 +195,7 @@ async fn roll_holding(
     a: &RollArgs,
     lease_lost: tokio::sync::watch::Receiver<Option<String>>,
     paused: tokio::sync::watch::Receiver<Option<String>>,
+    metrics: Arc<RollMetrics>,
     start: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<RollReport> {
@@ -237,7 +252,9 @@ async fn roll_holding(
         lease_lost,
         pool: pool_watch.subscribe(),
         paused,
+        metrics,
     });
+    shared.metrics.to_roll.set(plan.replace.len() as i64);
     let surge = Arc::new(Semaphore::new(a.max_surge));
     let unavailable = Arc::new(Semaphore::new(a.max_unavailable));
     // The canary first, soaked; then the rest (which starts nothing once the roll halted).
@@ -263,12 +280,16 @@ async fn roll_holding(
     };
     // Say when a pause or a resume reaches the roll, while the nodes go on.
     let mut pauses = shared.paused.clone();
+    let figures = shared.metrics.clone();
     if let Some(by) = pauses.borrow_and_update().clone() {
+        figures.paused.set(1);
         progress(&format!("roll paused ({by}): no node starts until it is resumed"));
     }
     let reporting = async move {
         while pauses.changed().await.is_ok() {
-            match pauses.borrow_and_update().clone() {
+            let now = pauses.borrow_and_update().clone();
+            figures.paused.set(i64::from(now.is_some()));
+            match now {
                 Some(by) => progress(&format!(
                     "roll paused ({by}): the nodes in flight finish, no new node starts"
                 )),
@@ -357,6 +378,7 @@ async fn replace_one(
         return NodeOutcome::new(old, Outcome::Untouched);
     }
     let start = Instant::now();
+    shared.metrics.in_flight.inc();
     let mut out = NodeOutcome::new(old, Outcome::Untouched);
     let result = if a.in_place() {
         reprovision_steps(client, a, r, shared, progress, &mut out).await
@@ -386,6 +408,21 @@ async fn replace_one(
         shared.halt(why);
     }
     out.seconds = start.elapsed().as_secs_f64();
+    let m = &shared.metrics;
+    m.in_flight.dec();
+    match out.result {
+        // Drained and deleted: replaced, whatever became of its decommission command.
+        Outcome::Replaced | Outcome::Reprovisioned | Outcome::DecommissionFailed => {
+            m.replaced.inc();
+        }
+        Outcome::Failed => {
+            m.halted_nodes.inc();
+        }
+        Outcome::Untouched | Outcome::AtTarget => {}
+    }
+    if let Some(s) = out.drain_seconds {
+        m.drain_seconds.observe(s);
+    }
     out
 }
 
@@ -415,7 +452,9 @@ async fn replace_steps(
     }
     if phase == Some(Phase::DrainingFirst) {
         progress(&format!("{old}: draining before its replacement exists"));
+        let drained = Instant::now();
         let report = drain::drain(client, old, &a.drain, &|_| {}).await?;
+        out.drain_seconds = Some(drained.elapsed().as_secs_f64());
         if !report.ok() {
             let why = report.blocked_summary();
             bail!("drain stopped: {why}");
@@ -610,7 +649,9 @@ async fn reprovision_steps(
     };
     if matches!(phase, Some(Phase::DrainingInPlace | Phase::Reprovisioning)) {
         progress(&format!("{node}: draining before it is reprovisioned"));
+        let drained = Instant::now();
         let report = drain::drain(client, node, &a.drain, &|_| {}).await?;
+        out.drain_seconds = Some(drained.elapsed().as_secs_f64());
         if !report.ok() {
             let why = report.blocked_summary();
             bail!("drain stopped: {why}");

@@ -138,6 +138,9 @@ pub struct NodeOutcome {
     pub boot_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How long its drain took (blocked or not), when it was drained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
     pub seconds: f64,
 }
 
@@ -149,6 +152,7 @@ impl NodeOutcome {
             replacement: None,
             boot_id: None,
             message: None,
+            drain_seconds: None,
             seconds: 0.0,
         }
     }
@@ -235,7 +239,9 @@ pub(crate) async fn finish(
         "Replace",
         format!("replacement {new} is Ready"),
     );
+    let drained = Instant::now();
     let report = drain::drain(client, old, drain_args, &|_| {}).await?;
+    out.drain_seconds = Some(drained.elapsed().as_secs_f64());
     if !report.ok() {
         let why = report.blocked_summary();
         out.result = Outcome::Failed;

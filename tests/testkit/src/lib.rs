@@ -12,6 +12,7 @@ pub mod hostile;
 pub mod k8s;
 pub mod mirror;
 pub mod oci;
+pub mod prometheus;
 pub mod qemu;
 pub mod registry;
 pub mod standin;
