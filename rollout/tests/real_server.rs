@@ -214,6 +214,13 @@ fn kubectl_kiln_speaks_and_acts_like_kubectl() {
 /// token and CA at `/var/run/secrets/kubernetes.io/serviceaccount` (a private mount namespace with
 /// a tmpfs over /run, so the host's /run is untouched) and `KUBERNETES_SERVICE_HOST`/`_PORT`.
 fn kiln_in_cluster(c: &Cluster, home: &std::path::Path, token: &str, args: &[&str]) -> Output {
+    in_cluster_command(c, home, token, args)
+        .output()
+        .expect("unshare (util-linux) runs kubectl-kiln in a mount namespace; CI runs as root")
+}
+
+/// [`kiln_in_cluster`]'s command, to spawn.
+fn in_cluster_command(c: &Cluster, home: &std::path::Path, token: &str, args: &[&str]) -> Command {
     let sa = home.join("serviceaccount");
     std::fs::create_dir_all(&sa).unwrap();
     std::fs::write(sa.join("token"), token).unwrap();
@@ -221,8 +228,8 @@ fn kiln_in_cluster(c: &Cluster, home: &std::path::Path, token: &str, args: &[&st
     std::fs::write(sa.join("namespace"), "kiln-system").unwrap();
     let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
                   && cp \"$SA\"/* /run/secrets/kubernetes.io/serviceaccount/ && exec \"$@\"";
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(env!("CARGO_BIN_EXE_kubectl-kiln"))
         .args(args)
         .env_remove("KUBECONFIG")
@@ -230,10 +237,8 @@ fn kiln_in_cluster(c: &Cluster, home: &std::path::Path, token: &str, args: &[&st
         .env("SA", &sa)
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", c.api_port.to_string())
-        .env("ADMIN_KUBECONFIG", &c.admin_kubeconfig)
-        .output()
-        .expect("unshare (util-linux) runs kubectl-kiln in a mount namespace; CI runs as root");
-    out
+        .env("ADMIN_KUBECONFIG", &c.admin_kubeconfig);
+    cmd
 }
 
 fn jsonpath(c: &Cluster, args: &[&str]) -> String {
@@ -243,6 +248,8 @@ fn jsonpath(c: &Cluster, args: &[&str]) -> String {
 /// The roll on the real API server, as a Job would run it: in-cluster config, the ServiceAccount
 /// and RBAC of `rollout/deploy/rbac.yaml` and nothing more, a Deployment with a budget placed by
 /// the real scheduler and recreated by the real ReplicaSet controller, the test agent as kubelet.
+/// Every verb goes through the same ServiceAccount: the roll (with a canary and its soak), and
+/// `roll pause`, `roll status` and `roll resume` from a second process while it waits.
 #[test]
 fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_pool() {
     let tmp = tempfile::tempdir().unwrap();
@@ -276,29 +283,34 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
     )
     .unwrap();
     std::fs::set_permissions(&provision, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let roll = |target: &str| {
-        kiln_in_cluster(
-            &c,
-            &home,
-            &token,
-            &[
-                "roll",
-                "-l",
-                "pool=blue",
-                "--to-bundle",
-                target,
-                "--provision-cmd",
-                provision.to_str().unwrap(),
-                "--max-surge",
-                "1",
-                "--ignore-daemonsets",
-                "--timeout",
-                "90s",
-                "--ready-timeout",
-                "60s",
-            ],
-        )
+    let roll_args = |target: &'static str| {
+        vec![
+            "roll".to_string(),
+            "-l".into(),
+            "pool=blue".into(),
+            "--to-bundle".into(),
+            target.into(),
+            "--provision-cmd".into(),
+            provision.to_str().unwrap().into(),
+            "--max-surge".into(),
+            "1".into(),
+            "--ignore-daemonsets".into(),
+            "--timeout".into(),
+            "90s".into(),
+            "--ready-timeout".into(),
+            "60s".into(),
+            "--canary".into(),
+            "1".into(),
+            "--soak".into(),
+            "1s".into(),
+        ]
     };
+    let as_sa = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kiln_in_cluster(&c, &home, &token, &args)
+    };
+    let roll = |target: &'static str| as_sa(&roll_args(target));
+    let control = |verb: &str| as_sa(&["roll".into(), verb.into(), "-l".into(), "pool=blue".into()]);
     let lease = kiln_rollout::lease::lease_name("pool=blue");
 
     // Another holder's fresh lease: refused, naming it; nothing touched.
@@ -313,19 +325,59 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
     let out = c.kubectl(&["delete", "lease", "-n", "kube-system", &lease]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = roll("2");
+    // Paused before it starts (the Lease created by the pause), the roll takes the Lease and
+    // waits; its status, read by a second process, says who holds it and who paused it.
+    let out = control("pause");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let args: Vec<String> = roll_args("2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = home.join("roll.log");
+    let running = in_cluster_command(&c, &home, &token, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the roll waits, paused", std::time::Duration::from_secs(30), || {
+        said().contains("waiting to start: the roll is paused")
+    });
+    let status = as_sa(&[
+        "roll".into(),
+        "status".into(),
+        "-l".into(),
+        "pool=blue".into(),
+        "-o".into(),
+        "json".into(),
+    ]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        s["lease"]["holder"].as_str().is_some_and(|h| h.contains(" pid ")),
+        "{s}"
+    );
+    assert!(s["lease"]["paused"].as_str().is_some_and(|p| p.contains(" at ")), "{s}");
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(2), "{s}");
+    assert!(
+        !unschedulable(&c, "old-0") && !unschedulable(&c, "old-1"),
+        "paused: nothing started"
+    );
+    let out = control("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = running.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
+        said()
     );
+    assert!(said().contains("roll resumed"), "{}", said());
+    assert!(said().contains("canary old-0-next: soaked"), "{}", said());
     assert_eq!(
         jsonpath(&c, &["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
         "old-0-next old-1-next"
     );
     // Its Events, written with the ServiceAccount's own rights.
-    assert!(!stderr(&out).contains("could not be written"), "{}", stderr(&out));
+    assert!(!said().contains("could not be written"), "{}", said());
     let reasons = jsonpath(
         &c,
         &[
@@ -340,6 +392,18 @@ fn a_roll_in_the_cluster_as_its_service_account_keeps_the_budget_and_holds_the_p
     for reason in ["Cordoned", "Drained", "ReplacementReady", "Deleted"] {
         assert!(reasons.split(' ').any(|r| r == reason), "{reason} in {reasons:?}");
     }
+    let soaked = jsonpath(
+        &c,
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={range .items[?(@.regarding.name==\"old-0-next\")]}{.reason} {end}",
+        ],
+    );
+    assert!(soaked.split(' ').any(|r| r == "CanarySoaked"), "{soaked:?}");
     wait_until(
         "the web pods run again on the new nodes",
         std::time::Duration::from_secs(60),
