@@ -25,6 +25,11 @@ pub const SELECTOR_ANNOTATION: &str = "kiln.dev/selector";
 /// and cleared by `kubectl kiln roll pause|resume`; a roll holding the lease reads it every
 /// [`PAUSE_POLL`] and starts no new node while it is there.
 pub const PAUSED_ANNOTATION: &str = "kiln.dev/roll-paused";
+/// Annotation on the lease: why the pool's last roll halted (`REASON (WHO at RFC3339)`), written
+/// when a roll releases the lease after a halt and cleared when the next one starts, so `roll status`
+/// tells why from anywhere after the roll's process is gone (a halt on a canary's soak, or a lost
+/// lease, is on no node's annotations).
+pub const HALTED_ANNOTATION: &str = "kiln.dev/roll-halted";
 /// How often a running roll reads its lease for a pause (and renews it when due).
 pub const PAUSE_POLL: Duration = Duration::from_secs(2);
 
@@ -135,6 +140,10 @@ impl PoolLease {
                     l
                 }
             };
+            // A new roll: the last one's halt is history (its Events keep it).
+            if let Some(notes) = lease.metadata.annotations.as_mut() {
+                notes.remove(HALTED_ANNOTATION);
+            }
             let spec = lease.spec.get_or_insert_with(Default::default);
             spec.holder_identity = Some(holder.clone());
             spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
@@ -209,8 +218,9 @@ impl PoolLease {
         self.paused.clone()
     }
 
-    /// Free the lease for the next roll (holder cleared), if it is still ours.
-    pub async fn release(self) -> Result<()> {
+    /// Free the lease for the next roll (holder cleared), if it is still ours, recording why the
+    /// roll `halted` ([`HALTED_ANNOTATION`]) or, when it did not, clearing an earlier roll's.
+    pub async fn release(self, halted: Option<&str>) -> Result<()> {
         self.task.abort();
         let Some(mut l) = self.api.get_opt(&self.name).await? else {
             return Ok(());
@@ -221,6 +231,14 @@ impl PoolLease {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
+        let notes = l.metadata.annotations.get_or_insert_with(Default::default);
+        match halted {
+            Some(why) => notes.insert(
+                HALTED_ANNOTATION.to_string(),
+                format!("{why} ({} at {})", self.holder, now_seconds()),
+            ),
+            None => notes.remove(HALTED_ANNOTATION),
+        };
         self.api.replace(&self.name, &PostParams::default(), &l).await?;
         Ok(())
     }
@@ -228,11 +246,17 @@ impl PoolLease {
 
 /// The pause annotation of a lease.
 fn paused_by(l: &Lease) -> Option<String> {
-    l.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PAUSED_ANNOTATION))
-        .cloned()
+    annotation(l, PAUSED_ANNOTATION)
+}
+
+fn annotation(l: &Lease, key: &str) -> Option<String> {
+    l.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+}
+
+/// Now, to the second (annotations are read by people).
+fn now_seconds() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 /// A pool's lease as `kubectl kiln roll status` shows it.
@@ -250,6 +274,9 @@ pub struct LeaseView {
     /// Who paused the pool's roll and when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Why the pool's last roll halted, by whom and when ([`HALTED_ANNOTATION`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 /// The lease of the pool `selector`, if it exists.
@@ -269,6 +296,7 @@ pub async fn view(client: &Client, namespace: &str, selector: &str) -> Result<Op
         holder: held.as_ref().map(|(h, _)| h.clone()),
         renewed_seconds_ago: held.map(|(_, s)| s),
         paused: paused_by(&l),
+        halted: annotation(&l, HALTED_ANNOTATION),
     }))
 }
 
@@ -288,13 +316,7 @@ pub async fn set_paused(client: &Client, namespace: &str, selector: &str, by: Op
         let value = match (by, &was) {
             (Some(_), Some(w)) => bail!("the roll of pool {selector:?} is already paused ({w})"),
             (None, None) => bail!("the roll of pool {selector:?} is not paused"),
-            (Some(who), None) => {
-                let now = Timestamp::now();
-                Some(format!(
-                    "{who} at {}",
-                    Timestamp::from_second(now.as_second()).unwrap_or(now)
-                ))
-            }
+            (Some(who), None) => Some(format!("{who} at {}", now_seconds())),
             (None, Some(_)) => None,
         };
         let mut lease = current.unwrap_or_else(|| Lease {

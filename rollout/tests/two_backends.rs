@@ -899,6 +899,20 @@ fn a_canary_that_fails_its_soak_halts_the_roll_before_the_rest() {
         let failed = node_events(b, "c-0", "CanaryFailed");
         assert_eq!(failed.len(), 1, "{}: {failed:?}", b.name());
         assert_eq!(failed[0]["type"], "Warning", "{}", b.name());
+        // From anywhere, after the roll's process is gone: why it halted, on the pool's Lease.
+        let status = b.kiln(&["roll", "status", "-l", "pool=coral", "-o", "json"]);
+        assert_eq!(status.status.code(), Some(0), "{}: {}", b.name(), text(&status));
+        let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let halted = s["lease"]["halted"].as_str().unwrap_or_default();
+        assert!(
+            halted.starts_with("canary failed: soak check command")
+                && halted.contains(" pid ")
+                && halted.contains(" at "),
+            "{}: {s}",
+            b.name()
+        );
+        let table = String::from_utf8_lossy(&b.kiln(&["roll", "status", "-l", "pool=coral"]).stdout).into_owned();
+        assert!(table.contains("HALTED   canary failed: "), "{}: {table}", b.name());
 
         // A container on the canary (now c-1) restarts during the soak: halted at once.
         let running = roll("60s", "0");
@@ -934,5 +948,11 @@ fn a_canary_that_fails_its_soak_halts_the_roll_before_the_rest() {
             assert_eq!(bundle(n), "B", "{}: {n}", b.name());
         }
         assert_eq!(node_events(b, "c-2", "CanarySoaked").len(), 1, "{}", b.name());
+        let table = String::from_utf8_lossy(&b.kiln(&["roll", "status", "-l", "pool=coral"]).stdout).into_owned();
+        assert!(
+            !table.contains("HALTED"),
+            "{}: the last roll did not halt: {table}",
+            b.name()
+        );
     });
 }

@@ -182,7 +182,11 @@ pub async fn roll(client: &Client, a: &RollArgs, progress: &(dyn Fn(&str) + Sync
     };
     let lease = PoolLease::acquire(client, &a.lease_namespace, &a.selector).await?;
     let report = roll_holding(client, a, lease.lost(), lease.paused(), figures, start, progress).await;
-    if let Err(e) = lease.release().await {
+    let halted = match &report {
+        Ok(r) => r.halted.clone(),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    if let Err(e) = lease.release(halted.as_deref()).await {
         progress(&format!(
             "could not release the pool's Lease (it expires by itself): {e}"
         ));

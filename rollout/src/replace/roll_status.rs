@@ -120,14 +120,15 @@ impl RollStatus {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "POOL     {}", self.selector);
-        let (held, paused) = match &self.lease {
-            None => ("none (no roll has run for this pool)".to_string(), None),
+        let (held, paused, halted) = match &self.lease {
+            None => ("none (no roll has run for this pool)".to_string(), None, None),
             Some(l) => (
                 match (&l.holder, l.renewed_seconds_ago) {
                     (Some(h), Some(ago)) => format!("{}/{} held by {h} (renewed {ago:.0}s ago)", l.namespace, l.name),
                     _ => format!("{}/{} not held (no roll is running)", l.namespace, l.name),
                 },
                 l.paused.clone(),
+                l.halted.clone(),
             ),
         };
         let _ = writeln!(out, "LEASE    {held}");
@@ -136,6 +137,9 @@ impl RollStatus {
             "PAUSED   {}",
             paused.map(|p| format!("yes, by {p}")).unwrap_or_else(|| "no".into())
         );
+        if let Some(why) = halted {
+            let _ = writeln!(out, "HALTED   {why}");
+        }
         let _ = writeln!(
             out,
             "TARGET   {}",
