@@ -66,6 +66,35 @@ fn settings_the_bundle_would_lose_refuse_the_adoption_before_anything_is_written
         "nothing stopped"
     );
 
+    // Docker's registry mirror is a setting too; a bundle with the same mirror keeps it.
+    write(
+        &root,
+        "etc/docker/daemon.json",
+        r#"{"registry-mirrors": ["https://mirror.lan/"], "exec-opts": ["native.cgroupdriver=systemd"], "log-driver": "json-file"}"#,
+    );
+    let keeps_pods = build_bundle(tmp.path(), &mirror, "1.36.4-2", true, KEEPS_MAX_PODS);
+    let e = format!("{:#}", adopt(&root, &mut sys, &opts(&keeps_pods)).unwrap_err());
+    assert!(
+        e.contains("would lose 1 setting(s)")
+            && e.contains("lost registry-mirrors=https://mirror.lan/ (/etc/docker/daemon.json)"),
+        "{e}"
+    );
+    let keeps_both = build_bundle(tmp.path(), &mirror, "1.36.4-3", true, KEEPS_MAX_PODS_AND_MIRROR);
+    let mut inspect_only = opts(&keeps_both);
+    inspect_only.stop_after = Some(AdoptStep::Inspect);
+    adopt(&root, &mut sys, &inspect_only).unwrap();
+    std::fs::remove_file(root.join("etc/docker/daemon.json")).unwrap();
+    let before = tree(&root);
+    // A daemon.json that does not parse is named, and stops the adoption before anything changes.
+    write(&root, "etc/docker/daemon.json", "{\"registry-mirrors\": [");
+    let e = format!("{:#}", adopt(&root, &mut sys, &opts(&keeps_both)).unwrap_err());
+    assert!(
+        e.contains("the worker's /etc/docker/daemon.json is not a JSON object"),
+        "{e}"
+    );
+    std::fs::remove_file(root.join("etc/docker/daemon.json")).unwrap();
+    assert_eq!(tree(&root), before, "nothing written");
+
     // A bundle without a kubelet is not a node bundle; a wrong digest is refused by name.
     let no_kubelet = build_bundle(tmp.path(), &mirror, "1.36.4-9", false, "");
     let e = format!("{:#}", adopt(&root, &mut sys, &opts(&no_kubelet)).unwrap_err());

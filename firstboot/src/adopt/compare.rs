@@ -103,7 +103,7 @@ fn text(v: &Value) -> String {
 /// are known (`@` cannot start a YAML scalar).
 const MARK: &str = "kiln-placeholder-";
 
-fn marked(template: &str, origin: &str) -> Result<String> {
+pub(super) fn marked(template: &str, origin: &str) -> Result<String> {
     let names = kiln_bundle::placeholder::scan(template).map_err(|e| anyhow!("{origin}: {e}"))?;
     let values = names.iter().map(|n| (n.clone(), format!("{MARK}{n}"))).collect();
     kiln_bundle::placeholder::substitute(template, &values).map_err(|e| anyhow!("{origin}: {e}"))

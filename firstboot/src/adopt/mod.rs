@@ -7,7 +7,9 @@
 //!    KubeletConfiguration with `kiln migrate`'s readers, verify the bundle (digest, signature) and
 //!    compare every old setting with what the bundle's kubelet runs with; a setting the worker
 //!    would lose or see changed refuses the adoption unless the operator accepts the report. The
-//!    Node must be Ready with the old kubelet's credentials.
+//!    old runtime's settings (Docker's `daemon.json`, the distribution containerd's `config.toml`
+//!    and its registry `hosts.toml` files) are compared with the bundle's containerd the same way
+//!    (`runtime`). The Node must be Ready with the old kubelet's credentials.
 //! 2. `save`: record every unit's state (`systemctl is-enabled`, active) and copy every file
 //!    adoption or the activation may change into `/var/lib/kiln/adoption/saved/`, then write
 //!    `/var/lib/kiln/adoption.json`.
@@ -27,6 +29,7 @@
 
 pub mod compare;
 pub mod inspect;
+pub mod runtime;
 pub mod saved;
 
 use std::collections::BTreeMap;
@@ -46,6 +49,7 @@ use crate::activate::{self, Options, Outcome};
 use crate::state::{NodeJoin, State, Status};
 use crate::system::System;
 use compare::{BundleKubelet, Compared};
+use runtime::BundleRuntime;
 use saved::SavedPath;
 
 /// The node configuration adoption derives from the old kubelet.
@@ -297,7 +301,7 @@ fn inspect(root: &Path, sys: &mut dyn System, opts: &AdoptOptions) -> Result<Opt
     }
     let expected = activate::read_expected_digest(bundle)?;
     activate::verify_raw(bundle, expected, &cfg)?;
-    let kubelet = bundle_kubelet(bundle, &index, expected)?;
+    let (kubelet, runtime) = bundle_configs(bundle, &index, expected)?;
     let target = kiln_migrate::minor(&index.kubernetes_version).ok_or_else(|| {
         anyhow!(
             "bundle {}: `{}` is not a Kubernetes version",
@@ -307,7 +311,8 @@ fn inspect(root: &Path, sys: &mut dyn System, opts: &AdoptOptions) -> Result<Opt
     })?;
     let migration = kiln_migrate::migrate(&old.settings, &index.kubernetes_version, old.config.as_ref())
         .map_err(|e| anyhow!("reading the old kubelet: {e}"))?;
-    let compared = compare::compare(&migration, target, &kubelet);
+    let mut compared = compare::compare(&migration, target, &kubelet);
+    compared.extend(runtime::compare(root, &runtime)?);
     let losses: Vec<&Compared> = compared.iter().filter(|c| c.verdict.is_loss()).collect();
     if !losses.is_empty() && !opts.accept_losses {
         let lines: Vec<String> = losses
@@ -374,12 +379,25 @@ fn inspect(root: &Path, sys: &mut dyn System, opts: &AdoptOptions) -> Result<Opt
     }))
 }
 
-/// The bundle's kubelet unit and KubeletConfiguration template, read out of the verified bundle.
-fn bundle_kubelet(bundle: &Path, index: &Index, expected: kiln_bundle::digest::Sha256) -> Result<BundleKubelet> {
+/// The bundle's kubelet unit and KubeletConfiguration template, and its containerd config and
+/// registry `hosts.toml` files, read out of the verified bundle.
+fn bundle_configs(
+    bundle: &Path,
+    index: &Index,
+    expected: kiln_bundle::digest::Sha256,
+) -> Result<(BundleKubelet, BundleRuntime)> {
+    /// A registry's `hosts.toml` in the bundle: its host.
+    fn hosts_toml(path: &str) -> Option<&str> {
+        path.strip_prefix(files::REGISTRY_HOSTS_DIR)?
+            .strip_prefix('/')?
+            .strip_suffix("/hosts.toml")
+            .filter(|h| !h.contains('/'))
+    }
     struct Capture(BTreeMap<String, String>);
     impl Sink for Capture {
         fn file(&mut self, rec: &FileRecord, data: &mut dyn Read) -> kiln_bundle::Result<()> {
-            if rec.path == files::KUBELET_UNIT || rec.path == files::KUBELET_CONFIG {
+            let wanted = [files::KUBELET_UNIT, files::KUBELET_CONFIG, files::CONTAINERD_CONFIG];
+            if wanted.contains(&rec.path.as_str()) || hosts_toml(&rec.path).is_some() {
                 let mut s = String::new();
                 data.read_to_string(&mut s)
                     .map_err(|e| kiln_bundle::Error::bundle(&rec.path, format!("not text: {e}")))?;
@@ -409,7 +427,14 @@ fn bundle_kubelet(bundle: &Path, index: &Index, expected: kiln_bundle::digest::S
             .cloned()
             .ok_or_else(|| anyhow!("bundle {}: no {rel}", index.version))
     };
-    BundleKubelet::parse(&get(files::KUBELET_UNIT)?, &get(files::KUBELET_CONFIG)?)
+    let kubelet = BundleKubelet::parse(&get(files::KUBELET_UNIT)?, &get(files::KUBELET_CONFIG)?)?;
+    let hosts: BTreeMap<String, String> = sink
+        .0
+        .iter()
+        .filter_map(|(p, text)| hosts_toml(p).map(|h| (h.to_string(), text.clone())))
+        .collect();
+    let runtime = BundleRuntime::parse(&get(files::CONTAINERD_CONFIG)?, &hosts)?;
+    Ok((kubelet, runtime))
 }
 
 /// Each old unit's state and what adoption will do to it.

@@ -54,6 +54,9 @@ users:
     client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
 ";
 
+/// `/etc/containerd/config.toml` as Debian 12's containerd package ships it.
+pub const DEBIAN_CONTAINERD_TOML: &str = "version = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n      conf_dir = \"/etc/cni/net.d\"\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/var/lib/containerd/opt\"\n";
+
 /// The worker as the Ansible role left it.
 pub fn worker(dir: &Path) -> PathBuf {
     let root = dir.join("worker");
@@ -75,6 +78,8 @@ pub fn worker(dir: &Path) -> PathBuf {
         ("lib/systemd/system/docker.service", "[Service]\nExecStart=/usr/sbin/dockerd -H fd://\n"),
         ("lib/systemd/system/docker.socket", "[Socket]\nListenStream=/run/docker.sock\n"),
         ("lib/systemd/system/containerd.service", "[Service]\nExecStart=/usr/bin/containerd\n"),
+        // Debian's containerd package's own config.
+        ("etc/containerd/config.toml", DEBIAN_CONTAINERD_TOML),
         ("etc/cni/net.d/10-flannel.conflist", "{\"name\": \"cbr0\", \"cniVersion\": \"0.3.1\", \"plugins\": []}\n"),
     ] {
         write(&root, p, c);
@@ -99,3 +104,6 @@ pub fn worker_system(root: &Path) -> Recording {
 
 /// A bundle whose kubelet keeps the worker's maxPods.
 pub const KEEPS_MAX_PODS: &str = "  config:\n    kubelet:\n      settings:\n        maxPods: 50\n";
+
+/// A bundle that keeps the worker's maxPods and Docker's registry mirror for docker.io.
+pub const KEEPS_MAX_PODS_AND_MIRROR: &str = "  config:\n    kubelet:\n      settings:\n        maxPods: 50\n    containerd:\n      registries:\n        docker.io:\n          mirrors:\n          - host: https://mirror.lan\n";
