@@ -915,15 +915,35 @@ fn a_canary_that_fails_its_soak_halts_the_roll_before_the_rest() {
         assert!(table.contains("HALTED   canary failed: "), "{}: {table}", b.name());
 
         // A container on the canary (now c-1) restarts during the soak: halted at once.
-        let running = roll("60s", "0");
-        wait_until("c-1 is back on B and uncordoned", Duration::from_secs(60), || {
-            let n = b.node_json("c-1");
-            n["metadata"]["labels"]["kiln.dev/bundle-version"] == "B" && n["spec"]["unschedulable"].is_null()
+        // Once the roll says the soak began, its baseline of restart counts is taken.
+        let mut running = roll("60s", "0");
+        let (began, soaking) = std::sync::mpsc::channel();
+        let stderr = std::io::BufReader::new(running.stderr.take().unwrap());
+        let said_on_stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+                if line.contains("canary c-1: soaking for") {
+                    let _ = began.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
         });
+        let started = soaking.recv_timeout(Duration::from_secs(60));
+        let n = b.node_json("c-1");
+        assert!(
+            started.is_ok()
+                && n["metadata"]["labels"]["kiln.dev/bundle-version"] == "B"
+                && n["spec"]["unschedulable"].is_null(),
+            "{}: c-1 is not soaking on B, uncordoned: {n}",
+            b.name()
+        );
         b.add_app("probe", "c-1", 1, 0);
         b.restart_pods_on("c-1");
         let out = running.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}: {}", b.name(), text(&out));
+        let progress = said_on_stderr.join().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}: {}{progress}", b.name(), text(&out));
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             said.contains("roll HALTED: canary failed: container c of pod default/probe")

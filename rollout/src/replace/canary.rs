@@ -71,6 +71,8 @@ pub(crate) async fn soak(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
     let shown = nodes.join(", ");
+    // The baseline first: once the line says the soak began, every later restart counts.
+    let baseline = restarts(client, nodes).await?;
     progress(&format!(
         "canary {shown}: soaking for {:?} before the rest of the pool (Ready throughout, no container restarts{})",
         a.soak,
@@ -80,7 +82,6 @@ pub(crate) async fn soak(
             ""
         }
     ));
-    let baseline = restarts(client, nodes).await?;
     let deadline = Instant::now() + a.soak;
     loop {
         let snapshot = pool.borrow().clone();
