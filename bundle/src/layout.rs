@@ -96,6 +96,27 @@ pub mod files {
     /// RuntimeClass manifests, one per extra runtime handler, for `kubectl apply -f`.
     pub const RUNTIME_CLASSES_DIR: &str = "runtimeclasses";
 
+    /// The bundle path of registry `host`'s `hosts.toml`.
+    pub fn registry_hosts_toml(host: &str) -> String {
+        format!("{REGISTRY_HOSTS_DIR}/{host}/hosts.toml")
+    }
+
+    /// The registry host whose `hosts.toml` bundle path `path` is, if it is one.
+    pub fn registry_of_hosts_toml(path: &str) -> Option<&str> {
+        path.strip_prefix(REGISTRY_HOSTS_DIR)?
+            .strip_prefix('/')?
+            .strip_suffix("/hosts.toml")
+            .filter(|h| !h.is_empty() && !h.contains('/'))
+    }
+
+    /// The server containerd reaches for registry `host` when its `hosts.toml` names none.
+    pub fn default_registry_server(host: &str) -> String {
+        match host {
+            "docker.io" => "https://registry-1.docker.io".into(),
+            h => format!("https://{h}"),
+        }
+    }
+
     /// Whether a bundle file is rendered into the node directory at first boot even without a
     /// placeholder in it.
     pub fn rendered_on_node(path: &str) -> bool {

@@ -60,11 +60,7 @@ fn ca_path(host: &str, mirror: Option<usize>) -> String {
 }
 
 fn server_of(host: &str, r: &Registry) -> String {
-    match (&r.server, host) {
-        (Some(s), _) => s.clone(),
-        (None, "docker.io") => "https://registry-1.docker.io".into(),
-        (None, h) => format!("https://{h}"),
-    }
+    r.server.clone().unwrap_or_else(|| files::default_registry_server(host))
 }
 
 /// The `hosts.toml` of every registry.
@@ -110,7 +106,7 @@ pub fn render(cfg: &ContainerdConfig, l: &Layout) -> Vec<Rendered> {
         doc.insert("host".into(), mirrors.into());
         let body = toml::to_string(&doc).expect("a table serializes");
         out.push(Rendered {
-            path: format!("{}/{host}/hosts.toml", files::REGISTRY_HOSTS_DIR),
+            path: files::registry_hosts_toml(host),
             mode: Mode::FILE,
             text: format!("# Rendered by kiln: how containerd reaches {host}.\n{body}"),
         });

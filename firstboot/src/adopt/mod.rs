@@ -386,18 +386,11 @@ fn bundle_configs(
     index: &Index,
     expected: kiln_bundle::digest::Sha256,
 ) -> Result<(BundleKubelet, BundleRuntime)> {
-    /// A registry's `hosts.toml` in the bundle: its host.
-    fn hosts_toml(path: &str) -> Option<&str> {
-        path.strip_prefix(files::REGISTRY_HOSTS_DIR)?
-            .strip_prefix('/')?
-            .strip_suffix("/hosts.toml")
-            .filter(|h| !h.contains('/'))
-    }
     struct Capture(BTreeMap<String, String>);
     impl Sink for Capture {
         fn file(&mut self, rec: &FileRecord, data: &mut dyn Read) -> kiln_bundle::Result<()> {
             let wanted = [files::KUBELET_UNIT, files::KUBELET_CONFIG, files::CONTAINERD_CONFIG];
-            if wanted.contains(&rec.path.as_str()) || hosts_toml(&rec.path).is_some() {
+            if wanted.contains(&rec.path.as_str()) || files::registry_of_hosts_toml(&rec.path).is_some() {
                 let mut s = String::new();
                 data.read_to_string(&mut s)
                     .map_err(|e| kiln_bundle::Error::bundle(&rec.path, format!("not text: {e}")))?;
@@ -431,7 +424,7 @@ fn bundle_configs(
     let hosts: BTreeMap<String, String> = sink
         .0
         .iter()
-        .filter_map(|(p, text)| hosts_toml(p).map(|h| (h.to_string(), text.clone())))
+        .filter_map(|(p, text)| files::registry_of_hosts_toml(p).map(|h| (h.to_string(), text.clone())))
         .collect();
     let runtime = BundleRuntime::parse(&get(files::CONTAINERD_CONFIG)?, &hosts)?;
     Ok((kubelet, runtime))

@@ -12,6 +12,8 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use toml::{Table, Value};
 
+use kiln_bundle::layout::files;
+
 use super::compare::{marked, Compared, Verdict};
 
 /// Docker's configuration on the worker.
@@ -55,7 +57,8 @@ impl Hosts {
 
     fn reaches(&self, host: &str, endpoint: &str) -> bool {
         let endpoint = url(endpoint);
-        self.mirrors.contains(&endpoint) || self.server.as_deref().unwrap_or(&default_server(host)) == endpoint
+        self.mirrors.contains(&endpoint)
+            || self.server.as_deref().unwrap_or(&files::default_registry_server(host)) == endpoint
     }
 }
 
@@ -66,13 +69,6 @@ fn url(s: &str) -> String {
         s.to_string()
     } else {
         format!("https://{s}")
-    }
-}
-
-fn default_server(host: &str) -> String {
-    match host {
-        "docker.io" => "https://registry-1.docker.io".into(),
-        h => format!("https://{h}"),
     }
 }
 
@@ -194,7 +190,7 @@ impl BundleRuntime {
     fn reaches(&self, host: &str, endpoint: &str) -> bool {
         match self.host(host) {
             Some(h) => h.reaches(host, endpoint),
-            None => url(endpoint) == default_server(host),
+            None => url(endpoint) == files::default_registry_server(host),
         }
     }
 
@@ -231,12 +227,7 @@ fn row(setting: impl Into<String>, node: impl Into<String>, source: &str, verdic
     }
 }
 
-trait With {
-    fn with_bundle(self, b: impl Into<String>) -> Self;
-    fn with_detail(self, d: impl Into<String>) -> Self;
-}
-
-impl With for Compared {
+impl Compared {
     fn with_bundle(mut self, b: impl Into<String>) -> Self {
         self.bundle = Some(b.into());
         self
@@ -431,7 +422,10 @@ fn containerd_toml(root: &Path, text: &str, bundle: &BundleRuntime, out: &mut Ve
             let old = Hosts::parse(&text, &format!("the worker's {source}"))?;
             let b = bundle.host(&host).cloned().unwrap_or_default();
             if let Some(server) = &old.server {
-                let bs = b.server.clone().unwrap_or_else(|| default_server(&host));
+                let bs = b
+                    .server
+                    .clone()
+                    .unwrap_or_else(|| files::default_registry_server(&host));
                 out.push(
                     row(
                         "server",
