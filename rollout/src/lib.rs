@@ -1,6 +1,7 @@
 //! kubectl-kiln: the Kubernetes side of replacing nodes. Planning is pure ([`plan`]); [`drain`]
 //! and [`status`] talk to the API through kube-rs.
 
+pub mod commands;
 pub mod drain;
 pub mod events;
 pub mod lease;
