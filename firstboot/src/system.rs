@@ -132,7 +132,9 @@ impl System for Host {
         })
     }
     fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
-        wait_joined(root, node)
+        let unit = kiln_bundle::layout::units::KUBELET;
+        let before = restarts(unit);
+        wait_joined(root, node, &mut || crash_looping(unit, before))
     }
     fn verity_support(&mut self) -> std::result::Result<(), String> {
         // Built in, or a module: modprobe is a no-op for the former.
@@ -228,7 +230,32 @@ fn this_boot(root: &Path) -> Result<Option<String>> {
     }
 }
 
-fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
+/// A kubelet systemd has restarted this many times while its Node is awaited will not become
+/// Ready by waiting (a flag it cannot parse, a configuration it refuses): the wait ends early.
+pub const CRASH_LOOP_RESTARTS: u32 = 4;
+
+/// systemd's restart count of `unit` (`NRestarts`), 0 when it cannot say.
+fn restarts(unit: &str) -> u32 {
+    Command::new("systemctl")
+        .args(["show", "-p", "NRestarts", "--value", unit])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Why `unit` will not come up, once systemd has restarted it [`CRASH_LOOP_RESTARTS`] times since
+/// the count was `before`.
+fn crash_looping(unit: &str, before: u32) -> Option<String> {
+    let n = restarts(unit).saturating_sub(before);
+    (n >= CRASH_LOOP_RESTARTS).then(|| {
+        format!("{unit} keeps exiting: systemd restarted it {n} times while the Node was awaited (`journalctl -u {unit}` says why)")
+    })
+}
+
+/// `crash` answers why kubelet will never make the Node Ready (it keeps exiting), checked every
+/// few seconds.
+fn wait_joined(root: &Path, node: &crate::state::NodeJoin, crash: &mut dyn FnMut() -> Option<String>) -> Result<()> {
     use crate::node::{diagnose, node_ready, reconcile_labels, reported_since, Kubeconfig};
     let layout = kiln_bundle::layout::Layout::default();
     let kubeconfig = node
@@ -243,6 +270,7 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
         .checked_add(timeout)
         .with_context(|| format!("join timeout {}s is too long", node.timeout_s))?;
     let mut next_diagnosis = Instant::now() + Duration::from_secs(5);
+    let mut next_crash_check = Instant::now() + Duration::from_secs(5);
     let mut last = anyhow!("not checked yet");
     // What the API server said to the bootstrap credentials, the likeliest cause while kubelet has
     // no kubeconfig.
@@ -283,6 +311,12 @@ fn wait_joined(root: &Path, node: &crate::state::NodeJoin) -> Result<()> {
                         bail!("Node {} cannot join: {why}", node.name);
                     }
                 }
+            }
+        }
+        if Instant::now() >= next_crash_check {
+            next_crash_check = Instant::now() + Duration::from_secs(5);
+            if let Some(why) = crash() {
+                bail!("Node {} will not become Ready: {why}", node.name);
             }
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -450,7 +484,7 @@ impl System for Recording {
             bail!("Node {} of bundle {v} is not Ready", node.name);
         }
         if self.node_api {
-            return wait_joined(root, node);
+            return wait_joined(root, node, &mut || None);
         }
         Ok(())
     }
