@@ -198,6 +198,22 @@ fn an_adoption_keeps_the_nodes_identity_masks_docker_and_saves_what_it_changes()
         UNIT
     );
     assert!(root.join("usr/local/bin/kubelet").is_file(), "the old binary stays");
+
+    // kiln-firstboot's boot units, which the worker had none of, installed and enabled: each boot
+    // verifies the bundle and mounts its verity image again. This worker has no
+    // /usr/bin/kiln-firstboot, so they run the binary that adopted.
+    for (unit, _) in kiln_bundle::layout::units::FIRSTBOOT_UNITS {
+        let text = std::fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            text.contains(&format!("ExecStart={} run --phase", exe.display())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("etc/systemd/system/multi-user.target.wants").join(unit)).unwrap(),
+            Path::new("/etc/systemd/system").join(unit)
+        );
+    }
     assert!(
         root.join("etc/cni/net.d/10-flannel.conflist").is_file(),
         "the cluster's CNI stays"

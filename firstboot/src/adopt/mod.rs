@@ -17,7 +17,8 @@
 //!    containerd; disable them and mask Docker's units (and kube-proxy's, when the bundle has none);
 //!    move the old kubelet's and containerd's drop-ins aside (they would apply to kiln's units of the
 //!    same names); write the node configuration adoption derived (`/etc/kiln/node.d/50-adopted.yaml`)
-//!    and kubelet's kubeconfig where kiln's kubelet reads it.
+//!    and kubelet's kubeconfig where kiln's kubelet reads it; install and enable kiln-firstboot's
+//!    boot units where the worker has none (later boots verify the bundle and mount it again).
 //! 4. `activate`: stage the bundle and activate it as first boot does (verity where the node can),
 //!    health-gated: containerd answers, and the Node is Ready as reported by kiln's kubelet (after
 //!    its start) with the bundle's labels.
@@ -461,6 +462,10 @@ fn paths_to_save(root: &Path, units: &[UnitBefore]) -> Vec<(String, bool)> {
     let mut paths: Vec<(String, bool)> = activate::install::targets().into_iter().map(|p| (p, false)).collect();
     paths.push((kiln_kubeconfig().trim_start_matches('/').to_string(), false));
     paths.push((ADOPTED_NODE_YAML.to_string(), false));
+    for (unit, _) in units::FIRSTBOOT_UNITS {
+        paths.push((format!("etc/systemd/system/{unit}"), false));
+        paths.push((format!("{BOOT_WANTS}/{unit}"), false));
+    }
     for unit in [units::KUBELET, units::CONTAINERD, units::KUBE_PROXY] {
         let (_, dropins) = inspect::unit_files(root, unit);
         paths.extend(dropins.into_iter().map(|d| (d, true)));
@@ -499,11 +504,45 @@ fn stop_old(root: &Path, sys: &mut dyn System, record: &Record) -> Result<()> {
     let p = root.join(ADOPTED_NODE_YAML);
     fs::create_dir_all(p.parent().expect("a parent")).with_context(|| format!("cannot create {}", p.display()))?;
     kiln_bundle::atomic::write_file(&p, section.as_bytes(), 0o600)?;
+    boot_units(root)?;
     let kiln = kiln_kubeconfig();
     if record.old_kubeconfig != kiln {
         kiln_bundle::atomic::write_file(&root.join(kiln.trim_start_matches('/')), old.as_bytes(), 0o600)?;
     }
     sys.daemon_reload()?;
+    Ok(())
+}
+
+/// Where the boot units are enabled.
+const BOOT_WANTS: &str = "etc/systemd/system/multi-user.target.wants";
+
+/// kiln-firstboot's own boot units, installed in `/etc` and enabled where the worker has none
+/// (a node `kiln image` did not build): each boot verifies the active bundle and mounts its verity
+/// image again, and takes or falls back from a bundle staged by `update`. A unit the worker has
+/// already (a package's, or one the operator masked) is left as it is. They run the binary that
+/// adopts when `/usr/bin/kiln-firstboot` is not there.
+fn boot_units(root: &Path) -> Result<()> {
+    let exe = if root.join("usr/bin/kiln-firstboot").is_file() {
+        None
+    } else {
+        std::env::current_exe().ok()
+    };
+    for (unit, text) in units::FIRSTBOOT_UNITS {
+        let provided = ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"]
+            .iter()
+            .any(|d| fs::symlink_metadata(root.join(d).join(unit)).is_ok());
+        if provided {
+            continue;
+        }
+        let text = match &exe {
+            Some(p) => text.replace("/usr/bin/kiln-firstboot", &p.display().to_string()),
+            None => text.to_string(),
+        };
+        let rel = format!("etc/systemd/system/{unit}");
+        fs::create_dir_all(root.join(BOOT_WANTS)).with_context(|| format!("cannot create /{BOOT_WANTS}"))?;
+        kiln_bundle::atomic::write_file(&root.join(&rel), text.as_bytes(), 0o644)?;
+        kiln_bundle::atomic::replace_symlink(&root.join(BOOT_WANTS).join(unit), Path::new(&format!("/{rel}")))?;
+    }
     Ok(())
 }
 
