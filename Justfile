@@ -22,7 +22,7 @@ test:
 e2e:
     scripts/setup
     cargo build --workspace
-    cargo test -p kiln-builder --test image_e2e --test node_e2e --test debian_apt --test minisign_interop -- --nocapture --test-threads 1
+    cargo test -p kiln-builder --test image_e2e --test node_e2e --test adopt_e2e --test debian_apt --test minisign_interop -- --nocapture --test-threads 1
     cargo test -p kiln-rollout --test vm_roll -- --nocapture
 
 # a real control plane on 127.0.0.1 (etcd + Kubernetes v1.32 from KILN_K8S_BIN or ../shared/k8s/);
