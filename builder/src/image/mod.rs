@@ -12,6 +12,7 @@
 
 mod cloud;
 pub mod disk;
+mod formats;
 pub mod recipe;
 
 // fs-err: every error names the path, so a node image build that fails says which file.
@@ -141,10 +142,95 @@ pub fn verified_bundle(path: &Path) -> Result<Bundle> {
 
 pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     let started = Instant::now();
+    let (recipe, bundle) = check_inputs(o)?;
+    let layout = recipe.layout()?;
+    fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    let stem = format!("{}-{}-{}", recipe.metadata.name, bundle.name, bundle.version);
+    let work = tempfile::Builder::new()
+        .prefix(".kiln-image-")
+        .tempdir_in(&o.out)
+        .with_context(|| format!("cannot create a work directory in {}", o.out.display()))?;
+    let mut built = Built::default();
+    let seed = Sha256::of(format!("{}{}", recipe.digest().hex(), bundle.sha256.hex()).as_bytes());
+
+    let mut results: Vec<(PathBuf, PathBuf)> = Vec::new();
+    if o.formats.contains(&Format::Sysext) {
+        let name = format!("kiln-{}", bundle.name);
+        let tmp = work.path().join(format!("{name}.raw"));
+        sysext(&bundle, &name, &o.sysext_os, o.source_date_epoch, work.path(), &tmp)?;
+        results.push((tmp, o.out.join(format!("{name}.raw"))));
+    }
+    if o.formats.iter().any(|f| *f != Format::Sysext) {
+        let (root, meta) = unpack_base(&recipe, o, cache, work.path(), &mut built)?;
+        let uuids = disk::Uuids::derive(&seed);
+        customize(&root, &bundle, o, &uuids, &recipe.spec.network)?;
+        if let Some(overlay) = &o.overlay {
+            process::run(
+                Command::new("cp")
+                    .args(["-a", "--no-preserve=ownership"])
+                    .arg(format!("{}/.", overlay.display()))
+                    .arg(&root),
+            )
+            .with_context(|| format!("cannot copy the overlay {}", overlay.display()))?;
+        }
+        normalize_times(&root, o.source_date_epoch)?;
+        crate::check_interrupted()?;
+        if o.formats.contains(&Format::RootfsTar) {
+            let tmp = work.path().join("rootfs.tar.zst");
+            rootfs_tar(&root, o.source_date_epoch, &tmp)?;
+            crate::check_interrupted()?;
+            results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
+        }
+        if o.formats.iter().any(|f| formats::FROM_RAW.iter().any(|(g, _)| g == f)) {
+            let raw = work.path().join("disk.raw");
+            let cmdline = format!(
+                "{} root=PARTUUID={} rootfstype=ext4 rw",
+                recipe.spec.kernel_command_line.trim(),
+                uuids.root_part
+            );
+            disk::build_raw(
+                &root,
+                &layout,
+                &uuids,
+                cmdline.trim(),
+                o.source_date_epoch,
+                meta.as_ref(),
+                work.path(),
+                &raw,
+            )?;
+            let from = formats::FromRaw {
+                raw: &raw,
+                work: work.path(),
+                out: &o.out,
+                stem: &stem,
+                uuids: &uuids,
+                epoch: o.source_date_epoch,
+            };
+            for (format, write) in formats::FROM_RAW {
+                if o.formats.contains(format) {
+                    results.extend(write(&from)?);
+                    crate::check_interrupted()?;
+                }
+            }
+        }
+    }
+    // Ctrl-C or SIGTERM up to here leaves nothing: the work directory goes with `work`.
+    crate::check_interrupted()?;
+    for (tmp, dest) in results {
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot move the image to {}", dest.display()))?;
+        built.outputs.push(dest);
+    }
+    built.seconds = started.elapsed().as_secs_f64();
+    Ok(built)
+}
+
+/// Everything checked before anything is written: the recipe, the bundle (verified in full), and
+/// that both and kiln-firstboot are for the same architecture.
+fn check_inputs(o: &Options) -> Result<(Recipe, Bundle)> {
     let origin = o.recipe.display().to_string();
     let text = fs::read_to_string(&o.recipe).with_context(|| format!("cannot read recipe {origin}"))?;
     let recipe = Recipe::parse(&text, &origin)?;
-    let layout = recipe.layout()?;
+    recipe.layout()?;
     let bundle = verified_bundle(&o.bundle)?;
     // The root partition type, the EFI loader and the base are the recipe's architecture's.
     if bundle.arch != recipe.spec.architecture {
@@ -183,162 +269,59 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             );
         }
     }
-    fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
-    let stem = format!("{}-{}-{}", recipe.metadata.name, bundle.name, bundle.version);
-    let work = tempfile::Builder::new()
-        .prefix(".kiln-image-")
-        .tempdir_in(&o.out)
-        .with_context(|| format!("cannot create a work directory in {}", o.out.display()))?;
-    let mut built = Built::default();
-    let seed = Sha256::of(format!("{}{}", recipe.digest().hex(), bundle.sha256.hex()).as_bytes());
-
-    let mut results: Vec<(PathBuf, PathBuf)> = Vec::new();
-    if o.formats.contains(&Format::Sysext) {
-        let name = format!("kiln-{}", bundle.name);
-        let tmp = work.path().join(format!("{name}.raw"));
-        sysext(&bundle, &name, &o.sysext_os, o.source_date_epoch, work.path(), &tmp)?;
-        results.push((tmp, o.out.join(format!("{name}.raw"))));
-    }
-    let needs_rootfs = o.formats.iter().any(|f| *f != Format::Sysext);
     if o.formats.contains(&Format::RootfsTar) && !is_root() {
         bail!("--format rootfs-tar needs root: GNU tar writes the files' real owners and xattrs (raw, qcow2 and sysext do not need root)");
     }
-    if needs_rootfs {
-        let t = Instant::now();
-        let (base, source) = base_rootfs(&recipe, &o.recipe, cache)?;
-        built.base = match source {
-            BaseSource::Given => "given",
-            BaseSource::Cached => "cached",
-            BaseSource::Built => "built",
-        }
-        .into();
-        built.base_seconds = t.elapsed().as_secs_f64();
-        crate::check_interrupted()?;
-        let root = work.path().join("rootfs");
-        fs::create_dir(&root)?;
-        // As root, tar keeps owners, device nodes and xattrs and mkfs.ext4 copies them. Without
-        // root, the base's owners and device nodes are read from the tarball and written into the
-        // filesystem by debugfs instead.
-        let meta = if is_root() {
-            None
-        } else {
-            Some(disk::BaseMeta::read(&base)?)
-        };
-        let mut tar = Command::new("tar");
-        tar.args(["-x", "-p", "--numeric-owner"]);
-        match &meta {
-            None => {
-                tar.args(["--xattrs", "--xattrs-include=*"]);
-            }
-            Some(m) => {
-                if m.xattrs > 0 {
-                    tracing::warn!("{} extended attributes in the base are not kept without root", m.xattrs);
-                }
-                let exclude = work.path().join("specials.exclude");
-                fs::write(&exclude, m.exclude_list())?;
-                tar.arg("--no-same-owner").arg("--exclude-from").arg(&exclude);
-            }
-        }
-        process::run(tar.arg("-f").arg(&base).arg("-C").arg(&root))?;
-        crate::check_interrupted()?;
-        let uuids = disk::Uuids::derive(&seed);
-        customize(&root, &bundle, o, &uuids, &recipe.spec.network)?;
-        if let Some(overlay) = &o.overlay {
-            process::run(
-                Command::new("cp")
-                    .args(["-a", "--no-preserve=ownership"])
-                    .arg(format!("{}/.", overlay.display()))
-                    .arg(&root),
-            )
-            .with_context(|| format!("cannot copy the overlay {}", overlay.display()))?;
-        }
-        normalize_times(&root, o.source_date_epoch)?;
-        crate::check_interrupted()?;
-        if o.formats.contains(&Format::RootfsTar) {
-            let tmp = work.path().join("rootfs.tar.zst");
-            rootfs_tar(&root, o.source_date_epoch, &tmp)?;
-            crate::check_interrupted()?;
-            results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
-        }
-        if o.formats.iter().any(|f| {
-            matches!(
-                f,
-                Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vmdk | Format::Ova | Format::Gce
-            )
-        }) {
-            let raw = work.path().join("disk.raw");
-            let cmdline = format!(
-                "{} root=PARTUUID={} rootfstype=ext4 rw",
-                recipe.spec.kernel_command_line.trim(),
-                uuids.root_part
-            );
-            disk::build_raw(
-                &root,
-                &layout,
-                &uuids,
-                cmdline.trim(),
-                o.source_date_epoch,
-                meta.as_ref(),
-                work.path(),
-                &raw,
-            )?;
-            if o.formats.contains(&Format::Qcow2) {
-                let tmp = work.path().join("disk.qcow2");
-                process::run(
-                    Command::new("qemu-img")
-                        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                        .arg(&raw)
-                        .arg(&tmp),
-                )?;
-                results.push((tmp, o.out.join(format!("{stem}.qcow2"))));
-            }
-            if o.formats.contains(&Format::Vhd) {
-                let tmp = work.path().join("disk.vhd");
-                cloud::vhd(&raw, &tmp, &uuids.disk, o.source_date_epoch)?;
-                results.push((tmp, o.out.join(format!("{stem}.vhd"))));
-            }
-            if o.formats.contains(&Format::Vmdk) || o.formats.contains(&Format::Ova) {
-                // In a directory of its own: the descriptor names the extent by the final file name.
-                let name = format!("{stem}.vmdk");
-                let dir = work.path().join("vmdk");
-                fs::create_dir_all(&dir)?;
-                cloud::vmdk(&raw, &dir.join(&name), &uuids.disk)?;
-                if o.formats.contains(&Format::Ova) {
-                    let tmp = work.path().join("disk.ova");
-                    let capacity = fs::metadata(&raw)?.len();
-                    cloud::ova(
-                        &dir.join(&name),
-                        &stem,
-                        capacity,
-                        &tmp,
-                        work.path(),
-                        o.source_date_epoch,
-                    )?;
-                    results.push((tmp, o.out.join(format!("{stem}.ova"))));
-                }
-                if o.formats.contains(&Format::Vmdk) {
-                    results.push((dir.join(&name), o.out.join(name)));
-                }
-            }
-            if o.formats.contains(&Format::Gce) {
-                let tmp = work.path().join("disk.tar.gz");
-                cloud::gce(&raw, &tmp, work.path(), o.source_date_epoch)?;
-                results.push((tmp, o.out.join(format!("{stem}.gce.tar.gz"))));
-            }
-            crate::check_interrupted()?;
-            if o.formats.contains(&Format::Raw) {
-                results.push((raw, o.out.join(format!("{stem}.raw"))));
-            }
-        }
+    Ok((recipe, bundle))
+}
+
+/// The recipe's base (cached, built or given) unpacked into `work/rootfs`; without root, the
+/// owners and device nodes the filesystem must get instead.
+fn unpack_base(
+    recipe: &Recipe,
+    o: &Options,
+    cache: &Cache,
+    work: &Path,
+    built: &mut Built,
+) -> Result<(PathBuf, Option<disk::BaseMeta>)> {
+    let t = Instant::now();
+    let (base, source) = base_rootfs(recipe, &o.recipe, cache)?;
+    built.base = match source {
+        BaseSource::Given => "given",
+        BaseSource::Cached => "cached",
+        BaseSource::Built => "built",
     }
-    // Ctrl-C or SIGTERM up to here leaves nothing: the work directory goes with `work`.
+    .into();
+    built.base_seconds = t.elapsed().as_secs_f64();
     crate::check_interrupted()?;
-    for (tmp, dest) in results {
-        fs::rename(&tmp, &dest).with_context(|| format!("cannot move the image to {}", dest.display()))?;
-        built.outputs.push(dest);
+    let root = work.join("rootfs");
+    fs::create_dir(&root)?;
+    // As root, tar keeps owners, device nodes and xattrs and mkfs.ext4 copies them. Without
+    // root, the base's owners and device nodes are read from the tarball and written into the
+    // filesystem by debugfs instead.
+    let meta = if is_root() {
+        None
+    } else {
+        Some(disk::BaseMeta::read(&base)?)
+    };
+    let mut tar = Command::new("tar");
+    tar.args(["-x", "-p", "--numeric-owner"]);
+    match &meta {
+        None => {
+            tar.args(["--xattrs", "--xattrs-include=*"]);
+        }
+        Some(m) => {
+            if m.xattrs > 0 {
+                tracing::warn!("{} extended attributes in the base are not kept without root", m.xattrs);
+            }
+            let exclude = work.join("specials.exclude");
+            fs::write(&exclude, m.exclude_list())?;
+            tar.arg("--no-same-owner").arg("--exclude-from").arg(&exclude);
+        }
     }
-    built.seconds = started.elapsed().as_secs_f64();
-    Ok(built)
+    process::run(tar.arg("-f").arg(&base).arg("-C").arg(&root))?;
+    crate::check_interrupted()?;
+    Ok((root, meta))
 }
 
 /// Where the base rootfs tarball came from.
