@@ -173,115 +173,165 @@ pub fn read(inputs: &[Input]) -> Result<OldSettings, String> {
     }
     let mut consumed = vec![false; env_files.len()];
     for (group, dockerd) in [(units, false), (docker_units, true)] {
-        if group.is_empty() {
-            continue;
-        }
-        let names: Vec<&str> = group.iter().map(|u| u.origin.as_str()).collect();
-        let names = names.join(", ");
-        let service = systemd::merge(&group).map_err(|e| format!("{names}: {e}"))?;
-        let Some((exec, exec_origin)) = service.exec.clone() else {
-            return Err(format!(
-                "{names}: no ExecStart= line: give the unit together with its drop-ins (kiln migrate kubelet.service 10-kubeadm.conf ...)"
-            ));
-        };
-        for (dep, origin) in &service.docker_deps {
-            old.notes.push(Row {
-                flag: "unit".into(),
-                value: dep.clone(),
-                outcome: Outcome::Replaced,
-                source: origin.clone(),
-                detail: "kiln's kubelet.service has After= and Requires=containerd.service, no Docker dependency"
-                    .into(),
-            });
-        }
-        // Environment= first; EnvironmentFile= overrides it (systemd.exec(5)), files in order.
-        let mut assignments: Vec<(String, systemd::Var)> = service.environment.clone();
-        for (path, optional, unit) in &service.environment_files {
-            let found = env_files
-                .iter()
-                .position(|(o, _)| o == path)
-                .or_else(|| env_files.iter().position(|(o, _)| basename(o) == basename(path)));
-            match found {
-                Some(i) => {
-                    consumed[i] = true;
-                    let (origin, vars) = &env_files[i];
-                    for (k, v) in vars {
-                        assignments.push((
-                            k.clone(),
-                            systemd::Var {
-                                value: v.clone(),
-                                source: origin.clone(),
-                            },
-                        ));
-                    }
-                }
-                None => old.notes.push(Row {
-                    flag: "EnvironmentFile".into(),
-                    value: path.clone(),
-                    outcome: Outcome::NotRead,
-                    source: unit.clone(),
-                    detail: format!(
-                        "not given to kiln migrate, so its variables count as unset here; pass a copy of it ({}){}",
-                        basename(path),
-                        if *optional {
-                            "; the unit allows it to be missing (-)"
-                        } else {
-                            ""
-                        }
-                    ),
-                }),
-            }
-        }
-        let mut env: BTreeMap<String, systemd::Var> = BTreeMap::new();
-        for (k, v) in assignments {
-            if let Some(earlier) = env.insert(k.clone(), v.clone()) {
-                old.notes.push(Row {
-                    flag: format!("${k}"),
-                    value: earlier.value,
-                    outcome: Outcome::Overridden,
-                    source: earlier.source,
-                    detail: format!("set again in {}, which wins", v.source),
-                });
-            }
-        }
-        let (words, used) = systemd::expand(&exec, &env).map_err(|e| format!("{exec_origin}: ExecStart: {e}"))?;
-        for (name, var) in &env {
-            if !used.contains(name) {
-                old.notes.push(Row {
-                    flag: format!("${name}"),
-                    value: var.value.clone(),
-                    outcome: Outcome::Dropped,
-                    source: var.source.clone(),
-                    detail: "not used by ExecStart, so the service never sees it".into(),
-                });
-            } else if var.value.trim().is_empty() {
-                old.notes.push(Row {
-                    flag: format!("${name}"),
-                    value: String::new(),
-                    outcome: Outcome::Dropped,
-                    source: var.source.clone(),
-                    detail: "empty: no flags to carry over".into(),
-                });
-            }
-        }
-        let flags = flags_of_words(&words, &exec_origin)?;
-        if dockerd {
-            for (name, value, source) in flags {
-                old.docker.extend(docker::from_flags(vec![(name, value)], &source));
-            }
-        } else {
-            old.kubelet.extend(
-                flags
-                    .into_iter()
-                    .map(|(name, value, source)| Setting { name, value, source }),
-            );
+        if !group.is_empty() {
+            read_service(&group, dockerd, &env_files, &mut consumed, &mut old)?;
         }
     }
+    let has_unit = inputs.iter().any(|i| systemd::looks_like_unit(&i.text));
+    read_loose_env_files(&env_files, &consumed, has_unit, &mut old);
+    if old.kubelet.is_empty() && old.docker.is_empty() {
+        let names: Vec<&str> = inputs.iter().map(|i| i.origin.as_str()).collect();
+        let why: Vec<String> = old
+            .notes
+            .iter()
+            .map(|r| format!("{} {}: {}", r.flag, r.value, r.detail))
+            .collect();
+        return Err(format!(
+            "{}: no kubelet flags or Docker settings found{}",
+            names.join(", "),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
+            }
+        ));
+    }
+    Ok(old)
+}
+
+/// The environment files given, each with its variables.
+type EnvFiles = [(String, Vec<(String, String)>)];
+
+/// One service (a unit and its drop-ins; kubelet's or dockerd's): its ExecStart expanded with
+/// its environment, into settings. `consumed` marks the environment files it reads.
+fn read_service(
+    group: &[systemd::UnitFile],
+    dockerd: bool,
+    env_files: &EnvFiles,
+    consumed: &mut [bool],
+    old: &mut OldSettings,
+) -> Result<(), String> {
+    let names: Vec<&str> = group.iter().map(|u| u.origin.as_str()).collect();
+    let names = names.join(", ");
+    let service = systemd::merge(group).map_err(|e| format!("{names}: {e}"))?;
+    let Some((exec, exec_origin)) = service.exec.clone() else {
+        return Err(format!(
+            "{names}: no ExecStart= line: give the unit together with its drop-ins (kiln migrate kubelet.service 10-kubeadm.conf ...)"
+        ));
+    };
+    for (dep, origin) in &service.docker_deps {
+        old.notes.push(Row {
+            flag: "unit".into(),
+            value: dep.clone(),
+            outcome: Outcome::Replaced,
+            source: origin.clone(),
+            detail: "kiln's kubelet.service has After= and Requires=containerd.service, no Docker dependency".into(),
+        });
+    }
+    let env = service_env(&service, env_files, consumed, old);
+    let (words, used) = systemd::expand(&exec, &env).map_err(|e| format!("{exec_origin}: ExecStart: {e}"))?;
+    for (name, var) in &env {
+        if !used.contains(name) {
+            old.notes.push(Row {
+                flag: format!("${name}"),
+                value: var.value.clone(),
+                outcome: Outcome::Dropped,
+                source: var.source.clone(),
+                detail: "not used by ExecStart, so the service never sees it".into(),
+            });
+        } else if var.value.trim().is_empty() {
+            old.notes.push(Row {
+                flag: format!("${name}"),
+                value: String::new(),
+                outcome: Outcome::Dropped,
+                source: var.source.clone(),
+                detail: "empty: no flags to carry over".into(),
+            });
+        }
+    }
+    let flags = flags_of_words(&words, &exec_origin)?;
+    if dockerd {
+        for (name, value, source) in flags {
+            old.docker.extend(docker::from_flags(vec![(name, value)], &source));
+        }
+    } else {
+        old.kubelet.extend(
+            flags
+                .into_iter()
+                .map(|(name, value, source)| Setting { name, value, source }),
+        );
+    }
+    Ok(())
+}
+
+/// The service's environment as systemd gives it: Environment=, then each EnvironmentFile= found
+/// among `env_files`, later assignments winning (each override noted).
+fn service_env(
+    service: &systemd::Service,
+    env_files: &EnvFiles,
+    consumed: &mut [bool],
+    old: &mut OldSettings,
+) -> BTreeMap<String, systemd::Var> {
+    // Environment= first; EnvironmentFile= overrides it (systemd.exec(5)), files in order.
+    let mut assignments: Vec<(String, systemd::Var)> = service.environment.clone();
+    for (path, optional, unit) in &service.environment_files {
+        let found = env_files
+            .iter()
+            .position(|(o, _)| o == path)
+            .or_else(|| env_files.iter().position(|(o, _)| basename(o) == basename(path)));
+        match found {
+            Some(i) => {
+                consumed[i] = true;
+                let (origin, vars) = &env_files[i];
+                for (k, v) in vars {
+                    assignments.push((
+                        k.clone(),
+                        systemd::Var {
+                            value: v.clone(),
+                            source: origin.clone(),
+                        },
+                    ));
+                }
+            }
+            None => old.notes.push(Row {
+                flag: "EnvironmentFile".into(),
+                value: path.clone(),
+                outcome: Outcome::NotRead,
+                source: unit.clone(),
+                detail: format!(
+                    "not given to kiln migrate, so its variables count as unset here; pass a copy of it ({}){}",
+                    basename(path),
+                    if *optional {
+                        "; the unit allows it to be missing (-)"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+        }
+    }
+    let mut env: BTreeMap<String, systemd::Var> = BTreeMap::new();
+    for (k, v) in assignments {
+        if let Some(earlier) = env.insert(k.clone(), v.clone()) {
+            old.notes.push(Row {
+                flag: format!("${k}"),
+                value: earlier.value,
+                outcome: Outcome::Overridden,
+                source: earlier.source,
+                detail: format!("set again in {}, which wins", v.source),
+            });
+        }
+    }
+    env
+}
+
+/// Environment files no unit read: with a unit given, their variables never reach the service;
+/// with none, each variable holds flags (the file the service sources).
+fn read_loose_env_files(env_files: &EnvFiles, consumed: &[bool], has_unit: bool, old: &mut OldSettings) {
     for (i, (origin, vars)) in env_files.iter().enumerate() {
         if consumed[i] {
             continue;
         }
-        let has_unit = inputs.iter().any(|i| systemd::looks_like_unit(&i.text));
         for (k, v) in vars {
             let source = format!("{origin} (${k})");
             if has_unit {
@@ -318,24 +368,6 @@ pub fn read(inputs: &[Input]) -> Result<OldSettings, String> {
             }
         }
     }
-    if old.kubelet.is_empty() && old.docker.is_empty() {
-        let names: Vec<&str> = inputs.iter().map(|i| i.origin.as_str()).collect();
-        let why: Vec<String> = old
-            .notes
-            .iter()
-            .map(|r| format!("{} {}: {}", r.flag, r.value, r.detail))
-            .collect();
-        return Err(format!(
-            "{}: no kubelet flags or Docker settings found{}",
-            names.join(", "),
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", why.join("; "))
-            }
-        ));
-    }
-    Ok(old)
 }
 
 fn settings(flags: Vec<(String, String)>, source: &str) -> Vec<Setting> {
