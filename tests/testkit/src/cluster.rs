@@ -50,8 +50,25 @@ pub struct Cluster {
 /// The group kubeadm puts bootstrapping kubelets in.
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
 
+/// A port for a test server on 127.0.0.1, free when checked. It is below Linux's ephemeral range
+/// (32768-60999), where the kernel puts no client connection's source port, so no connection can
+/// take it between this check and the server's bind (a port from `bind(:0)` could be, and once
+/// was: etcd failed with "address already in use"). Never the same twice in one process; each
+/// process starts at its own offset.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20000;
+    const COUNT: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + offset.wrapping_add(n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A test certificate authority and the leaf certificates it signs.
