@@ -260,27 +260,7 @@ fn worker_overlay(dir: &Path, c: &Cluster, src: &Path, bad: &Path) -> std::path:
 }
 
 fn node(c: &Cluster) -> Option<serde_json::Value> {
-    let out = c.kubectl(&["get", "node", NODE, "-o", "json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("kubectl -o json"))
-}
-
-fn ready(node: &serde_json::Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-/// Ready, with a heartbeat at or after `since` (RFC 3339, seconds, UTC: they compare as text).
-fn ready_since(node: &serde_json::Value, since: &str) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True" && c["lastHeartbeatTime"].as_str() >= Some(since))
+    kubectl_json(c, &["get", "node", NODE])
 }
 
 fn runtime(node: &serde_json::Value) -> String {
@@ -294,7 +274,7 @@ fn runtime(node: &serde_json::Value) -> String {
 fn ready_on(c: &Cluster, vm: &mut Vm, prefix: &str, timeout: Duration) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(n) = node(c).filter(|n| ready(n) && runtime(n).starts_with(prefix)) {
+        if let Some(n) = node(c).filter(|n| node_ready(n, None) && runtime(n).starts_with(prefix)) {
             return n;
         }
         assert!(vm.running(), "the guest stopped:\n{}", vm.tail(80));
@@ -421,7 +401,7 @@ fn a_docker_era_worker_is_adopted_in_place_and_a_failed_adoption_rolls_back() {
     let line = vm.wait_for("ADOPT-E2E-RESTARTED ", Duration::from_secs(300));
     let restarted = line.split_once("ADOPT-E2E-RESTARTED ").unwrap().1.trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !node(&c).is_some_and(|n| ready_since(&n, &restarted)) {
+    while !node(&c).is_some_and(|n| node_ready(&n, Some(&restarted))) {
         assert!(
             Instant::now() < deadline,
             "no Ready heartbeat since {restarted} from the restarted kubelet: {:?}",

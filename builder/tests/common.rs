@@ -215,3 +215,23 @@ pub fn kiln_image(
         json["base"].as_str().unwrap_or_default().to_string(),
     )
 }
+
+/// `kubectl ARGS -o json` against the cluster `c`; `None` when kubectl fails (a missing object).
+pub fn kubectl_json(c: &kiln_testkit::cluster::Cluster, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = c.kubectl(&all);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("kubectl -o json"))
+}
+
+/// Whether the Node's Ready condition is True; with `since`, also with a heartbeat at or after it
+/// (RFC 3339 in seconds, UTC: they compare as text).
+pub fn node_ready(node: &serde_json::Value, since: Option<&str>) -> bool {
+    node["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
+        c["type"] == "Ready"
+            && c["status"] == "True"
+            && since.is_none_or(|s| c["lastHeartbeatTime"].as_str() >= Some(s))
+    })
+}

@@ -81,23 +81,6 @@ fn state_on(console: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
-fn kubectl_json(c: &Cluster, args: &[&str]) -> Option<serde_json::Value> {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = c.kubectl(&all);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("kubectl -o json"))
-}
-
-fn ready(node: &serde_json::Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 const POD: &str = r#"apiVersion: v1
 kind: Pod
 metadata:
@@ -221,7 +204,7 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     );
 
     let node = loop {
-        if let Some(n) = kubectl_json(&c, &["get", "node", NODE]).filter(ready) {
+        if let Some(n) = kubectl_json(&c, &["get", "node", NODE]).filter(|n| node_ready(n, None)) {
             break n;
         }
         assert!(vm.running(), "the guest stopped:\n{}", vm.tail(80));

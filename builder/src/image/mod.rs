@@ -142,8 +142,7 @@ pub fn verified_bundle(path: &Path) -> Result<Bundle> {
 
 pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     let started = Instant::now();
-    let (recipe, bundle) = check_inputs(o)?;
-    let layout = recipe.layout()?;
+    let (recipe, layout, bundle) = check_inputs(o)?;
     fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     let stem = format!("{}-{}-{}", recipe.metadata.name, bundle.name, bundle.version);
     let work = tempfile::Builder::new()
@@ -224,13 +223,13 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
     Ok(built)
 }
 
-/// Everything checked before anything is written: the recipe, the bundle (verified in full), and
-/// that both and kiln-firstboot are for the same architecture.
-fn check_inputs(o: &Options) -> Result<(Recipe, Bundle)> {
+/// Everything checked before anything is written: the recipe and its disk layout, the bundle
+/// (verified in full), and that both and kiln-firstboot are for the same architecture.
+fn check_inputs(o: &Options) -> Result<(Recipe, recipe::Layout, Bundle)> {
     let origin = o.recipe.display().to_string();
     let text = fs::read_to_string(&o.recipe).with_context(|| format!("cannot read recipe {origin}"))?;
     let recipe = Recipe::parse(&text, &origin)?;
-    recipe.layout()?;
+    let layout = recipe.layout()?;
     let bundle = verified_bundle(&o.bundle)?;
     // The root partition type, the EFI loader and the base are the recipe's architecture's.
     if bundle.arch != recipe.spec.architecture {
@@ -272,7 +271,7 @@ fn check_inputs(o: &Options) -> Result<(Recipe, Bundle)> {
     if o.formats.contains(&Format::RootfsTar) && !is_root() {
         bail!("--format rootfs-tar needs root: GNU tar writes the files' real owners and xattrs (raw, qcow2 and sysext do not need root)");
     }
-    Ok((recipe, bundle))
+    Ok((recipe, layout, bundle))
 }
 
 /// The recipe's base (cached, built or given) unpacked into `work/rootfs`; without root, the
