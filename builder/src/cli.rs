@@ -41,7 +41,7 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Turn dockershim-era kubelet settings into a manifest `config:` section, with a report
     Migrate(MigrateArgs),
-    /// Bake a bundle into a bootable node image (raw, qcow2, vhd, vmdk, gce, rootfs-tar) or a sysext image
+    /// Bake a bundle into a bootable node image (raw, qcow2, vhd, vmdk, ova, gce, rootfs-tar), netboot artifacts (pxe) or a sysext image
     Image(ImageArgs),
 }
 

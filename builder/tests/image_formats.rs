@@ -618,3 +618,83 @@ fn an_arm64_recipe_lays_out_an_aarch64_disk_and_takes_only_an_arm64_bundle() {
         .arg(&rootfs));
     assert!(baked.contains("k8s-node-1.36.4-1-arm64.kiln.tar.zst"), "{baked}");
 }
+
+/// The `pxe` artifacts: the base's own kernel and initrd, a root image that busybox's cpio (a
+/// reader other than kiln's) unpacks into the boot script and the whole root tree, the command
+/// line and the iPXE script naming the files by their real names, and the same bytes twice.
+#[test]
+fn pxe_artifacts_from_a_tarball_base_are_complete_readable_and_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    base(dir);
+    let recipe = recipe(dir, "rootfsTar: base.tar");
+    let bundle = standin_bundle(dir);
+    let out = dir.join("images");
+    ok(&image(dir, &recipe, &bundle, &out, "pxe"));
+    let mut files = listing(&out);
+    files.sort();
+    let exts = ["cmdline", "initrd", "ipxe", "root", "vmlinuz"];
+    assert_eq!(
+        files,
+        exts.map(|e| format!("{STEM}.pxe.{e}")),
+        "only the artifacts: no work files left"
+    );
+    let file = |ext: &str| out.join(format!("{STEM}.pxe.{ext}"));
+    assert_eq!(std::fs::read(file("vmlinuz")).unwrap(), b"not really a kernel");
+    assert_eq!(std::fs::read(file("initrd")).unwrap(), b"not really an initrd");
+    let cmdline = std::fs::read_to_string(file("cmdline")).unwrap();
+    assert!(cmdline.ends_with(" boot=kiln-netboot rw\n"), "{cmdline}");
+    let script = std::fs::read_to_string(file("ipxe")).unwrap();
+    for ext in ["vmlinuz", "initrd", "root"] {
+        assert!(script.contains(&format!(" {STEM}.pxe.{ext}")), "{script}");
+    }
+    assert!(script.contains(cmdline.trim()), "{script}");
+
+    // The root image, read with busybox: the boot script, and the root tree inside.
+    let x = dir.join("x");
+    std::fs::create_dir(&x).unwrap();
+    let unpack = |archive: &str, into: &Path| {
+        run(Command::new("sh").arg("-c").arg(archive).current_dir(into));
+    };
+    unpack(
+        &format!("zstd -dc {} | busybox cpio -i 2>/dev/null", file("root").display()),
+        &x,
+    );
+    let boot_script = std::fs::read_to_string(x.join("scripts/kiln-netboot")).unwrap();
+    assert!(boot_script.contains("mountroot()"), "{boot_script}");
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    unpack(
+        &format!(
+            "busybox cpio -i -d 2>/dev/null < {}",
+            x.join("kiln/root.cpio").display()
+        ),
+        &tree,
+    );
+    let bundle_name = bundle.file_name().unwrap().to_str().unwrap();
+    assert!(tree.join("usr/lib/kiln/bundles").join(bundle_name).is_file());
+    assert!(tree.join("usr/bin/kiln-firstboot").is_file());
+    assert!(tree
+        .join("etc/systemd/system/multi-user.target.wants/kiln-firstboot.service")
+        .symlink_metadata()
+        .is_ok());
+    let fstab = std::fs::read_to_string(tree.join("etc/fstab")).unwrap();
+    assert!(fstab.contains("netboot") && !fstab.contains("PARTUUID"), "{fstab}");
+    assert!(
+        !tree.join("boot/vmlinuz-6.1.0-test").exists(),
+        "the kernel is a file of its own"
+    );
+    assert!(!tree.join("etc/hostname").exists(), "no machine identity");
+
+    // Same inputs, same bytes.
+    let again = dir.join("again");
+    ok(&image(dir, &recipe, &bundle, &again, "pxe"));
+    for ext in exts {
+        let name = format!("{STEM}.pxe.{ext}");
+        assert_eq!(
+            sha256(&again.join(&name)),
+            sha256(&out.join(&name)),
+            "{name} is reproducible"
+        );
+    }
+}

@@ -1,8 +1,14 @@
 //! A kiln node is a Kubernetes node (`just e2e`): a node bundle built from the real kubelet v1.32
 //! and containerd 2.3.4 (`../shared/k8s/` or `KILN_K8S_BIN`), Debian's runc and CNI plugins and
-//! locally built pause and busybox images, baked into the Debian 12 image, booted under QEMU/OVMF
-//! with NoCloud user data against a real control plane on the host's loopback
-//! (`kiln_testkit::cluster`). Checked through the API and on the guest's console:
+//! locally built pause and busybox images, baked into the Debian 12 image, against a real control
+//! plane on the host's loopback (`kiln_testkit::cluster`). The joining node is netbooted under
+//! QEMU/OVMF with no disk, from the image's `pxe` artifacts: iPXE gets a per-node script from
+//! slirp's DHCP and TFTP, which sets `kiln.config=URL` (the user data) and chains kiln's script; the
+//! kernel, initrd, root image and user data come over HTTP from the host's loopback. The two nodes
+//! that must fail boot the raw disk with NoCloud seeds. Checked through the API and on the guest's
+//! console:
+//! - the netbooted node runs from a tmpfs root and fetched its five files; the disk nodes' root is
+//!   ext4;
 //! - kubelet TLS-bootstraps with the token, and the Node goes Ready with kiln's bundle labels, the
 //!   labels and taint from user data, and `containerd://2.3.4`;
 //! - a pod placed by the real scheduler runs to completion from the preloaded image, and says so on
@@ -13,10 +19,12 @@
 //! - a wrong bootstrap token and an unreachable API server each fail with one clear line on the
 //!   console and in state.json.
 //!
-//! Network: the guests get `-netdev user,restrict=on`; the only way out is a `guestfwd` of
-//! 10.0.2.100:6443 to the API server on 127.0.0.1 (through socat), so nothing a guest tries
+//! Network: the guests get `-netdev user,restrict=on`; the only ways out are `guestfwd`s of
+//! 10.0.2.100:6443 to the API server and 10.0.2.100:80 to the HTTP server on 127.0.0.1 (through
+//! socat), so nothing a guest tries
 //! (a registry pull, DNS) leaves the machine, and nothing on the host connects to a guest.
-//! Prints QEMU start to Node Ready, the activation time, and the bundle and image build times.
+//! Prints QEMU start to Node Ready, kernel start to bundle activated (netbooted and from disk), the
+//! activation time, and the bundle and image (raw, pxe) build times.
 
 mod common;
 
@@ -30,6 +38,8 @@ use kiln_testkit::k8s;
 use kiln_testkit::qemu::{self, Net, Vm, GUEST_API};
 
 const NODE: &str = "kiln-e2e-node";
+/// Where the netbooted guest reaches the host's HTTP server (forwarded like the API server).
+const GUEST_HTTP: &str = "10.0.2.100:80";
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// From the pod's creation to its completion (a sandbox and a container under emulation).
 const POD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,7 +51,8 @@ fn overlay(dir: &Path) {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(
         bin.join("kiln-e2e-report"),
-        "#!/bin/sh\necho \"KILN-E2E-STATE $(tr -d '\\n' < /var/lib/kiln/state.json)\"\n\
+        "#!/bin/sh\necho \"KILN-E2E-ROOT $(findmnt -n -o FSTYPE /)\"\n\
+         echo \"KILN-E2E-STATE $(tr -d '\\n' < /var/lib/kiln/state.json)\"\n\
          # kube-proxy has synced once it has written its nat rules.\n\
          for i in $(seq 90); do iptables-save -t nat | grep -q '^-A KUBE-SERVICES' && break; sleep 1; done\n\
          echo \"KILN-E2E-KUBE-PROXY $(systemctl is-active kube-proxy.service) $(iptables-save -t nat | grep -c '^-A KUBE-SERVICES')\"\n",
@@ -71,6 +82,19 @@ fn user_data(c: &Cluster, host: &str, token: &str, join_timeout: u64, proxy_toke
     format!(
         "#cloud-config\nhostname: {host}\nkiln:\n  apiServer: https://{GUEST_API}\n  clusterCA: |\n{ca}  bootstrapToken: {token}\n  kubeProxyToken: {proxy_token}\n  nodeIP: 10.0.2.15\n  clusterDNS: 10.96.0.10\n  joinTimeoutSeconds: {join_timeout}\n  labels:\n    kiln.dev/pool: e2e\n  taints: [\"dedicated=e2e:NoSchedule\"]\n"
     )
+}
+
+/// The kernel's timestamp on kiln-firstboot's "bundle … activated" console line, in seconds.
+fn activated_at(console: &str) -> f64 {
+    // The line may follow other output (a login prompt) on the same console line.
+    console
+        .lines()
+        .filter(|l| l.contains(" activated"))
+        .find_map(|l| {
+            let head = &l[..l.find("] kiln-firstboot[")?];
+            head[head.rfind('[')? + 1..].trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no kiln-firstboot activated line on the console:\n{console}"))
 }
 
 fn state_on(console: &str) -> serde_json::Value {
@@ -131,6 +155,9 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let images = dir.join("images");
     let (image_s, base) = kiln_image(&recipe, &bundle, &images, &firstboot, Some(&over), "raw");
     let raw = images.join("debian-12-kiln-node-1.32.13-1.raw");
+    // The same node as netboot artifacts (the base is cached by now).
+    let (pxe_s, pxe_base) = kiln_image(&recipe, &bundle, &images, &firstboot, Some(&over), "pxe");
+    let stem = "debian-12-kiln-node-1.32.13-1";
 
     // kube-proxy's identity, as an operator gives it to a node that runs kube-proxy as a service.
     for args in [
@@ -153,27 +180,49 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     .trim()
     .to_string();
 
-    // The node.
-    let seed = qemu::nocloud_seed(
+    // The node, netbooted with no disk: slirp's DHCP and TFTP hand iPXE a per-node script, which
+    // names the node's user data (`kiln.config=URL`) and chains kiln's script; the kernel, initrd,
+    // root image and user data come over HTTP from the host's loopback through a guestfwd.
+    let http = kiln_testkit::mirror::Mirror::start();
+    for ext in ["vmlinuz", "initrd", "root", "cmdline", "ipxe"] {
+        let name = format!("{stem}.pxe.{ext}");
+        http.put(&format!("/{name}"), std::fs::read(images.join(&name)).unwrap());
+    }
+    http.put(
+        &format!("/nodes/{NODE}.yaml"),
+        user_data(&c, NODE, &c.bootstrap_token, 300, &proxy_token).into_bytes(),
+    );
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::write(
+        tftp.join("node.ipxe"),
+        format!(
+            "#!ipxe\nset kiln-args kiln.config=http://{GUEST_HTTP}/nodes/{NODE}.yaml\nchain http://{GUEST_HTTP}/{stem}.pxe.ipxe\n"
+        ),
+    )
+    .unwrap();
+    let mut vm = Vm::start(
         dir,
         "good",
-        &user_data(&c, NODE, &c.bootstrap_token, 300, &proxy_token),
-        &format!("instance-id: {NODE}\n"),
+        &qemu::Boot::Network {
+            tftp: &tftp,
+            bootfile: "node.ipxe",
+        },
+        &qemu::Options {
+            // The root filesystem lives in memory.
+            memory_mib: 3072,
+            cpus: 2,
+            net: Net::Restricted {
+                forwards: vec![
+                    (GUEST_API.to_string(), c.api_port),
+                    (GUEST_HTTP.to_string(), http.port()),
+                ],
+            },
+        },
     );
     let forward = Net::Restricted {
         forwards: vec![(GUEST_API.to_string(), c.api_port)],
     };
-    let mut vm = Vm::boot(
-        dir,
-        "good",
-        &raw,
-        &seed,
-        &qemu::Options {
-            memory_mib: 1536,
-            cpus: 2,
-            net: forward.clone(),
-        },
-    );
     // Two nodes that must fail, booted alongside (2 cores: the figures below include that load).
     let (id, _) = c.bootstrap_token.split_once('.').unwrap();
     let bad_token = format!("{id}.0000000000000000");
@@ -304,11 +353,28 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert!(status.to_string().contains("1.32.13-1"), "{status}");
 
+    // The good node ran from memory, and fetched what it booted from the host.
+    assert!(vm.console().contains("KILN-E2E-ROOT tmpfs"), "{}", vm.tail(80));
+    for path in [
+        format!("/{stem}.pxe.ipxe"),
+        format!("/{stem}.pxe.vmlinuz"),
+        format!("/{stem}.pxe.initrd"),
+        format!("/{stem}.pxe.root"),
+        format!("/nodes/{NODE}.yaml"),
+    ] {
+        assert!(
+            http.requests_for(&path) >= 1,
+            "{path} was not fetched: {:?}",
+            http.log()
+        );
+    }
+
     // The bad nodes: one clear line each, on the console and in state.json.
     let line = bad.wait_for("kiln-firstboot: FAILED:", Duration::from_secs(600));
     assert!(line.contains("refused the bootstrap token"), "{line}");
     bad.wait_for("KILN-E2E-STATE", Duration::from_secs(60));
     let s = state_on(&bad.console());
+    assert!(bad.console().contains("KILN-E2E-ROOT ext4"), "{}", bad.tail(80));
     assert_eq!(s["result"], "failed", "{s}");
     assert!(
         s["error"].as_str().unwrap().contains("refused the bootstrap token"),
@@ -329,7 +395,13 @@ fn a_kiln_node_joins_a_real_cluster_and_runs_a_pod() {
 
     println!("node-e2e: bundle build (kubelet 1.32.13, containerd 2.3.4)  {bundle_s:.1} s");
     println!("node-e2e: image build (base {base})                         {image_s:.1} s");
-    println!("node-e2e: QEMU start to Node Ready                          {to_ready:.1} s");
+    println!("node-e2e: image build, pxe (base {pxe_base})                     {pxe_s:.1} s");
+    println!("node-e2e: QEMU start to Node Ready (netbooted)              {to_ready:.1} s");
+    println!(
+        "node-e2e: kernel start to bundle activated: netbooted (2 CPUs) {:.1} s, disk (bad-token node, 1 CPU) {:.1} s",
+        activated_at(&vm.console()),
+        activated_at(&bad.console())
+    );
     println!(
         "node-e2e: activation (kiln-firstboot's steps)               {:.2} s",
         activation_ms / 1000.0

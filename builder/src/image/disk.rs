@@ -185,7 +185,7 @@ impl Uuids {
 }
 
 /// The kernel and initrd in the rootfs's /boot (the newest, by version order of their names).
-fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
+pub(super) fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
     let boot = root.join("boot");
     let mut kernels: Vec<String> = fs::read_dir(&boot)
         .into_iter()

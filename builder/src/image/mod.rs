@@ -1,11 +1,12 @@
 //! `kiln image`: node images with one bundle baked in, plus the first-boot activator, ready to boot
 //! as a fresh node. Formats: a GPT disk (`raw`, following the Discoverable Partitions Specification,
 //! with systemd-boot and a Boot Loader Specification type 1 entry on the ESP), `qcow2` converted
-//! from it, a `rootfs-tar` for netboot, and a `sysext` image of the bundle alone.
+//! from it (and the cloud formats), a `rootfs-tar`, the `pxe` artifacts a netboot server serves
+//! (`netboot.rs`), and a `sysext` image of the bundle alone.
 //!
 //! No loop mounts: `mkfs.ext4 -d`, `mkfs.vfat` + `mcopy`, `sfdisk` on a plain file and `dd` at the
-//! partition offsets. Root is needed only for debootstrap (and for rootfs-tar, which GNU tar writes
-//! with the files' real owners); without it the disk gets the base's owners and device nodes from
+//! partition offsets. Root is needed only for debootstrap (and for rootfs-tar and pxe, which carry
+//! the files' real owners); without it the disk gets the base's owners and device nodes from
 //! the tarball through debugfs. The base rootfs is cached by the digest of
 //! the recipe's base, so a rebuild with a new bundle skips debootstrap. Timestamps are
 //! SOURCE_DATE_EPOCH and every UUID is derived from the recipe and bundle digests.
@@ -13,6 +14,7 @@
 mod cloud;
 pub mod disk;
 mod formats;
+mod netboot;
 pub mod recipe;
 
 // fs-err: every error names the path, so a node image build that fails says which file.
@@ -48,6 +50,9 @@ pub enum Format {
     /// Compute Engine: `disk.raw` in a gzipped sparse tar.
     Gce,
     RootfsTar,
+    /// Netboot: kernel, initrd, root image (the root filesystem, run from memory), kernel command
+    /// line and an iPXE script.
+    Pxe,
     Sysext,
 }
 
@@ -180,6 +185,17 @@ pub fn build(o: &Options, cache: &Cache) -> Result<Built> {
             crate::check_interrupted()?;
             results.push((tmp, o.out.join(format!("{stem}.rootfs.tar.zst"))));
         }
+        if o.formats.contains(&Format::Pxe) {
+            results.extend(netboot::write(&netboot::Netboot {
+                root: &root,
+                work: work.path(),
+                out: &o.out,
+                stem: &stem,
+                cmdline: &recipe.spec.kernel_command_line,
+                epoch: o.source_date_epoch,
+            })?);
+            crate::check_interrupted()?;
+        }
         if o.formats.iter().any(|f| formats::FROM_RAW.iter().any(|(g, _)| g == f)) {
             let raw = work.path().join("disk.raw");
             let cmdline = format!(
@@ -270,6 +286,9 @@ fn check_inputs(o: &Options) -> Result<(Recipe, recipe::Layout, Bundle)> {
     }
     if o.formats.contains(&Format::RootfsTar) && !is_root() {
         bail!("--format rootfs-tar needs root: GNU tar writes the files' real owners and xattrs (raw, qcow2 and sysext do not need root)");
+    }
+    if o.formats.contains(&Format::Pxe) && !is_root() {
+        bail!("--format pxe needs root: the root image carries the files' real owners (raw, qcow2 and sysext do not need root)");
     }
     Ok((recipe, layout, bundle))
 }

@@ -77,6 +77,11 @@ impl Mirror {
         format!("http://{}", self.addr)
     }
 
+    /// The port it listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// Serve `body` at `path` (which starts with `/`).
     pub fn put(&self, path: &str, body: Vec<u8>) {
         self.put_with(path, body, Fault::None);

@@ -47,8 +47,25 @@ pub fn serial_log(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.serial.log"))
 }
 
-/// The QEMU command line for VM `name` (its OVMF variables copied into `dir`).
+/// What a VM boots from.
+#[derive(Debug, Clone)]
+pub enum Boot<'a> {
+    /// A raw disk (as a snapshot) and a NoCloud seed disk.
+    Disk { disk: &'a Path, seed: &'a Path },
+    /// The network, with no disk: OVMF runs iPXE (the NIC's option ROM from Debian's ipxe-qemu),
+    /// which takes the address and `bootfile` from slirp's DHCP and fetches it from slirp's TFTP
+    /// server, which serves `tftp`. Needs [`Net::Restricted`].
+    Network { tftp: &'a Path, bootfile: &'a str },
+}
+
+/// The QEMU command line for VM `name` booting `disk` with `seed` (its OVMF variables copied into
+/// `dir`).
 pub fn command(dir: &Path, name: &str, disk: &Path, seed: &Path, opts: &Options) -> Command {
+    command_for(dir, name, &Boot::Disk { disk, seed }, opts)
+}
+
+/// The QEMU command line for VM `name` booting from `boot`.
+pub fn command_for(dir: &Path, name: &str, boot: &Boot, opts: &Options) -> Command {
     let vars = dir.join(format!("{name}.OVMF_VARS.fd"));
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
         .expect("/usr/share/OVMF/OVMF_VARS_4M.fd (scripts/setup installs ovmf)");
@@ -62,31 +79,51 @@ pub fn command(dir: &Path, name: &str, disk: &Path, seed: &Path, opts: &Options)
         .args(["-nodefaults", "-display", "none", "-no-reboot"]);
     match &opts.net {
         Net::None => {
+            assert!(
+                matches!(boot, Boot::Disk { .. }),
+                "a network boot needs Net::Restricted"
+            );
             cmd.args(["-nic", "none"]);
         }
         Net::Restricted { forwards } => {
             let mut netdev = "user,id=n0,restrict=on".to_string();
+            if let Boot::Network { tftp, bootfile } = boot {
+                // slirp's DHCP and TFTP answer inside the restricted network.
+                netdev.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
+            }
             for (guest, port) in forwards {
                 // QEMU starts the relay for each connection the guest opens, with the connection
                 // as its stdin and stdout.
                 netdev.push_str(&format!(",guestfwd=tcp:{guest}-cmd:socat STDIO TCP:127.0.0.1:{port}"));
             }
             cmd.arg("-netdev").arg(netdev);
-            cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
+            if let Boot::Network { .. } = boot {
+                assert!(
+                    Path::new(IPXE_ROM).is_file(),
+                    "{IPXE_ROM} is missing (scripts/setup installs ipxe-qemu)"
+                );
+                cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,romfile={IPXE_ROM}")]);
+            } else {
+                cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
+            }
         }
     }
     cmd.arg("-drive")
         .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,readonly=on,file={}", seed.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()));
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    if let Boot::Disk { disk, seed } = boot {
+        cmd.arg("-drive")
+            .arg(format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()))
+            .arg("-drive")
+            .arg(format!("if=virtio,format=raw,readonly=on,file={}", seed.display()));
+    }
+    cmd.arg("-serial").arg(format!("file:{}", log.display()));
     cmd
 }
+
+/// iPXE as the virtio NIC's option ROM (UEFI and BIOS), from Debian's ipxe-qemu.
+pub const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
 pub struct Vm {
     child: Child,
@@ -98,7 +135,12 @@ pub struct Vm {
 impl Vm {
     /// Boot `disk` (raw) with the NoCloud `seed` under `dir`; files are named after `name`.
     pub fn boot(dir: &Path, name: &str, disk: &Path, seed: &Path, opts: &Options) -> Vm {
-        let mut cmd = command(dir, name, disk, seed, opts);
+        Vm::start(dir, name, &Boot::Disk { disk, seed }, opts)
+    }
+
+    /// Boot from `boot` under `dir`; files are named after `name`.
+    pub fn start(dir: &Path, name: &str, boot: &Boot, opts: &Options) -> Vm {
+        let mut cmd = command_for(dir, name, boot, opts);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(format!("{name}.qemu.log"))).unwrap());

@@ -4,7 +4,8 @@
 //! it prints kiln's wall time, what the format adds over `--format raw` in the same run, and the
 //! baseline: the standard tool converting the same raw disk (`qemu-img convert` for qcow2, vpc
 //! and streamOptimized vmdk; that vmdk hashed and tarred with a descriptor and manifest for the
-//! OVA; GNU tar + gzip for the GCE tarball), in the same run.
+//! OVA; GNU tar + gzip for the GCE tarball), in the same run. The `pxe` artifacts against the raw
+//! disk and against packing the same tree with `find | busybox cpio -o -H newc | zstd -6`.
 //!
 //! Usage: bench-image PATH/TO/kiln PATH/TO/kiln-firstboot [RUNS]
 
@@ -158,6 +159,37 @@ fn main() {
             added / b
         );
     }
+
+    // Netboot: kiln's pxe format against the raw disk, and against packing the same root tree by
+    // hand (`find | cpio -o -H newc | zstd -6`, the usual hand-made netboot root), in the same run.
+    let tree = root.join("tree");
+    image("rootfs-tar", &root.join("t"));
+    std::fs::create_dir_all(&tree).unwrap();
+    run(Command::new("tar")
+        .args(["--zstd", "-xf"])
+        .arg(root.join(format!("t/{STEM}.rootfs.tar.zst")))
+        .arg("-C")
+        .arg(&tree));
+    let mut kiln_times: Vec<f64> = (0..runs).map(|_| image("pxe", &root.join("o"))).collect();
+    let mut base_times: Vec<f64> = (0..runs)
+        .map(|_| {
+            timed(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg("find . | busybox cpio -o -H newc 2>/dev/null | zstd -q -6 -c > \"$1\"")
+                    .arg("sh")
+                    .arg(&conv)
+                    .current_dir(&tree),
+            )
+        })
+        .collect();
+    let k = median(&mut kiln_times);
+    let b = median(&mut base_times);
+    println!(
+        "  pxe          kiln {k:7.2} s (ratio to raw {:.2}); baseline find | busybox cpio -o -H newc | zstd -6 of the same tree: {b:6.2} s; ratio kiln/baseline {:.2}",
+        k / raw_median,
+        k / b
+    );
 }
 
 /// A tarball base (busybox, a stand-in kernel and initrd, networkd units) and a recipe for a
