@@ -38,15 +38,27 @@ impl fmt::Debug for Sha256 {
     }
 }
 
+/// Why text is not a sha256 digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// Not 64 lowercase hex characters (after an optional `sha256:`).
+    #[error("`{0}` is not a sha256 digest (64 lowercase hex characters)")]
+    NotHex(String),
+    /// A `sha256sum`-style file with no digest in it.
+    #[error("the file is empty")]
+    Empty,
+}
+
 impl FromStr for Sha256 {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, DigestError> {
         let s = s.strip_prefix("sha256:").unwrap_or(s);
+        let not_hex = || DigestError::NotHex(s.to_string());
         if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!("`{s}` is not a sha256 digest (64 lowercase hex characters)"));
+            return Err(not_hex());
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| not_hex())?;
         Ok(Self(out))
     }
 }
@@ -154,8 +166,8 @@ pub fn sha256sum_line(digest: &Sha256, file_name: &str) -> String {
 }
 
 /// Parse the first digest of a `sha256sum`-style file.
-pub fn parse_sha256sum(text: &str) -> Result<Sha256, String> {
-    let first = text.split_whitespace().next().ok_or("the file is empty")?;
+pub fn parse_sha256sum(text: &str) -> Result<Sha256, DigestError> {
+    let first = text.split_whitespace().next().ok_or(DigestError::Empty)?;
     first.parse()
 }
 

@@ -257,13 +257,18 @@ impl fmt::Display for Arch {
     }
 }
 
+/// Text that names no architecture kiln builds for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown architecture `{0}` (expected amd64 or arm64)")]
+pub struct UnknownArch(pub String);
+
 impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownArch;
+    fn from_str(s: &str) -> Result<Self, UnknownArch> {
         match s {
             "amd64" => Ok(Arch::Amd64),
             "arm64" => Ok(Arch::Arm64),
-            _ => Err(format!("unknown architecture `{s}` (expected amd64 or arm64)")),
+            _ => Err(UnknownArch(s.to_string())),
         }
     }
 }
@@ -540,9 +545,9 @@ impl Manifest {
                 format!("`{}` is not supported (expected `{KIND}`)", self.kind),
             ));
         }
-        check_name_like(&self.metadata.name).map_err(|m| err("metadata.name", m))?;
-        check_name_like(&self.metadata.version).map_err(|m| err("metadata.version", m))?;
-        check_version(&self.spec.kubernetes_version).map_err(|m| err("spec.kubernetesVersion", m))?;
+        check_name_like(&self.metadata.name).map_err(|m| err("metadata.name", m.to_string()))?;
+        check_name_like(&self.metadata.version).map_err(|m| err("metadata.version", m.to_string()))?;
+        check_version(&self.spec.kubernetes_version).map_err(|m| err("spec.kubernetesVersion", m.to_string()))?;
         if self.spec.architectures.is_empty() {
             return Err(err(
                 "spec.architectures",
@@ -568,7 +573,7 @@ impl Manifest {
             }
             (None, None) => return Err(err(&format!("{at}.source"), "one of `url` or `apt` is required".into())),
             (Some(url), None) => {
-                check_template(url).map_err(|m| err(&format!("{at}.source.url"), m))?;
+                check_template(url).map_err(|m| err(&format!("{at}.source.url"), m.to_string()))?;
                 for arch in &self.spec.architectures {
                     if !s.sha256.contains_key(arch) {
                         return Err(err(
@@ -696,11 +701,11 @@ impl Manifest {
         let mut image_names = BTreeSet::new();
         for (i, img) in self.spec.images.iter().enumerate() {
             let at = format!("spec.images[{i}]");
-            check_image_name(&img.name).map_err(|m| err(&format!("{at}.name"), m))?;
+            check_image_name(&img.name).map_err(|m| err(&format!("{at}.name"), m.to_string()))?;
             if !image_names.insert(img.name.as_str()) {
                 return Err(err(&format!("{at}.name"), format!("`{}` is listed twice", img.name)));
             }
-            check_template(&img.url).map_err(|m| err(&format!("{at}.url"), m))?;
+            check_template(&img.url).map_err(|m| err(&format!("{at}.url"), m.to_string()))?;
             for arch in &self.spec.architectures {
                 if !img.sha256.contains_key(arch) {
                     return Err(err(
@@ -800,9 +805,9 @@ impl NodeConfig {
         }
         for (host, r) in &self.containerd.registries {
             let at = format!("spec.config.containerd.registries[{host}]");
-            check_registry_host(host).map_err(|m| (at.clone(), m))?;
+            check_registry_host(host).map_err(|m| (at.clone(), m.to_string()))?;
             if let Some(server) = &r.server {
-                check_registry_url(server).map_err(|m| (format!("{at}.server"), m))?;
+                check_registry_url(server).map_err(|m| (format!("{at}.server"), m.to_string()))?;
             }
             if r.auth && host == "_default" {
                 return Err((
@@ -816,7 +821,7 @@ impl NodeConfig {
             }
             for (i, m) in r.mirrors.iter().enumerate() {
                 let mat = format!("{at}.mirrors[{i}]");
-                check_registry_url(&m.host).map_err(|e| (format!("{mat}.host"), e))?;
+                check_registry_url(&m.host).map_err(|e| (format!("{mat}.host"), e.to_string()))?;
                 if m.capabilities.is_empty() {
                     return Err((
                         format!("{mat}.capabilities"),
@@ -848,8 +853,46 @@ impl NodeConfig {
     }
 }
 
+/// Why a manifest value is not valid; the caller names the field it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Invalid {
+    /// Not `HOST`, `HOST:PORT` or `_default`.
+    #[error("`{0}` is not a registry host (HOST or HOST:PORT, no scheme or path, or `_default`)")]
+    RegistryHost(String),
+    /// A URL without an http:// or https:// scheme.
+    #[error("`{0}` is not an http:// or https:// URL")]
+    NotHttpUrl(String),
+    /// A URL whose host part is not a host.
+    #[error("`{0}` does not name a host")]
+    UrlHost(String),
+    /// A URL with characters that would break the TOML or credentials kiln writes.
+    #[error("`{0}`: quotes, backslashes, `@` and newlines are not allowed")]
+    UrlCharacters(String),
+    /// A URL template with `{` and no `}`.
+    #[error("`{0}` has an unclosed `{{`")]
+    UnclosedBrace(String),
+    /// A URL template variable other than `{version}` and `{arch}`.
+    #[error("`{{{0}}}` is not a known placeholder (use {{version}} or {{arch}})")]
+    UnknownVariable(String),
+    /// An empty URL template.
+    #[error("must not be empty")]
+    Empty,
+    /// A name or version of no characters or over 128.
+    #[error("must be 1 to 128 characters")]
+    Length,
+    /// A name or version with characters unsafe in file names.
+    #[error("`{0}` may only contain letters, digits, `.`, `_`, `+` and `-`")]
+    Characters(String),
+    /// Not `MAJOR.MINOR[.PATCH]`.
+    #[error("`{0}` is not a Kubernetes version such as 1.36.4")]
+    Version(String),
+    /// Not an image reference containerd would store.
+    #[error("`{0}` is not an image reference (e.g. registry.k8s.io/pause:3.10)")]
+    ImageName(String),
+}
+
 /// `registry.example.com`, `registry.example.com:5000`, `10.0.0.5:5000`, `docker.io` or `_default`.
-fn check_registry_host(host: &str) -> std::result::Result<(), String> {
+fn check_registry_host(host: &str) -> std::result::Result<(), Invalid> {
     if host == "_default" {
         return Ok(());
     }
@@ -866,23 +909,19 @@ fn check_registry_host(host: &str) -> std::result::Result<(), String> {
     if name_ok && port_ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{host}` is not a registry host (HOST or HOST:PORT, no scheme or path, or `_default`)"
-        ))
+        Err(Invalid::RegistryHost(host.to_string()))
     }
 }
 
-fn check_registry_url(url: &str) -> std::result::Result<(), String> {
+fn check_registry_url(url: &str) -> std::result::Result<(), Invalid> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+        .ok_or_else(|| Invalid::NotHttpUrl(url.to_string()))?;
     let host = rest.split('/').next().unwrap_or_default();
-    check_registry_host(host).map_err(|_| format!("`{url}` does not name a host"))?;
+    check_registry_host(host).map_err(|_| Invalid::UrlHost(url.to_string()))?;
     if url.contains(['"', '\\', '\n', '@']) {
-        return Err(format!(
-            "`{url}`: quotes, backslashes, `@` and newlines are not allowed"
-        ));
+        return Err(Invalid::UrlCharacters(url.to_string()));
     }
     Ok(())
 }
@@ -892,40 +931,38 @@ pub fn expand(template: &str, version: &str, arch: Arch) -> String {
     template.replace("{version}", version).replace("{arch}", arch.as_str())
 }
 
-fn check_template(url: &str) -> Result<(), String> {
+fn check_template(url: &str) -> Result<(), Invalid> {
     let mut rest = url;
     while let Some(i) = rest.find('{') {
         let tail = &rest[i..];
-        let end = tail.find('}').ok_or_else(|| format!("`{url}` has an unclosed `{{`"))?;
+        let end = tail.find('}').ok_or_else(|| Invalid::UnclosedBrace(url.to_string()))?;
         let var = &tail[1..end];
         if var != "version" && var != "arch" {
-            return Err(format!(
-                "`{{{var}}}` is not a known placeholder (use {{version}} or {{arch}})"
-            ));
+            return Err(Invalid::UnknownVariable(var.to_string()));
         }
         rest = &tail[end + 1..];
     }
     if url.is_empty() {
-        return Err("must not be empty".into());
+        return Err(Invalid::Empty);
     }
     Ok(())
 }
 
 /// Names and versions end up in file names: keep them to a portable character set.
-fn check_name_like(s: &str) -> Result<(), String> {
+fn check_name_like(s: &str) -> Result<(), Invalid> {
     if s.is_empty() || s.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
+        return Err(Invalid::Length);
     }
     if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) || s.starts_with(['.', '-']) {
-        return Err(format!("`{s}` may only contain letters, digits, `.`, `_`, `+` and `-`"));
+        return Err(Invalid::Characters(s.to_string()));
     }
     Ok(())
 }
 
-fn check_version(s: &str) -> Result<(), String> {
+fn check_version(s: &str) -> Result<(), Invalid> {
     parse_minor(s)
         .map(|_| ())
-        .ok_or_else(|| format!("`{s}` is not a Kubernetes version such as 1.36.4"))
+        .ok_or_else(|| Invalid::Version(s.to_string()))
 }
 
 /// `(major, minor)` of a version such as `1.36.4` or `v1.27.0-rc.1`.
@@ -939,7 +976,7 @@ pub fn parse_minor(s: &str) -> Option<(u32, u32)> {
 
 /// An image reference as containerd stores it: `[registry/]path[:tag][@digest]`, lowercase
 /// repository, no spaces.
-fn check_image_name(name: &str) -> std::result::Result<(), String> {
+fn check_image_name(name: &str) -> std::result::Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name
@@ -950,9 +987,7 @@ fn check_image_name(name: &str) -> std::result::Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{name}` is not an image reference (e.g. registry.k8s.io/pause:3.10)"
-        ))
+        Err(Invalid::ImageName(name.to_string()))
     }
 }
 

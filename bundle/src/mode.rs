@@ -5,6 +5,17 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Why text is not a file mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    /// Not one to five octal digits.
+    #[error("`{0}` is not an octal file mode such as \"0755\"")]
+    NotOctal(String),
+    /// Octal, but with bits above setuid/setgid/sticky and the permissions.
+    #[error("`{0}` has bits beyond 07777")]
+    TooWide(String),
+}
+
 /// Permission bits of a bundle file, including setuid/setgid/sticky (`0o7777` at most).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mode(pub u32);
@@ -15,15 +26,14 @@ impl Mode {
     pub const DIR: Mode = Mode(0o755);
     pub const SECRET: Mode = Mode(0o600);
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ModeError> {
         let digits = s.strip_prefix("0o").unwrap_or(s);
         if digits.is_empty() || digits.len() > 5 {
-            return Err(format!("`{s}` is not an octal file mode such as \"0755\""));
+            return Err(ModeError::NotOctal(s.to_string()));
         }
-        let v =
-            u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal file mode such as \"0755\""))?;
+        let v = u32::from_str_radix(digits, 8).map_err(|_| ModeError::NotOctal(s.to_string()))?;
         if v > 0o7777 {
-            return Err(format!("`{s}` has bits beyond 07777"));
+            return Err(ModeError::TooWide(s.to_string()));
         }
         Ok(Mode(v))
     }

@@ -58,22 +58,31 @@ pub fn token(name: &str) -> String {
     format!("{OPEN}{name}@")
 }
 
+/// What is wrong with a placeholder in a template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceholderError {
+    /// `@kiln:` with no closing `@`.
+    #[error("unterminated `@kiln:` placeholder")]
+    Unterminated,
+    /// `@kiln:NAME@` for a name kiln does not know (the name cut to 40 characters).
+    #[error("unknown placeholder `@kiln:{0}@`")]
+    Unknown(String),
+    /// A known placeholder the node has no value for.
+    #[error("no value for placeholder `{0}`")]
+    NoValue(String),
+}
+
 /// The placeholder names used in `text`. An `@kiln:` that does not form a known placeholder is an
 /// error, so a typo cannot slip through to a node.
-pub fn scan(text: &str) -> Result<BTreeSet<String>, String> {
+pub fn scan(text: &str) -> Result<BTreeSet<String>, PlaceholderError> {
     let mut out = BTreeSet::new();
     let mut rest = text;
     while let Some(i) = rest.find(OPEN) {
         let after = &rest[i + OPEN.len()..];
-        let end = after
-            .find('@')
-            .ok_or_else(|| "unterminated `@kiln:` placeholder".to_string())?;
+        let end = after.find('@').ok_or(PlaceholderError::Unterminated)?;
         let name = &after[..end];
         if !is_known(name) {
-            return Err(format!(
-                "unknown placeholder `@kiln:{}@`",
-                name.chars().take(40).collect::<String>()
-            ));
+            return Err(PlaceholderError::Unknown(name.chars().take(40).collect()));
         }
         out.insert(name.to_string());
         rest = &after[end + 1..];
@@ -83,19 +92,17 @@ pub fn scan(text: &str) -> Result<BTreeSet<String>, String> {
 
 /// Replace every placeholder in `text` with its value. A placeholder without a value is an error
 /// naming it; values are inserted as they are and never re-scanned.
-pub fn substitute(text: &str, values: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn substitute(text: &str, values: &BTreeMap<String, String>) -> Result<String, PlaceholderError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(OPEN) {
         out.push_str(&rest[..i]);
         let after = &rest[i + OPEN.len()..];
-        let end = after
-            .find('@')
-            .ok_or_else(|| "unterminated `@kiln:` placeholder".to_string())?;
+        let end = after.find('@').ok_or(PlaceholderError::Unterminated)?;
         let name = &after[..end];
         let value = values
             .get(name)
-            .ok_or_else(|| format!("no value for placeholder `{name}`"))?;
+            .ok_or_else(|| PlaceholderError::NoValue(name.to_string()))?;
         out.push_str(value);
         rest = &after[end + 1..];
     }
@@ -129,10 +136,11 @@ mod tests {
     fn unknown_missing_and_unterminated_are_errors() {
         assert!(scan("@kiln:nodeip@")
             .unwrap_err()
+            .to_string()
             .contains("unknown placeholder `@kiln:nodeip@`"));
-        assert!(scan("@kiln:node-ip").unwrap_err().contains("unterminated"));
+        assert_eq!(scan("@kiln:node-ip").unwrap_err(), PlaceholderError::Unterminated);
         assert_eq!(
-            substitute("@kiln:node-ip@", &BTreeMap::new()).unwrap_err(),
+            substitute("@kiln:node-ip@", &BTreeMap::new()).unwrap_err().to_string(),
             "no value for placeholder `node-ip`"
         );
         assert!(is_secret("bootstrap-token") && !is_secret("node-ip"));

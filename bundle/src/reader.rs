@@ -490,28 +490,50 @@ pub fn check_member(index: &Index, dirs: &BTreeSet<String>, seen: &mut BTreeSet<
     }
 }
 
+/// Why the first member is not a readable index.
+#[derive(Debug, thiserror::Error)]
+enum IndexMemberError {
+    /// The archive has no members.
+    #[error("the bundle is empty")]
+    Empty,
+    /// The tar stream broke before the first member.
+    #[error("corrupt or truncated archive: {0}")]
+    Corrupt(io::Error),
+    /// The first member is something else.
+    #[error("the first member is `{0}`, not the index {INDEX_NAME}")]
+    NotFirst(String),
+    /// The index is larger than any index kiln writes.
+    #[error("{INDEX_NAME} is {0} bytes, more than the limit of {MAX_INDEX_BYTES}")]
+    TooBig(u64),
+    /// The tar stream broke inside the index.
+    #[error("corrupt or truncated archive in {INDEX_NAME}: {0}")]
+    Truncated(io::Error),
+    /// The index was read but is not a valid index.
+    #[error("{0}")]
+    Invalid(Error),
+}
+
 /// The first member, which must be the index: read within its size limit and parsed.
-fn index_member<R: Read>(first: Option<io::Result<tar::Entry<'_, R>>>, origin: &str) -> Result<Index, String> {
+fn index_member<R: Read>(
+    first: Option<io::Result<tar::Entry<'_, R>>>,
+    origin: &str,
+) -> std::result::Result<Index, IndexMemberError> {
     let mut entry = match first {
-        None => return Err("the bundle is empty".into()),
-        Some(Err(e)) => return Err(format!("corrupt or truncated archive: {e}")),
+        None => return Err(IndexMemberError::Empty),
+        Some(Err(e)) => return Err(IndexMemberError::Corrupt(e)),
         Some(Ok(entry)) => entry,
     };
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     if name != INDEX_NAME || entry.header().entry_type() != tar::EntryType::Regular {
-        return Err(format!("the first member is `{name}`, not the index {INDEX_NAME}"));
+        return Err(IndexMemberError::NotFirst(name));
     }
     let size = entry.header().size().unwrap_or(u64::MAX);
     if size > MAX_INDEX_BYTES {
-        return Err(format!(
-            "{INDEX_NAME} is {size} bytes, more than the limit of {MAX_INDEX_BYTES}"
-        ));
+        return Err(IndexMemberError::TooBig(size));
     }
     let mut buf = Vec::with_capacity(size as usize);
-    entry
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("corrupt or truncated archive in {INDEX_NAME}: {e}"))?;
-    Index::from_json(&buf, origin).map_err(|e| e.to_string())
+    entry.read_to_end(&mut buf).map_err(IndexMemberError::Truncated)?;
+    Index::from_json(&buf, origin).map_err(IndexMemberError::Invalid)
 }
 
 /// Decode the members, check each header against the index, and send the good ones on. Returns
@@ -529,8 +551,8 @@ fn read_members<R: Read>(decoder: R, origin: &str, tx: &mpsc::SyncSender<Msg>, f
     };
     let index = match index_member(entries.next(), origin) {
         Ok(i) => i,
-        Err(message) => {
-            fatal(message);
+        Err(e) => {
+            fatal(e.to_string());
             return;
         }
     };

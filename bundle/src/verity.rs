@@ -73,17 +73,17 @@ impl VerityRecord {
                 self.data_size, self.size
             )));
         }
-        check_hex("root hash", &self.root_hash, 64).map_err(bad)?;
-        check_hex("salt", &self.salt, 64).map_err(bad)?;
-        Ok(())
+        match check_hex("root hash", &self.root_hash, 64).or_else(|| check_hex("salt", &self.salt, 64)) {
+            Some(problem) => Err(bad(problem)),
+            None => Ok(()),
+        }
     }
 }
 
-fn check_hex(what: &str, s: &str, len: usize) -> std::result::Result<(), String> {
-    if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(format!("{what} `{s}` is not {len} lowercase hex digits"));
-    }
-    Ok(())
+/// The problem with `s` as `len` lowercase hex digits, if it has one.
+fn check_hex(what: &str, s: &str, len: usize) -> Option<String> {
+    let hex = s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (!hex).then(|| format!("{what} `{s}` is not {len} lowercase hex digits"))
 }
 
 /// `BUNDLE.verity` beside a bundle.

@@ -190,7 +190,7 @@ pub fn read_sha256_beside(bundle: &Path) -> Result<Option<Sha256>> {
     match std::fs::read_to_string(&p) {
         Ok(text) => crate::digest::parse_sha256sum(&text)
             .map(Some)
-            .map_err(|e| Error::bundle(p.display().to_string(), e)),
+            .map_err(|e| Error::bundle(p.display().to_string(), e.to_string())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(p, e)),
     }

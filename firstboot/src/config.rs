@@ -110,20 +110,18 @@ impl NodeSection {
     }
 
     /// Values the types cannot check: taints, the node IP, the host name and the join timeout.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(t) = self.join_timeout_seconds {
             if !(1..=MAX_JOIN_TIMEOUT_S).contains(&t) {
-                return Err(format!(
-                    "joinTimeoutSeconds: {t} is outside 1..={MAX_JOIN_TIMEOUT_S} (a day)"
-                ));
+                return Err(ConfigError::JoinTimeout(t));
             }
         }
         for t in self.taints.iter().flatten() {
-            parse_taint(t).map_err(|e| format!("taints: {e}"))?;
+            parse_taint(t)?;
         }
         if let Some(ip) = self.node_ip.as_deref() {
             if ip != "auto" && ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(format!("nodeIP: `{ip}` is not an IP address or `auto`"));
+                return Err(ConfigError::NodeIp(ip.to_string()));
             }
         }
         if let Some(h) = self.hostname.as_deref() {
@@ -138,21 +136,15 @@ impl NodeSection {
                             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 });
             if !ok {
-                return Err(format!(
-                    "hostname: `{h}` is not a valid node name (lowercase letters, digits, `-` and `.`, as Kubernetes requires)"
-                ));
+                return Err(ConfigError::Hostname(h.to_string()));
             }
         }
         for (host, a) in &self.registry_auth {
             if a.username.is_empty() || a.username.contains(':') || a.username.chars().any(char::is_control) {
-                return Err(format!(
-                    "registryAuth[{host}].username: empty or contains `:` or a control character"
-                ));
+                return Err(ConfigError::Username(host.clone()));
             }
             if a.password.is_empty() || a.password.chars().any(char::is_control) {
-                return Err(format!(
-                    "registryAuth[{host}].password: empty or contains a control character"
-                ));
+                return Err(ConfigError::Password(host.clone()));
             }
         }
         Ok(())
@@ -181,6 +173,39 @@ impl NodeSection {
     }
 }
 
+/// A node setting the types cannot check, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `joinTimeoutSeconds` outside a second to a day.
+    #[error("joinTimeoutSeconds: {0} is outside 1..={MAX_JOIN_TIMEOUT_S} (a day)")]
+    JoinTimeout(u64),
+    /// A taint kubelet would not register.
+    #[error("taints: {0}")]
+    Taint(#[from] TaintError),
+    /// `nodeIP` neither an address nor `auto`.
+    #[error("nodeIP: `{0}` is not an IP address or `auto`")]
+    NodeIp(String),
+    /// A host name Kubernetes would not accept as a node name.
+    #[error(
+        "hostname: `{0}` is not a valid node name (lowercase letters, digits, `-` and `.`, as Kubernetes requires)"
+    )]
+    Hostname(String),
+    /// A registry user name containerd could not write into an auth header.
+    #[error("registryAuth[{0}].username: empty or contains `:` or a control character")]
+    Username(String),
+    /// A registry password that is empty or holds a control character.
+    #[error("registryAuth[{0}].password: empty or contains a control character")]
+    Password(String),
+}
+
+/// A taint that is not `key=value:Effect` or `key:Effect`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("taint `{taint}`: {why} (expected key=value:Effect or key:Effect)")]
+pub struct TaintError {
+    pub taint: String,
+    pub why: &'static str,
+}
+
 /// A node taint as kubelet registers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Taint {
@@ -192,8 +217,11 @@ pub struct Taint {
 
 /// `key=value:Effect` or `key:Effect`, as `kubectl taint` and kubelet's `--register-with-taints`
 /// write them.
-pub fn parse_taint(s: &str) -> Result<Taint, String> {
-    let bad = |why: &str| format!("taint `{s}`: {why} (expected key=value:Effect or key:Effect)");
+pub fn parse_taint(s: &str) -> Result<Taint, TaintError> {
+    let bad = |why: &'static str| TaintError {
+        taint: s.to_string(),
+        why,
+    };
     let (kv, effect) = s.rsplit_once(':').ok_or_else(|| bad("no effect"))?;
     if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
         return Err(bad("the effect must be NoSchedule, PreferNoSchedule or NoExecute"));
@@ -215,7 +243,7 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
 }
 
 /// The taints as a JSON flow list (valid YAML), for the KubeletConfiguration.
-pub fn taints_yaml(taints: &[String]) -> Result<String, String> {
+pub fn taints_yaml(taints: &[String]) -> Result<String, TaintError> {
     let parsed = taints.iter().map(|t| parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
     Ok(serde_json::to_string(&parsed).expect("serializes"))
 }
@@ -285,26 +313,32 @@ mod tests {
             taints: Some(vec!["a=b".into()]),
             ..Default::default()
         };
-        assert!(n.validate().unwrap_err().starts_with("taints: taint `a=b`"));
+        assert!(n.validate().unwrap_err().to_string().starts_with("taints: taint `a=b`"));
         let n = NodeSection {
             node_ip: Some("10.0.0.300".into()),
             ..Default::default()
         };
         assert_eq!(
-            n.validate().unwrap_err(),
+            n.validate().unwrap_err().to_string(),
             "nodeIP: `10.0.0.300` is not an IP address or `auto`"
         );
         let n = NodeSection {
             hostname: Some("Node_1".into()),
             ..Default::default()
         };
-        assert!(n.validate().unwrap_err().starts_with("hostname: `Node_1`"));
+        assert!(n.validate().unwrap_err().to_string().starts_with("hostname: `Node_1`"));
         for t in [0, u64::MAX] {
             let n = NodeSection {
                 join_timeout_seconds: Some(t),
                 ..Default::default()
             };
-            assert!(n.validate().unwrap_err().starts_with("joinTimeoutSeconds: "), "{t}");
+            assert!(
+                n.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("joinTimeoutSeconds: "),
+                "{t}"
+            );
         }
         let n = NodeSection {
             hostname: Some("node-1.example".into()),
@@ -329,7 +363,7 @@ mod tests {
             "a=b c:NoSchedule",
             "a\"]:NoSchedule",
         ] {
-            let e = parse_taint(bad).unwrap_err();
+            let e = parse_taint(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("taint `{bad}`")), "{e}");
         }
     }

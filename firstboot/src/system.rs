@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_bundle::verity::VerityRecord;
 
+/// Why this node cannot mount a verity image (no device-mapper, no dm-verity target, no
+/// veritysetup); the bundle is unpacked instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NoVerity(pub String);
+
 pub trait System {
     fn daemon_reload(&mut self) -> Result<()>;
     fn enable(&mut self, unit: &str) -> Result<()>;
@@ -33,7 +39,7 @@ pub trait System {
     /// The Node registered and Ready, as kubelet's own credentials under `root` see it.
     fn node_joined(&mut self, root: &Path, node: &crate::state::NodeJoin) -> Result<()>;
     /// Whether this node can mount a verity image; the reason when it cannot.
-    fn verity_support(&mut self) -> std::result::Result<(), String>;
+    fn verity_support(&mut self) -> std::result::Result<(), NoVerity>;
     /// Open dm-verity device `name` over `image` (root hash and offset from `record`) and mount
     /// its filesystem read-only at `target`, an empty directory.
     fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()>;
@@ -136,20 +142,22 @@ impl System for Host {
         let before = restarts(unit);
         wait_joined(root, node, &mut || crash_looping(unit, before))
     }
-    fn verity_support(&mut self) -> std::result::Result<(), String> {
+    fn verity_support(&mut self) -> std::result::Result<(), NoVerity> {
         // Built in, or a module: modprobe is a no-op for the former.
         let module = run(Command::new("modprobe").arg("dm_verity"));
         if !Path::new("/dev/mapper/control").exists() {
-            return Err("the kernel has no device-mapper (/dev/mapper/control does not exist)".into());
+            return Err(NoVerity(
+                "the kernel has no device-mapper (/dev/mapper/control does not exist)".into(),
+            ));
         }
         if let Err(e) = module {
             if !Path::new("/sys/module/dm_verity").exists() {
-                return Err(format!("the kernel has no dm-verity target: {e:#}"));
+                return Err(NoVerity(format!("the kernel has no dm-verity target: {e:#}")));
             }
         }
         run(Command::new("veritysetup").arg("--version"))
             .map(drop)
-            .map_err(|e| format!("veritysetup (Debian's cryptsetup-bin) is not usable: {e:#}"))
+            .map_err(|e| NoVerity(format!("veritysetup (Debian's cryptsetup-bin) is not usable: {e:#}")))
     }
     fn mount_verity(&mut self, image: &Path, record: &VerityRecord, name: &str, target: &Path) -> Result<()> {
         let device = Path::new("/dev/mapper").join(name);
@@ -488,9 +496,9 @@ impl System for Recording {
         }
         Ok(())
     }
-    fn verity_support(&mut self) -> std::result::Result<(), String> {
+    fn verity_support(&mut self) -> std::result::Result<(), NoVerity> {
         match &self.no_verity {
-            Some(why) => Err(why.clone()),
+            Some(why) => Err(NoVerity(why.clone())),
             None => Ok(()),
         }
     }

@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Outcome, Row, Setting};
+use crate::error::Error;
 
 /// dockerd's command-line names that differ from their `daemon.json` keys.
 fn json_key(flag: &str) -> &str {
@@ -29,10 +30,11 @@ fn json_key(flag: &str) -> &str {
 }
 
 /// `daemon.json` into settings, one per scalar (lists and maps become one setting per element).
-pub fn from_daemon_json(v: &Value, origin: &str) -> Result<Vec<Setting>, String> {
-    let map = v
-        .as_object()
-        .ok_or_else(|| format!("{origin}: expected a JSON object (daemon.json)"))?;
+pub fn from_daemon_json(v: &Value, origin: &str) -> Result<Vec<Setting>, Error> {
+    let map = v.as_object().ok_or_else(|| Error::Shape {
+        origin: origin.to_string(),
+        expected: "a JSON object (daemon.json)".into(),
+    })?;
     let mut out = Vec::new();
     for (k, v) in map {
         let push = |out: &mut Vec<Setting>, value: String| {
@@ -89,7 +91,7 @@ pub struct Mapped {
     pub kubelet_settings: Map<String, Value>,
 }
 
-pub fn map(settings: &[Setting]) -> Result<Mapped, String> {
+pub fn map(settings: &[Setting]) -> Result<Mapped, Error> {
     let mut m = Mapped {
         rows: Vec::new(),
         containerd: Map::new(),
@@ -115,9 +117,14 @@ pub fn map(settings: &[Setting]) -> Result<Mapped, String> {
 
 const NETWORK: &str = "Docker's own bridge networking; pods are networked by CNI (spec.config.cni)";
 
-fn map_one(s: &Setting, m: &mut Mapped, registries: &mut Map<String, Value>) -> Result<(Outcome, String), String> {
+fn map_one(s: &Setting, m: &mut Mapped, registries: &mut Map<String, Value>) -> Result<(Outcome, String), Error> {
     let v = s.value.as_str();
-    let bad = |what: &str| format!("{}: dockerd {}: `{v}` is not {what}", s.source, s.name);
+    let bad = |expected: &'static str| Error::DockerValue {
+        from: s.source.clone(),
+        name: s.name.clone(),
+        value: v.to_string(),
+        expected,
+    };
     Ok(match s.name.as_str() {
         "mtu" => {
             let mtu: u32 = v.parse().map_err(|_| bad("an MTU"))?;
@@ -326,7 +333,7 @@ mod tests {
         assert_eq!(outcome("storage-driver"), Outcome::Kept);
         assert_eq!(outcome("data-root"), Outcome::Dropped);
         assert_eq!(outcome("something-new"), Outcome::Dropped);
-        let e = map(&[setting("mtu", "big")]).err().unwrap();
+        let e = map(&[setting("mtu", "big")]).err().unwrap().to_string();
         assert_eq!(e, "daemon.json: dockerd mtu: `big` is not an MTU");
     }
 

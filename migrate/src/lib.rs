@@ -11,6 +11,7 @@
 //! functions; the command prints.
 
 mod docker;
+mod error;
 pub mod fields;
 pub mod flags;
 pub mod systemd;
@@ -25,6 +26,7 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
+pub use crate::error::{Error, Words};
 use crate::fields::has_field;
 use crate::flags::{moved, removed};
 
@@ -107,18 +109,20 @@ enum Shape {
     YamlMap(Vec<(String, String)>),
 }
 
-fn shape(input: &Input) -> Result<Shape, String> {
+fn shape(input: &Input) -> Result<Shape, Error> {
     let text = input.text.as_str();
     let origin = input.origin.as_str();
     if text.trim().is_empty() {
-        return Err(format!("{origin}: empty; expected kubelet or Docker settings"));
+        return Err(nothing(origin, "empty; expected kubelet or Docker settings"));
     }
     if text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#')) {
-        return Err(format!("{origin}: only comments; expected kubelet or Docker settings"));
+        return Err(nothing(origin, "only comments; expected kubelet or Docker settings"));
     }
     if text.trim_start().starts_with('{') {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| format!("{origin}: not valid JSON (daemon.json): {e}"))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::Syntax {
+            origin: origin.to_string(),
+            message: format!("not valid JSON (daemon.json): {e}"),
+        })?;
         return Ok(Shape::DaemonJson(v));
     }
     if systemd::looks_like_unit(text) {
@@ -129,10 +133,27 @@ fn shape(input: &Input) -> Result<Shape, String> {
     }
     let first = text.split_whitespace().next().unwrap_or_default();
     if first.starts_with('-') || first.ends_with("kubelet") || first.ends_with("dockerd") {
-        let flags = parse_command_line(text).map_err(|e| format!("{origin}: {e}"))?;
+        let flags = parse_command_line(text).map_err(|problem| Error::Words {
+            origin: origin.to_string(),
+            problem,
+        })?;
         return Ok(Shape::CommandLine(flags, first.ends_with("dockerd")));
     }
     parse_yaml_map(text, origin).map(Shape::YamlMap)
+}
+
+fn nothing(origin: &str, what: &'static str) -> Error {
+    Error::Nothing {
+        origin: origin.to_string(),
+        what,
+    }
+}
+
+fn shape_error(origin: &str, expected: &str) -> Error {
+    Error::Shape {
+        origin: origin.to_string(),
+        expected: expected.to_string(),
+    }
 }
 
 fn basename(p: &str) -> &str {
@@ -144,7 +165,7 @@ fn is_dockerd(exec: &str) -> bool {
 }
 
 /// Read every input, in order. Later inputs win where kubelet would let them.
-pub fn read(inputs: &[Input]) -> Result<OldSettings, String> {
+pub fn read(inputs: &[Input]) -> Result<OldSettings, Error> {
     let mut old = OldSettings::default();
     let mut units: Vec<systemd::UnitFile> = Vec::new();
     let mut docker_units: Vec<systemd::UnitFile> = Vec::new();
@@ -164,7 +185,7 @@ pub fn read(inputs: &[Input]) -> Result<OldSettings, String> {
                     units.push(u);
                 }
             }
-            Shape::EnvFile(vars) if vars.is_empty() => return Err(format!("{origin}: no variables")),
+            Shape::EnvFile(vars) if vars.is_empty() => return Err(nothing(&origin, "no variables")),
             Shape::EnvFile(vars) => env_files.push((origin, vars)),
             Shape::CommandLine(flags, dockerd) if dockerd => old.docker.extend(docker::from_flags(flags, &origin)),
             Shape::CommandLine(flags, _) => old.kubelet.extend(settings(flags, &origin)),
@@ -181,20 +202,14 @@ pub fn read(inputs: &[Input]) -> Result<OldSettings, String> {
     read_loose_env_files(&env_files, &consumed, has_unit, &mut old);
     if old.kubelet.is_empty() && old.docker.is_empty() {
         let names: Vec<&str> = inputs.iter().map(|i| i.origin.as_str()).collect();
-        let why: Vec<String> = old
-            .notes
-            .iter()
-            .map(|r| format!("{} {}: {}", r.flag, r.value, r.detail))
-            .collect();
-        return Err(format!(
-            "{}: no kubelet flags or Docker settings found{}",
-            names.join(", "),
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", why.join("; "))
-            }
-        ));
+        return Err(Error::NoSettings {
+            origins: names.join(", "),
+            dropped: old
+                .notes
+                .iter()
+                .map(|r| format!("{} {}: {}", r.flag, r.value, r.detail))
+                .collect(),
+        });
     }
     Ok(old)
 }
@@ -210,14 +225,15 @@ fn read_service(
     env_files: &EnvFiles,
     consumed: &mut [bool],
     old: &mut OldSettings,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let names: Vec<&str> = group.iter().map(|u| u.origin.as_str()).collect();
     let names = names.join(", ");
-    let service = systemd::merge(group).map_err(|e| format!("{names}: {e}"))?;
+    let service = systemd::merge(group).map_err(|e| Error::Service {
+        units: names.clone(),
+        problem: Box::new(e),
+    })?;
     let Some((exec, exec_origin)) = service.exec.clone() else {
-        return Err(format!(
-            "{names}: no ExecStart= line: give the unit together with its drop-ins (kiln migrate kubelet.service 10-kubeadm.conf ...)"
-        ));
+        return Err(Error::NoExecStart { units: names });
     };
     for (dep, origin) in &service.docker_deps {
         old.notes.push(Row {
@@ -229,7 +245,10 @@ fn read_service(
         });
     }
     let env = service_env(&service, env_files, consumed, old);
-    let (words, used) = systemd::expand(&exec, &env).map_err(|e| format!("{exec_origin}: ExecStart: {e}"))?;
+    let (words, used) = systemd::expand(&exec, &env).map_err(|problem| Error::Words {
+        origin: format!("{exec_origin}: ExecStart"),
+        problem,
+    })?;
     for (name, var) in &env {
         if !used.contains(name) {
             old.notes.push(Row {
@@ -382,7 +401,7 @@ fn settings(flags: Vec<(String, String)>, source: &str) -> Vec<Setting> {
 }
 
 /// The flags of an expanded command line, each with the variable it came through.
-fn flags_of_words(words: &[systemd::Expanded], origin: &str) -> Result<Vec<(String, String, String)>, String> {
+fn flags_of_words(words: &[systemd::Expanded], origin: &str) -> Result<Vec<(String, String, String)>, Error> {
     let mut out = Vec::new();
     let mut it = words.iter().filter(|w| !w.word.is_empty()).skip(1).peekable();
     let source = |w: &systemd::Expanded| match &w.via {
@@ -391,7 +410,10 @@ fn flags_of_words(words: &[systemd::Expanded], origin: &str) -> Result<Vec<(Stri
     };
     while let Some(w) = it.next() {
         let Some(name) = w.word.strip_prefix("--").or_else(|| w.word.strip_prefix('-')) else {
-            return Err(format!("{origin}: ExecStart: `{}` is not a flag", w.word));
+            return Err(Error::Words {
+                origin: format!("{origin}: ExecStart"),
+                problem: Words::NotAFlag(w.word.clone()),
+            });
         };
         match name.split_once('=') {
             Some((k, v)) => out.push((k.to_string(), v.to_string(), source(w))),
@@ -408,26 +430,28 @@ fn flags_of_words(words: &[systemd::Expanded], origin: &str) -> Result<Vec<(Stri
 }
 
 /// Read old settings from one text (the single-input form).
-pub fn parse(text: &str, origin: &str) -> Result<OldSettings, String> {
+pub fn parse(text: &str, origin: &str) -> Result<OldSettings, Error> {
     read(&[Input {
         origin: origin.to_string(),
         text: text.to_string(),
     }])
 }
 
-fn parse_yaml_map(text: &str, origin: &str) -> Result<Vec<(String, String)>, String> {
-    let v: Value = kiln_bundle::yaml::from_str(text, origin)
-        .map_err(|e| format!("not a kubelet command line, unit, environment file or YAML map: {e:#}"))?;
+fn parse_yaml_map(text: &str, origin: &str) -> Result<Vec<(String, String)>, Error> {
+    let v: Value = kiln_bundle::yaml::from_str(text, origin).map_err(|yaml| Error::Yaml {
+        prefix: "not a kubelet command line, unit, environment file or YAML map: ",
+        yaml,
+    })?;
     let map = v
         .as_object()
-        .ok_or_else(|| format!("{origin}: expected a YAML map of kubelet flags"))?;
+        .ok_or_else(|| shape_error(origin, "a YAML map of kubelet flags"))?;
     // `k8s_worker_kubelet_settings: {flag: value, ...}`: one key holding the map.
     let map = match (map.len(), map.values().next()) {
         (1, Some(Value::Object(inner))) => inner,
         _ => map,
     };
     if map.is_empty() {
-        return Err(format!("{origin}: an empty map: no kubelet flags"));
+        return Err(nothing(origin, "an empty map: no kubelet flags"));
     }
     let mut flags = Vec::new();
     for (k, v) in map {
@@ -436,7 +460,12 @@ fn parse_yaml_map(text: &str, origin: &str) -> Result<Vec<(String, String)>, Str
             Value::Bool(b) => b.to_string(),
             Value::Number(n) => n.to_string(),
             Value::Null => String::new(),
-            other => return Err(format!("{origin}: `{k}`: expected a scalar value, got {other}")),
+            other => {
+                return Err(shape_error(
+                    &format!("{origin}: `{k}`"),
+                    &format!("a scalar value, got {other}"),
+                ))
+            }
         };
         flags.push((k.trim_start_matches('-').to_string(), value));
     }
@@ -445,7 +474,7 @@ fn parse_yaml_map(text: &str, origin: &str) -> Result<Vec<(String, String)>, Str
 
 /// Split a command line the way a POSIX shell would for plain words and quotes, joining
 /// backslash-newline continuations. No expansion is done.
-fn words(text: &str) -> Result<Vec<String>, String> {
+fn words(text: &str) -> Result<Vec<String>, Words> {
     let text = text.replace("\\\n", " ");
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -459,7 +488,7 @@ fn words(text: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(x) => cur.push(x),
-                        None => return Err("unterminated single quote".into()),
+                        None => return Err(Words::UnterminatedSingle),
                     }
                 }
             }
@@ -468,9 +497,9 @@ fn words(text: &str) -> Result<Vec<String>, String> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => cur.push(chars.next().ok_or("unterminated double quote")?),
+                        Some('\\') => cur.push(chars.next().ok_or(Words::UnterminatedDouble)?),
                         Some(x) => cur.push(x),
-                        None => return Err("unterminated double quote".into()),
+                        None => return Err(Words::UnterminatedDouble),
                     }
                 }
             }
@@ -499,7 +528,7 @@ fn words(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// `kubelet --a=b --c d --bool` into `(name, value)` pairs.
-pub fn parse_command_line(text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_command_line(text: &str) -> Result<Vec<(String, String)>, Words> {
     let w = words(text)?;
     let mut it = w.into_iter().peekable();
     if it.peek().is_some_and(|first| !first.starts_with('-')) {
@@ -508,7 +537,7 @@ pub fn parse_command_line(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut flags = Vec::new();
     while let Some(word) = it.next() {
         let Some(name) = word.strip_prefix("--").or_else(|| word.strip_prefix('-')) else {
-            return Err(format!("`{word}` is not a flag"));
+            return Err(Words::NotAFlag(word));
         };
         match name.split_once('=') {
             Some((k, v)) => flags.push((k.to_string(), v.to_string())),
@@ -535,12 +564,8 @@ pub struct OldKubeletConfig {
 
 /// Classify every setting for Kubernetes `target` and build the `config:` section. Later values
 /// win, as in kubelet: a repeated flag's last value, and flags over the config file's fields.
-pub fn migrate(
-    old: &OldSettings,
-    target: &str,
-    kubelet_config: Option<&OldKubeletConfig>,
-) -> Result<Migration, String> {
-    let t = minor(target).ok_or_else(|| format!("`{target}` is not a Kubernetes version such as 1.36.4"))?;
+pub fn migrate(old: &OldSettings, target: &str, kubelet_config: Option<&OldKubeletConfig>) -> Result<Migration, Error> {
+    let t = minor(target).ok_or_else(|| Error::TargetVersion(target.to_string()))?;
     let mut settings = Map::new();
     let mut flags = Map::new();
     let mut containerd = Map::new();
@@ -722,19 +747,19 @@ fn old_config_fields(
     kc: &OldKubeletConfig,
     target: &str,
     containerd: &mut Map<String, Value>,
-) -> Result<Vec<ConfigField>, String> {
-    let v: Value = kiln_bundle::yaml::from_str(&kc.text, &kc.origin).map_err(|e| format!("{e:#}"))?;
+) -> Result<Vec<ConfigField>, Error> {
+    let v: Value =
+        kiln_bundle::yaml::from_str(&kc.text, &kc.origin).map_err(|yaml| Error::Yaml { prefix: "", yaml })?;
     let map = v
         .as_object()
-        .ok_or_else(|| format!("{}: expected a KubeletConfiguration (a YAML map)", kc.origin))?;
+        .ok_or_else(|| shape_error(&kc.origin, "a KubeletConfiguration (a YAML map)"))?;
     match map.get("kind").and_then(Value::as_str) {
         Some("KubeletConfiguration") => {}
         other => {
-            return Err(format!(
-                "{}: expected kind: KubeletConfiguration, found {}",
-                kc.origin,
-                other.map_or("no kind".to_string(), |k| format!("kind: {k}"))
-            ))
+            return Err(Error::Kind {
+                origin: kc.origin.clone(),
+                found: other.map_or("no kind".to_string(), |k| format!("kind: {k}")),
+            })
         }
     }
     let mut out = Vec::new();
@@ -799,7 +824,7 @@ fn old_config_fields(
         out.push((field.clone(), value.clone(), outcome, detail, merged));
     }
     if out.is_empty() {
-        return Err(format!("{}: the KubeletConfiguration sets no fields", kc.origin));
+        return Err(nothing(&kc.origin, "the KubeletConfiguration sets no fields"));
     }
     Ok(out)
 }
@@ -880,13 +905,15 @@ mod tests {
 
     #[test]
     fn a_yaml_map_is_read_with_kilns_limits() {
-        let e = parse_yaml_map("network-plugin: cni\nnetwork-plugin: kubenet\n", "flags.yaml").unwrap_err();
+        let e = parse_yaml_map("network-plugin: cni\nnetwork-plugin: kubenet\n", "flags.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("flags.yaml") && e.to_lowercase().contains("duplicate"),
             "{e}"
         );
         let huge = format!("a: \"{}\"\n", "x".repeat(kiln_bundle::yaml::MAX_YAML_BYTES));
-        let e = parse_yaml_map(&huge, "flags.yaml").unwrap_err();
+        let e = parse_yaml_map(&huge, "flags.yaml").unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
     }
 

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::{Error, Words};
+
 /// One unit file or drop-in, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitFile {
@@ -71,7 +73,7 @@ pub struct Service {
 
 /// Merge a unit and its drop-ins in the order given: an empty `ExecStart=` or `EnvironmentFile=`
 /// resets the list, as in systemd.
-pub fn merge(files: &[UnitFile]) -> Result<Service, String> {
+pub fn merge(files: &[UnitFile]) -> Result<Service, Error> {
     let mut s = Service::default();
     let mut execs: Vec<(String, String)> = Vec::new();
     for f in files {
@@ -80,7 +82,11 @@ pub fn merge(files: &[UnitFile]) -> Result<Service, String> {
                 ("Service", "ExecStart") if value.is_empty() => execs.clear(),
                 ("Service", "ExecStart") => execs.push((value.clone(), f.origin.clone())),
                 ("Service", "Environment") => {
-                    for w in super::words(value).map_err(|e| format!("{}: Environment={value}: {e}", f.origin))? {
+                    let words = super::words(value).map_err(|problem| Error::Words {
+                        origin: format!("{}: Environment={value}", f.origin),
+                        problem,
+                    })?;
+                    for w in words {
                         if let Some((k, v)) = w.split_once('=') {
                             s.environment.push((
                                 k.to_string(),
@@ -112,12 +118,9 @@ pub fn merge(files: &[UnitFile]) -> Result<Service, String> {
         }
     }
     if execs.len() > 1 {
-        let from: Vec<&str> = execs.iter().map(|(_, o)| o.as_str()).collect();
-        return Err(format!(
-            "the unit has {} ExecStart= lines ({}) and no empty `ExecStart=` to reset them; systemd refuses such a service",
-            execs.len(),
-            from.join(", ")
-        ));
+        return Err(Error::ExecStarts {
+            origins: execs.into_iter().map(|(_, o)| o).collect(),
+        });
     }
     s.exec = execs.pop().map(|(cmd, origin)| {
         // systemd's prefixes: `-` (ignore failure), `@`, `+`, `!`, `!!`, `:`.
@@ -151,7 +154,11 @@ fn is_name(k: &str) -> bool {
 /// Parse an environment file as systemd does: `#`/`;` comments, `NAME=value`, values in single
 /// quotes (literal) or double quotes (backslash escapes), unquoted values trimmed, a trailing
 /// backslash continuing the line.
-pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>, Error> {
+    let syntax = |n: usize, message: String| Error::Syntax {
+        origin: format!("{origin}:{}", n + 1),
+        message,
+    };
     let mut out = Vec::new();
     let joined = text.replace("\\\n", "");
     for (n, line) in joined.lines().enumerate() {
@@ -163,17 +170,17 @@ pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>,
         let (k, v) = line
             .split_once('=')
             .filter(|(k, _)| is_name(k.trim()))
-            .ok_or_else(|| format!("{origin}:{}: expected NAME=value, got `{line}`", n + 1))?;
+            .ok_or_else(|| syntax(n, format!("expected NAME=value, got `{line}`")))?;
         let v = v.trim();
         let value = if let Some(inner) = v.strip_prefix('\'') {
             inner
                 .strip_suffix('\'')
-                .ok_or_else(|| format!("{origin}:{}: unterminated single quote", n + 1))?
+                .ok_or_else(|| syntax(n, Words::UnterminatedSingle.to_string()))?
                 .to_string()
         } else if let Some(inner) = v.strip_prefix('"') {
             let inner = inner
                 .strip_suffix('"')
-                .ok_or_else(|| format!("{origin}:{}: unterminated double quote", n + 1))?;
+                .ok_or_else(|| syntax(n, Words::UnterminatedDouble.to_string()))?;
             let mut s = String::new();
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
@@ -192,7 +199,7 @@ pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>,
 }
 
 /// Expand `cmd` with `env`: the words of the command line, and the variables it used.
-pub fn expand(cmd: &str, env: &BTreeMap<String, Var>) -> Result<(Vec<Expanded>, Vec<String>), String> {
+pub fn expand(cmd: &str, env: &BTreeMap<String, Var>) -> Result<(Vec<Expanded>, Vec<String>), Words> {
     let mut used = Vec::new();
     let mut out = Vec::new();
     for word in super::words(&cmd.replace("$$", "\u{0}"))? {
@@ -294,7 +301,7 @@ mod tests {
         assert_eq!(s.exec, Some(("/usr/bin/kubelet    $ARGS".into(), "10.conf".into())));
         assert_eq!(s.environment_files, [("/b".to_string(), true, "10.conf".to_string())]);
         let twice = parse_unit("[Service]\nExecStart=/usr/bin/kubelet --v=2\n", "20.conf");
-        let e = merge(&[base, twice]).unwrap_err();
+        let e = merge(&[base, twice]).unwrap_err().to_string();
         assert!(e.contains("2 ExecStart= lines (kubelet.service, 20.conf)"), "{e}");
     }
 
@@ -315,7 +322,9 @@ mod tests {
         );
         assert!(!looks_like_env_file("network-plugin: cni\n"));
         assert!(!looks_like_env_file("--a=b\n"));
-        let e = parse_env_file("A=\"open\n", "kubeadm-flags.env").unwrap_err();
+        let e = parse_env_file("A=\"open\n", "kubeadm-flags.env")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("kubeadm-flags.env:1: unterminated double quote"), "{e}");
     }
 }

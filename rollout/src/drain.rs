@@ -219,7 +219,10 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     for (d, r) in p.evict.into_iter().zip(results) {
         match r {
             Ok(()) => report.evicted.push(d),
-            Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
+            Err(stuck) => report.blocked.push(Decision {
+                pod: d.pod,
+                reason: stuck.to_string(),
+            }),
         }
     }
     if !report.ok() && a.delete_when_blocked && !a.disable_eviction {
@@ -255,7 +258,10 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
                     pod: d.pod,
                     reason: "deleted after the drain was blocked".into(),
                 }),
-                Err(reason) => report.blocked.push(Decision { pod: d.pod, reason }),
+                Err(stuck) => report.blocked.push(Decision {
+                    pod: d.pod,
+                    reason: stuck.to_string(),
+                }),
             }
         }
     }
@@ -280,6 +286,35 @@ pub async fn drain(client: &Client, node: &str, a: &DrainArgs, progress: &(dyn F
     Ok(report)
 }
 
+/// Why a pod is still there when its drain gives up on it.
+#[derive(Debug, thiserror::Error)]
+enum Stuck {
+    /// The API server refused the eviction (429) until the deadline.
+    #[error("eviction refused until the timeout: {0}")]
+    Refused(String),
+    /// The eviction or deletion failed otherwise until the deadline.
+    #[error("eviction failed until the timeout: {0}")]
+    Failed(kube::Error),
+    /// A budget that can never allow the eviction.
+    #[error(transparent)]
+    Never(#[from] NeverAllows),
+    /// The watch of the node's pods was refused, so the pod's end cannot be seen.
+    #[error("cannot watch the node's pods: {0}")]
+    Unwatchable(String),
+    /// Evicted, but not gone by the deadline.
+    #[error("evicted but still terminating at the timeout")]
+    Terminating,
+}
+
+/// A PodDisruptionBudget that can never allow an eviction while this node drains.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("blocked by PodDisruptionBudget {pdb}: it needs {desired} healthy pods and at most {possible} can be, so it never allows this eviction")]
+pub(crate) struct NeverAllows {
+    pdb: String,
+    desired: i32,
+    possible: i32,
+}
+
 /// Evict (or delete) one pod and wait for it to be gone; `Err` says why it is still there.
 async fn evict_one(
     client: &Client,
@@ -289,7 +324,7 @@ async fn evict_one(
     deadline: Instant,
     mut present: tokio::sync::watch::Receiver<Snapshot<Pod>>,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<(), String> {
+) -> Result<(), Stuck> {
     let pod = &d.pod;
     let deadline = a
         .pod_timeout
@@ -333,7 +368,7 @@ async fn evict_one(
                     ),
                 );
                 if Instant::now() >= deadline {
-                    return Err(format!("eviction refused until the timeout: {}", s.message));
+                    return Err(Stuck::Refused(s.message.clone()));
                 }
                 progress(&format!(
                     "{pod}: {}; retrying in {backoff:?}",
@@ -342,7 +377,7 @@ async fn evict_one(
             }
             Err(e) => {
                 if Instant::now() >= deadline {
-                    return Err(format!("eviction failed until the timeout: {e}"));
+                    return Err(Stuck::Failed(e));
                 }
                 progress(&format!("{pod}: {e}; retrying in {backoff:?}"));
             }
@@ -361,7 +396,7 @@ async fn evict_one(
     let key = format!("{}/{}", pod.namespace, pod.name);
     let gone = wait_for(&mut present, deadline, |s| {
         if let Some(refused) = &s.fatal {
-            return Some(Err(format!("cannot watch the node's pods: {refused}")));
+            return Some(Err(Stuck::Unwatchable(refused.to_string())));
         }
         (s.synced
             && s.items
@@ -373,7 +408,7 @@ async fn evict_one(
     match gone {
         Some(Ok(())) => {}
         Some(Err(why)) => return Err(why),
-        None => return Err("evicted but still terminating at the timeout".into()),
+        None => return Err(Stuck::Terminating),
     }
     progress(&format!("{pod}: gone"));
     Ok(())
@@ -385,7 +420,7 @@ async fn evict_one(
 /// The budget that blocks evicting `pod` and what waiting on it can bring: `Err(why)` when it can
 /// never allow the eviction, `Ok(Some(why))` while it waits, `Ok(None)` when no budget explains the
 /// refusal. Every budget of the namespace is considered, whatever its selector's form.
-pub(crate) async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<String>, String> {
+pub(crate) async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<String>, NeverAllows> {
     use crate::pdb::{covered, verdict, Verdict};
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &pod.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
@@ -412,9 +447,11 @@ pub(crate) async fn pdb_verdict(client: &Client, pod: &PodRef) -> Result<Option<
         match verdict(pdb, &cov) {
             Verdict::Allows => {}
             Verdict::Never { possible, desired } => {
-                return Err(format!(
-                    "blocked by PodDisruptionBudget {name}: it needs {desired} healthy pods and at most {possible} can be, so it never allows this eviction"
-                ))
+                return Err(NeverAllows {
+                    pdb: name,
+                    desired,
+                    possible,
+                })
             }
             Verdict::Waiting {
                 healthy,

@@ -99,15 +99,19 @@ impl RollMetrics {
     }
 }
 
+/// Text that is not an address to listen on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an address to listen on (host:port, or :port for every address)")]
+pub struct BadBindAddress(pub String);
+
 /// `:9090` (every address, as controller-runtime's `--metrics-bind-address` takes it) or
 /// `host:port`.
-pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_bind_address(s: &str) -> Result<SocketAddr, BadBindAddress> {
     let full = match s.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
         None => s.to_string(),
     };
-    full.parse()
-        .map_err(|_| format!("{s:?} is not an address to listen on (host:port, or :port for every address)"))
+    full.parse().map_err(|_| BadBindAddress(s.to_string()))
 }
 
 /// A listening metrics endpoint; it stops when dropped.
@@ -181,6 +185,7 @@ mod tests {
         );
         assert!(parse_bind_address("9090")
             .unwrap_err()
+            .to_string()
             .contains("\"9090\" is not an address"));
     }
 }

@@ -30,8 +30,8 @@ pub fn run(a: &MigrateArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let old = migrate::read(&inputs).map_err(anyhow::Error::msg)?;
-    let m = migrate::migrate(&old, &a.kubernetes_version, kubelet_config.as_ref()).map_err(anyhow::Error::msg)?;
+    let old = migrate::read(&inputs)?;
+    let m = migrate::migrate(&old, &a.kubernetes_version, kubelet_config.as_ref())?;
     if a.output == OutputFormat::Json {
         println!(
             "{}",

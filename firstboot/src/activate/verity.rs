@@ -37,7 +37,7 @@ pub(crate) fn choose(bundle: &Path, index: &Index, sys: &mut dyn System, want: M
         let image = verity_path(bundle);
         match (image.is_file(), sys.verity_support()) {
             (false, _) => format!("{} is missing", image.display()),
-            (true, Err(why)) => why,
+            (true, Err(why)) => why.to_string(),
             (true, Ok(())) => {
                 return Ok(Chosen {
                     mode: Mode::Verity,

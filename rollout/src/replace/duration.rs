@@ -4,14 +4,28 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+/// Why text is not a duration, in the words of Go's `time.ParseDuration`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a sequence of numbers with units, or beyond Go's 290 years.
+    #[error("invalid duration {0:?}")]
+    Invalid(String),
+    /// A number with no unit after it (other than `0` alone).
+    #[error("missing unit in duration {0:?}")]
+    MissingUnit(String),
+    /// A unit Go does not know.
+    #[error("unknown unit {unit:?} in duration {duration:?}")]
+    UnknownUnit { unit: String, duration: String },
+}
+
 /// A duration exactly as kubectl parses one (Go's `time.ParseDuration`): an optional sign, then
 /// one or more decimal numbers with an optional fraction, each with a unit (`ns`, `us`, `µs`,
 /// `ms`, `s`, `m`, `h`), e.g. `90s`, `1.5h`, `1m30s`; `0` alone needs no unit. A negative duration
 /// has already passed: it becomes the shortest one (a timeout that expires at once), as a Go
 /// context with a negative timeout does. Written by hand because the one crate that ports it
 /// slices strings at character counts and panics on `µs`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {s:?}");
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let invalid = || DurationError::Invalid(s.to_string());
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -44,8 +58,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit in duration {s:?}")),
-            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+            "" => return Err(DurationError::MissingUnit(s.to_string())),
+            u => {
+                return Err(DurationError::UnknownUnit {
+                    unit: u.to_string(),
+                    duration: s.to_string(),
+                })
+            }
         };
         // Digits past what a u128 holds cannot change an in-range result: ignore them.
         let whole: u128 = if int.is_empty() {
@@ -81,7 +100,10 @@ mod tests {
     #[test]
     fn durations() {
         // What kubectl (Go's time.ParseDuration) accepts, and what it refuses.
-        assert_eq!(parse_duration("90"), Err("missing unit in duration \"90\"".into()));
+        assert_eq!(
+            parse_duration("90").unwrap_err().to_string(),
+            "missing unit in duration \"90\""
+        );
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
@@ -91,7 +113,10 @@ mod tests {
         assert!(parse_duration("3000000h").is_err(), "beyond Go's 290 years");
         assert!(parse_duration("99999999999999999999999999999999999999999h").is_err());
         assert!(parse_duration("1.s").is_ok() && parse_duration(".s").is_err());
-        assert!(parse_duration("1d").unwrap_err().contains("unknown unit \"d\""));
+        assert!(parse_duration("1d")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit \"d\""));
         assert!(parse_duration("").is_err() && parse_duration("-").is_err());
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

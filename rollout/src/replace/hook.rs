@@ -14,17 +14,28 @@ pub struct Hook {
     text: String,
 }
 
-impl FromStr for Hook {
-    type Err = String;
+/// Why a command string is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// Nothing but white space.
+    #[error("the command is empty")]
+    Empty,
+    /// Quotes that do not close.
+    #[error("cannot split the command {0:?} (unbalanced quotes?)")]
+    Unsplittable(String),
+}
 
-    fn from_str(s: &str) -> Result<Hook, String> {
+impl FromStr for Hook {
+    type Err = HookError;
+
+    fn from_str(s: &str) -> Result<Hook, HookError> {
         match shlex::split(s) {
             Some(argv) if !argv.is_empty() => Ok(Hook {
                 argv,
                 text: s.to_string(),
             }),
-            Some(_) => Err("the command is empty".into()),
-            None => Err(format!("cannot split the command {s:?} (unbalanced quotes?)")),
+            Some(_) => Err(HookError::Empty),
+            None => Err(HookError::Unsplittable(s.to_string())),
         }
     }
 }
@@ -78,7 +89,7 @@ mod tests {
         let h: Hook = "provision --pool 'blue pool' \"$KILN_NODE\"".parse().unwrap();
         assert_eq!(h.argv, ["provision", "--pool", "blue pool", "$KILN_NODE"]);
         assert!("".parse::<Hook>().is_err());
-        assert!("a 'b".parse::<Hook>().unwrap_err().contains("unbalanced"));
+        assert!("a 'b".parse::<Hook>().unwrap_err().to_string().contains("unbalanced"));
     }
 
     #[test]

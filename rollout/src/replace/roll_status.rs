@@ -108,7 +108,8 @@ async fn held_back(client: &Client, node: &str) -> Result<Vec<String>> {
             uid: p.metadata.uid.clone().unwrap_or_default(),
         };
         match crate::drain::pdb_verdict(client, &pod).await {
-            Ok(Some(why)) | Err(why) => out.push(format!("{pod}: {why}")),
+            Ok(Some(why)) => out.push(format!("{pod}: {why}")),
+            Err(never) => out.push(format!("{pod}: {never}")),
             Ok(None) => {}
         }
     }

@@ -53,9 +53,15 @@ fn not_running(s: &crate::status::NodeStatus, bundle: Option<&str>) -> Vec<Strin
     why
 }
 
+/// What a node that never became a usable replacement last was (not registered, not Ready, on
+/// another bundle, or unreadable).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct Unfit(String);
+
 /// Wait until node `name` is a usable replacement (one watch of that node); `Err` describes what
 /// it last was.
-async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: Instant) -> Result<(), String> {
+async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: Instant) -> Result<(), Unfit> {
     let mirror = Mirror::start(
         Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={name}")),
@@ -82,7 +88,7 @@ async fn wait_fit(client: &Client, name: &str, bundle: Option<&str>, deadline: I
     .await;
     match fit {
         Some(true) => Ok(()),
-        Some(false) | None => Err(last),
+        Some(false) | None => Err(Unfit(last)),
     }
 }
 
