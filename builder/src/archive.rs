@@ -85,20 +85,20 @@ pub struct Members {
 
 impl Members {
     /// Follow symlinks and hard links inside the archive to a regular file.
-    pub fn resolve(&self, path: &str) -> Result<(&str, &Member), String> {
+    pub fn resolve(&self, path: &str) -> Result<(&str, &Member)> {
         let mut cur = path.to_string();
         for _ in 0..32 {
             let (key, m) = self
                 .members
                 .get_key_value(cur.as_str())
-                .ok_or_else(|| format!("no member `{cur}`"))?;
+                .ok_or_else(|| anyhow::anyhow!("no member `{cur}`"))?;
             match m {
                 Member::Symlink { target } => cur = resolve_link(key, target),
                 Member::Hardlink { target } => cur = target.clone(),
                 _ => return Ok((key.as_str(), m)),
             }
         }
-        Err(format!("`{path}`: too many levels of links"))
+        Err(anyhow::anyhow!("`{path}`: too many levels of links"))
     }
 }
 

@@ -5,14 +5,14 @@
 pub struct Mirrors(Vec<(String, String)>);
 
 impl Mirrors {
-    pub fn parse(specs: &[String]) -> Result<Mirrors, String> {
+    pub fn parse(specs: &[String]) -> anyhow::Result<Mirrors> {
         let mut v = Vec::new();
         for s in specs {
             let (from, to) = s
                 .split_once('=')
-                .ok_or_else(|| format!("--mirror `{s}`: expected FROM=TO"))?;
+                .ok_or_else(|| anyhow::anyhow!("--mirror `{s}`: expected FROM=TO"))?;
             if from.is_empty() || to.is_empty() {
-                return Err(format!("--mirror `{s}`: FROM and TO must not be empty"));
+                return Err(anyhow::anyhow!("--mirror `{s}`: FROM and TO must not be empty"));
             }
             v.push((from.to_string(), to.to_string()));
         }

@@ -10,28 +10,29 @@ const MAX_INDEX: u64 = 1 << 20;
 
 /// The image names an archive declares (OCI `io.containerd.image.name` and
 /// `org.opencontainers.image.ref.name` annotations that are full references, Docker `RepoTags`).
-pub fn names(archive: &Path) -> Result<Vec<String>, String> {
-    let f = std::fs::File::open(archive).map_err(|e| format!("cannot open it: {e}"))?;
+pub fn names(archive: &Path) -> anyhow::Result<Vec<String>> {
+    let f = std::fs::File::open(archive).map_err(|e| anyhow::anyhow!("cannot open it: {e}"))?;
     let mut tar = tar::Archive::new(std::io::BufReader::new(f));
     let mut names = Vec::new();
     let mut layout = false;
-    for entry in tar.entries().map_err(|e| format!("not a tar archive: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("not a tar archive: {e}"))?;
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+    for entry in tar.entries().map_err(|e| anyhow::anyhow!("not a tar archive: {e}"))? {
+        let mut entry = entry.map_err(|e| anyhow::anyhow!("not a tar archive: {e}"))?;
+        let path = entry.path().map_err(anyhow::Error::from)?.into_owned();
         let path = path.to_string_lossy().trim_start_matches("./").to_string();
         if path != "index.json" && path != "manifest.json" {
             continue;
         }
         if entry.size() > MAX_INDEX {
-            return Err(format!("{path} is larger than {MAX_INDEX} bytes"));
+            return Err(anyhow::anyhow!("{path} is larger than {MAX_INDEX} bytes"));
         }
         let mut text = String::new();
         entry
             .by_ref()
             .take(MAX_INDEX)
             .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read {path}: {e}"))?;
-        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{path}: not JSON: {e}"))?;
         layout = true;
         if path == "index.json" {
             for m in doc["manifests"].as_array().into_iter().flatten() {
@@ -52,21 +53,23 @@ pub fn names(archive: &Path) -> Result<Vec<String>, String> {
         }
     }
     if !layout {
-        return Err("not an OCI image layout or Docker archive (no index.json or manifest.json)".into());
+        return Err(anyhow::anyhow!(
+            "not an OCI image layout or Docker archive (no index.json or manifest.json)"
+        ));
     }
     Ok(names)
 }
 
 /// The archive at `archive` names image `name`.
-pub fn check_names(archive: &Path, name: &str) -> Result<(), String> {
+pub fn check_names(archive: &Path, name: &str) -> anyhow::Result<()> {
     let names = names(archive)?;
     if names.iter().any(|n| n == name) {
         return Ok(());
     }
     Err(if names.is_empty() {
-        format!("the archive names no image; containerd would not import it as `{name}`")
+        anyhow::anyhow!("the archive names no image; containerd would not import it as `{name}`")
     } else {
-        format!(
+        anyhow::anyhow!(
             "the archive names {}, not `{name}` (containerd names an imported image after the archive)",
             names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         )

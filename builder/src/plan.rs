@@ -385,7 +385,7 @@ fn file_record(path: &str, mode: Mode, size: u64, sha256: Sha256, component: &st
 }
 
 /// The files an install rule selects: `(bundle path, digest, size, member mode)`.
-fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256, u64, u32)>, String> {
+fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256, u64, u32)>> {
     let from_norm = from.trim_start_matches("./").trim_end_matches('/');
     if !from.ends_with('/') {
         let (_, m) = members
@@ -393,7 +393,7 @@ fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256
             .map_err(|e| not_found(members, from_norm, &e))?;
         return match m {
             Member::File { sha256, size, mode } => Ok(vec![(to.to_string(), *sha256, *size, *mode)]),
-            _ => Err(format!("member `{from_norm}` is not a regular file")),
+            _ => Err(anyhow::anyhow!("member `{from_norm}` is not a regular file")),
         };
     }
     let prefix = if from_norm.is_empty() {
@@ -415,12 +415,12 @@ fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256
         }
     }
     if out.is_empty() {
-        return Err(format!("no files under `{from}` in the artifact"));
+        return Err(anyhow::anyhow!("no files under `{from}` in the artifact"));
     }
     Ok(out)
 }
 
-fn not_found(members: &Members, wanted: &str, err: &str) -> String {
+fn not_found(members: &Members, wanted: &str, err: &anyhow::Error) -> anyhow::Error {
     let base = wanted.rsplit('/').next().unwrap_or(wanted);
     let similar: Vec<&str> = members
         .members
@@ -430,8 +430,8 @@ fn not_found(members: &Members, wanted: &str, err: &str) -> String {
         .take(5)
         .collect();
     if similar.is_empty() {
-        format!("{err} in the artifact")
+        anyhow!("{err} in the artifact")
     } else {
-        format!("{err} in the artifact (did you mean {}?)", similar.join(", "))
+        anyhow!("{err} in the artifact (did you mean {}?)", similar.join(", "))
     }
 }

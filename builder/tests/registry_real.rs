@@ -140,6 +140,7 @@ fn pulls_through_the_rendered_registry_configuration(
     // Wrong credentials: the registry refuses, and containerd says so.
     node.render_hosts(USER, "wrong-password", None);
     let err = node.cri.pull(&image).unwrap_err();
+    let err = err.message();
     assert!(
         err.contains("401 Unauthorized") || err.contains("no basic auth credentials"),
         "wrong credentials: {err}\ncontainerd:\n{}",
@@ -152,6 +153,7 @@ fn pulls_through_the_rendered_registry_configuration(
     kiln_testkit::cluster::Pki::new(&other);
     node.render_hosts(USER, PASSWORD, Some(&other.join("ca.crt")));
     let err = node.cri.pull(&image).unwrap_err();
+    let err = err.message();
     assert!(
         err.contains("x509: certificate signed by unknown authority") || err.contains("failed to verify certificate"),
         "wrong CA: {err}"

@@ -40,7 +40,8 @@ fn with_crun(manifest: &Path) {
     std::fs::write(manifest, text).unwrap();
 }
 
-fn crun_state(id: &str) -> Result<String, String> {
+/// `crun state ID`: its JSON, or crun's complaint when it does not know the container.
+fn crun_state(id: &str) -> Result<String, CrunRefused> {
     let out = Command::new("crun")
         .args(["--root", SHIM_ROOT, "state", id])
         .output()
@@ -48,7 +49,17 @@ fn crun_state(id: &str) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(CrunRefused(String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+}
+
+/// crun's standard error when `crun state` fails.
+#[derive(Debug)]
+struct CrunRefused(String);
+
+impl std::fmt::Display for CrunRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.trim())
     }
 }
 
@@ -129,6 +140,7 @@ fn runs_a_pod_through_the_crun_handler(t: &Path, manifest: PathBuf, expect: Crun
         }
         Crun::Refuses(why) => {
             let e = cri.run_pod("with-crun", "crun", &logs).unwrap_err();
+            let e = e.message();
             assert!(e.contains("OCI runtime create failed") && e.contains(why), "{e}");
         }
     }
@@ -143,6 +155,7 @@ fn runs_a_pod_through_the_crun_handler(t: &Path, manifest: PathBuf, expect: Crun
 
     // A handler the bundle does not have.
     let e = cri.run_pod("with-nothing", "gvisor", &logs).unwrap_err();
+    let e = e.message();
     assert!(e.contains("gvisor"), "{e}");
 }
 

@@ -53,7 +53,7 @@ pub fn run(a: &BuildArgs, cache: Option<PathBuf>) -> Result<ExitCode> {
     let lock = lock.filter(|l| l.disagreements(&manifest, &archs).is_empty());
     let password = password_from_env(a.key_password_env.as_deref())?;
     let cache = Cache::open(cache)?;
-    let mirrors = Mirrors::parse(&a.fetch.mirrors).map_err(anyhow::Error::msg)?;
+    let mirrors = Mirrors::parse(&a.fetch.mirrors)?;
     let ctx = Ctx::new(&cache, &mirrors, &a.manifest, a.fetch.offline, a.fetch.retries);
     crate::install_signal_handlers()?;
     std::fs::create_dir_all(&a.output)

@@ -14,7 +14,7 @@ pub fn run(a: &LockArgs, cache: Option<std::path::PathBuf>) -> Result<ExitCode> 
     let manifest = super::load_manifest(&a.manifest)?;
     crate::install_signal_handlers()?;
     let cache = Cache::open(cache)?;
-    let mirrors = Mirrors::parse(&a.fetch.mirrors).map_err(anyhow::Error::msg)?;
+    let mirrors = Mirrors::parse(&a.fetch.mirrors)?;
     let ctx = Ctx::new(&cache, &mirrors, &a.manifest, a.fetch.offline, a.fetch.retries);
     let mut artifacts = Vec::new();
     for arch in &manifest.spec.architectures {

@@ -26,12 +26,12 @@ const V4_GRPC: &str = "io.containerd.server.v1.grpc";
 const V4_TTRPC: &str = "io.containerd.server.v1.ttrpc";
 
 /// The config schema version for a containerd version.
-pub fn schema_version(containerd: &str) -> Result<u32, String> {
+pub fn schema_version(containerd: &str) -> anyhow::Result<u32> {
     match minor(containerd) {
         Some((1, m)) if m >= 3 => Ok(2),
         Some((2, m)) if m <= 2 => Ok(3),
         Some((2, _)) => Ok(4),
-        _ => Err(format!(
+        _ => Err(anyhow::anyhow!(
             "containerd {containerd} is not supported (kiln renders configs for 1.3 to 2.x)"
         )),
     }
@@ -42,7 +42,7 @@ pub fn render(
     cfg: &ContainerdConfig,
     extra: &BTreeMap<String, Runtime>,
     l: &Layout,
-) -> Result<String, String> {
+) -> anyhow::Result<String> {
     let version = schema_version(containerd)?;
     let runc_options = table([
         ("BinaryName", Value::String(format!("{}/bin/runc", l.current))),
@@ -65,7 +65,7 @@ pub fn render(
         for (k, v) in &r.options {
             options.insert(
                 k.clone(),
-                json_to_toml(v).map_err(|e| format!("runtimes.{name}.options.{k}: {e}"))?,
+                json_to_toml(v).map_err(|e| anyhow::anyhow!("runtimes.{name}.options.{k}: {e}"))?,
             );
         }
         let mut handler = table([("runtime_type", r.runtime_type.clone().into())]);
@@ -152,18 +152,18 @@ pub fn render(
     doc.insert("plugins".into(), plugins.into());
 
     for (key, value) in &cfg.overrides {
-        let v = json_to_toml(value).map_err(|e| format!("overrides.{key}: {e}"))?;
+        let v = json_to_toml(value).map_err(|e| anyhow::anyhow!("overrides.{key}: {e}"))?;
         merge(&mut doc, key, v);
     }
     if doc.get("version").and_then(Value::as_integer) != Some(version.into()) {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "overrides must not change `version` (containerd {containerd} uses version {version})"
         ));
     }
     if version >= 3 {
-        check_schema(&doc, version).map_err(|errs| errs.join("; "))?;
+        check_schema(&doc, version).map_err(|errs| anyhow::anyhow!("{}", errs.join("; ")))?;
     }
-    let body = toml::to_string(&doc).map_err(|e| e.to_string())?;
+    let body = toml::to_string(&doc).map_err(anyhow::Error::from)?;
     Ok(format!(
         "# Rendered by kiln for containerd {containerd} (config version {version}).\n{body}"
     ))
@@ -186,20 +186,20 @@ fn merge(into: &mut Table, key: &str, value: Value) {
     }
 }
 
-fn json_to_toml(v: &serde_json::Value) -> Result<Value, String> {
+fn json_to_toml(v: &serde_json::Value) -> anyhow::Result<Value> {
     Ok(match v {
-        serde_json::Value::Null => return Err("null has no TOML form".into()),
+        serde_json::Value::Null => return Err(anyhow::anyhow!("null has no TOML form")),
         serde_json::Value::Bool(b) => Value::Boolean(*b),
         serde_json::Value::Number(n) => match n.as_i64() {
             Some(i) => Value::Integer(i),
-            None => Value::Float(n.as_f64().ok_or("number out of range")?),
+            None => Value::Float(n.as_f64().ok_or_else(|| anyhow::anyhow!("number out of range"))?),
         },
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(a) => Value::Array(a.iter().map(json_to_toml).collect::<Result<_, _>>()?),
         serde_json::Value::Object(o) => Value::Table(
             o.iter()
                 .map(|(k, v)| Ok((k.clone(), json_to_toml(v)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<anyhow::Result<_>>()?,
         ),
     })
 }
@@ -581,7 +581,8 @@ mod tests {
             &BTreeMap::new(),
             &Layout::default(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains(
                 "`[debug]` is deprecated in config version 4: use `[plugins.\"io.containerd.server.v1.debug\"]`"
@@ -628,7 +629,8 @@ mod tests {
             &BTreeMap::new(),
             &Layout::default(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("`plugins.\"io.containerd.grpc.v1.cri\".sandbox_image` is not a documented key"),
             "{e}"
@@ -644,7 +646,8 @@ mod tests {
             &BTreeMap::new(),
             &Layout::default(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("SystemdCgroups"), "{e}");
         let mut overrides = BTreeMap::new();
         overrides.insert(
@@ -660,7 +663,8 @@ mod tests {
             &BTreeMap::new(),
             &Layout::default(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("enable_cdi` has the wrong type"), "{e}");
         let mut overrides = BTreeMap::new();
         overrides.insert("version".to_string(), serde_json::json!(2));
@@ -674,6 +678,7 @@ mod tests {
             &Layout::default()
         )
         .unwrap_err()
+        .to_string()
         .contains("must not change `version`"));
     }
 }

@@ -19,7 +19,7 @@ fn endpoint(l: &Layout) -> String {
 /// The KubeletConfiguration: cgroupDriver matching containerd's, webhook authentication and
 /// authorization, certificate rotation, the client CA, `containerRuntimeEndpoint` from 1.27, and
 /// the manifest's settings merged over it. Unknown fields are errors.
-pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layout) -> Result<String, String> {
+pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layout) -> anyhow::Result<String> {
     let ca = l.on_node(files::CLUSTER_CA, true);
     let mut doc = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -42,16 +42,16 @@ pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layo
     }
     for (k, v) in &cfg.settings {
         if k == "apiVersion" || k == "kind" {
-            return Err(format!("`{k}` is fixed by kiln"));
+            return Err(anyhow::anyhow!("`{k}` is fixed by kiln"));
         }
         if !has_field(k, version) {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "`{k}` is not a KubeletConfiguration field in Kubernetes {version}"
             ));
         }
         merge(&mut doc, k, v.clone());
     }
-    let mut body = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
+    let mut body = serde_saphyr::to_string(&doc).map_err(anyhow::Error::from)?;
     if !cfg.settings.contains_key("registerWithTaints") {
         // The node's taints are a YAML list substituted at first boot (the
         // `--register-with-taints` flag is deprecated in favour of this field). A placeholder
@@ -205,7 +205,7 @@ mod tests {
 
         cfg.settings.insert("maxPod".into(), json!(1));
         assert_eq!(
-            config("1.36.4", &cfg, true, &l).unwrap_err(),
+            config("1.36.4", &cfg, true, &l).unwrap_err().to_string(),
             "`maxPod` is not a KubeletConfiguration field in Kubernetes 1.36.4"
         );
         let mut cfg = KubeletConfig::default();

@@ -48,8 +48,8 @@ impl Cri {
     }
 
     /// `PullImage` without credentials of its own (so only the node's registry configuration can
-    /// authenticate); the image reference it resolved to, or containerd's error message.
-    pub fn pull(&self, image: &str) -> Result<String, String> {
+    /// authenticate); the image reference it resolved to, or containerd's status (its message says why).
+    pub fn pull(&self, image: &str) -> Result<String, tonic::Status> {
         let req = cri::PullImageRequest {
             image: Some(cri::ImageSpec {
                 image: image.to_string(),
@@ -61,11 +61,10 @@ impl Cri {
         self.rt
             .block_on(self.images().pull_image(req))
             .map(|r| r.into_inner().image_ref)
-            .map_err(|s| s.message().to_string())
     }
 
     /// `RunPodSandbox` on the host network (no CNI) with `handler` (empty: the default runtime).
-    pub fn run_pod(&self, name: &str, handler: &str, log_dir: &Path) -> Result<String, String> {
+    pub fn run_pod(&self, name: &str, handler: &str, log_dir: &Path) -> Result<String, tonic::Status> {
         let req = cri::RunPodSandboxRequest {
             config: Some(pod_config(name, log_dir)),
             runtime_handler: handler.to_string(),
@@ -73,7 +72,6 @@ impl Cri {
         self.rt
             .block_on(self.runtime().run_pod_sandbox(req))
             .map(|r| r.into_inner().pod_sandbox_id)
-            .map_err(|s| s.message().to_string())
     }
 
     /// `CreateContainer` + `StartContainer` of `image` running `command` in pod `pod`.
@@ -84,7 +82,7 @@ impl Cri {
         log_dir: &Path,
         image: &str,
         command: &[&str],
-    ) -> Result<String, String> {
+    ) -> Result<String, tonic::Status> {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: name.to_string(),
@@ -106,13 +104,11 @@ impl Cri {
         let id = self
             .rt
             .block_on(self.runtime().create_container(req))
-            .map(|r| r.into_inner().container_id)
-            .map_err(|s| s.message().to_string())?;
+            .map(|r| r.into_inner().container_id)?;
         self.rt
             .block_on(self.runtime().start_container(cri::StartContainerRequest {
                 container_id: id.clone(),
-            }))
-            .map_err(|s| s.message().to_string())?;
+            }))?;
         Ok(id)
     }
 

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_testkit::qemu::{self, Net};
 
@@ -84,23 +85,23 @@ fn running(pid_file: &Path) -> Option<i32> {
     (state != "Z").then_some(pid)
 }
 
-fn node_name(explicit: Option<String>) -> Result<String, String> {
+fn node_name(explicit: Option<String>) -> Result<String> {
     explicit
         .or_else(|| std::env::var("KILN_NODE").ok())
-        .ok_or_else(|| "no node: give --name or set KILN_NODE".to_string())
+        .ok_or_else(|| anyhow!("no node: give --name or set KILN_NODE"))
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kiln-vm: {e}");
+            eprintln!("kiln-vm: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Provision { boot, name } => {
             let name = match name {
@@ -135,26 +136,25 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn image_of(boot: &Boot) -> Result<PathBuf, String> {
+fn image_of(boot: &Boot) -> Result<PathBuf> {
     let image = boot.images.join(format!("{}.raw", boot.bundle));
     if !image.is_file() {
-        return Err(format!(
+        bail!(
             "no image for bundle {}: {} does not exist",
             boot.bundle,
             image.display()
-        ));
+        );
     }
     Ok(image)
 }
 
 /// Boot machine `name` from the image of `boot.bundle` (a copy-on-write view: the image is never
 /// written) with a fresh NoCloud seed.
-fn start(boot: &Boot, name: &str) -> Result<(), String> {
+fn start(boot: &Boot, name: &str) -> Result<()> {
     let image = image_of(boot)?;
     let state = &boot.state;
-    std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
-    let template =
-        std::fs::read_to_string(&boot.user_data).map_err(|e| format!("{}: {e}", boot.user_data.display()))?;
+    std::fs::create_dir_all(state).with_context(|| state.display().to_string())?;
+    let template = std::fs::read_to_string(&boot.user_data).with_context(|| boot.user_data.display().to_string())?;
     let seed = qemu::nocloud_seed(
         state,
         name,
@@ -173,25 +173,25 @@ fn start(boot: &Boot, name: &str) -> Result<(), String> {
         .arg("-pidfile")
         .arg(pid_file(state, name))
         .output()
-        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        .context("cannot start qemu-system-x86_64")?;
     if !out.status.success() {
-        return Err(format!(
+        bail!(
             "qemu for {name} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        );
     }
     eprintln!("kiln-vm: {name} booting from {}", image.display());
     Ok(())
 }
 
 /// Stop machine `name` by PID and wait until it is gone; one not running is not an error.
-fn stop(state: &Path, name: &str) -> Result<(), String> {
+fn stop(state: &Path, name: &str) -> Result<()> {
     let pidf = pid_file(state, name);
     let Some(pid) = running(&pidf) else {
         eprintln!("kiln-vm: {name} is not running");
         return Ok(());
     };
-    let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow!("bad pid {pid}"))?;
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(30);
     while running(&pidf).is_some() {
