@@ -91,14 +91,14 @@ impl Members {
             let (key, m) = self
                 .members
                 .get_key_value(cur.as_str())
-                .ok_or_else(|| anyhow::anyhow!("no member `{cur}`"))?;
+                .ok_or_else(|| anyhow!("no member `{cur}`"))?;
             match m {
                 Member::Symlink { target } => cur = resolve_link(key, target),
                 Member::Hardlink { target } => cur = target.clone(),
                 _ => return Ok((key.as_str(), m)),
             }
         }
-        Err(anyhow::anyhow!("`{path}`: too many levels of links"))
+        Err(anyhow!("`{path}`: too many levels of links"))
     }
 }
 

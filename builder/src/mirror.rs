@@ -1,18 +1,20 @@
 //! `--mirror FROM=TO`: URL prefix rewriting for air-gapped builds. The manifest, lock and bundle keep
 //! the upstream URL; only the fetch goes to the mirror.
 
+use anyhow::{anyhow, bail, Result};
+
 #[derive(Debug, Clone, Default)]
 pub struct Mirrors(Vec<(String, String)>);
 
 impl Mirrors {
-    pub fn parse(specs: &[String]) -> anyhow::Result<Mirrors> {
+    pub fn parse(specs: &[String]) -> Result<Mirrors> {
         let mut v = Vec::new();
         for s in specs {
             let (from, to) = s
                 .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--mirror `{s}`: expected FROM=TO"))?;
+                .ok_or_else(|| anyhow!("--mirror `{s}`: expected FROM=TO"))?;
             if from.is_empty() || to.is_empty() {
-                return Err(anyhow::anyhow!("--mirror `{s}`: FROM and TO must not be empty"));
+                bail!("--mirror `{s}`: FROM and TO must not be empty");
             }
             v.push((from.to_string(), to.to_string()));
         }

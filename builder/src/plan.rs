@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Error, Result};
 use kiln_bundle::digest::Sha256;
 use kiln_bundle::index::{ComponentRecord, EntryKind, FileRecord};
 use kiln_bundle::layout::files;
@@ -393,7 +393,7 @@ fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256
             .map_err(|e| not_found(members, from_norm, &e))?;
         return match m {
             Member::File { sha256, size, mode } => Ok(vec![(to.to_string(), *sha256, *size, *mode)]),
-            _ => Err(anyhow::anyhow!("member `{from_norm}` is not a regular file")),
+            _ => Err(anyhow!("member `{from_norm}` is not a regular file")),
         };
     }
     let prefix = if from_norm.is_empty() {
@@ -415,12 +415,12 @@ fn select(members: &Members, from: &str, to: &str) -> Result<Vec<(String, Sha256
         }
     }
     if out.is_empty() {
-        return Err(anyhow::anyhow!("no files under `{from}` in the artifact"));
+        bail!("no files under `{from}` in the artifact");
     }
     Ok(out)
 }
 
-fn not_found(members: &Members, wanted: &str, err: &anyhow::Error) -> anyhow::Error {
+fn not_found(members: &Members, wanted: &str, err: &Error) -> Error {
     let base = wanted.rsplit('/').next().unwrap_or(wanted);
     let similar: Vec<&str> = members
         .members

@@ -19,11 +19,12 @@ pub enum Error {
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
     /// YAML that kiln's reader refuses; its message names the input, line and column.
-    #[error("{prefix}{yaml}")]
-    Yaml {
-        prefix: &'static str,
-        yaml: kiln_bundle::error::Error,
-    },
+    #[error(transparent)]
+    Yaml(#[from] kiln_bundle::error::Error),
+    /// An input that is none of the shapes read line by line (a command line, a unit, an
+    /// environment file) and does not parse as the last one left, a YAML map.
+    #[error("not a kubelet command line, unit, environment file or YAML map: {0}")]
+    Unrecognised(kiln_bundle::error::Error),
     /// A command line (ExecStart, `Environment=`, a flags file) that does not split into flags.
     #[error("{origin}: {problem}")]
     Words { origin: String, problem: Words },

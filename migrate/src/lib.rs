@@ -438,10 +438,7 @@ pub fn parse(text: &str, origin: &str) -> Result<OldSettings, Error> {
 }
 
 fn parse_yaml_map(text: &str, origin: &str) -> Result<Vec<(String, String)>, Error> {
-    let v: Value = kiln_bundle::yaml::from_str(text, origin).map_err(|yaml| Error::Yaml {
-        prefix: "not a kubelet command line, unit, environment file or YAML map: ",
-        yaml,
-    })?;
+    let v: Value = kiln_bundle::yaml::from_str(text, origin).map_err(Error::Unrecognised)?;
     let map = v
         .as_object()
         .ok_or_else(|| shape_error(origin, "a YAML map of kubelet flags"))?;
@@ -748,8 +745,7 @@ fn old_config_fields(
     target: &str,
     containerd: &mut Map<String, Value>,
 ) -> Result<Vec<ConfigField>, Error> {
-    let v: Value =
-        kiln_bundle::yaml::from_str(&kc.text, &kc.origin).map_err(|yaml| Error::Yaml { prefix: "", yaml })?;
+    let v: Value = kiln_bundle::yaml::from_str(&kc.text, &kc.origin)?;
     let map = v
         .as_object()
         .ok_or_else(|| shape_error(&kc.origin, "a KubeletConfiguration (a YAML map)"))?;

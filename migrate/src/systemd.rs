@@ -155,10 +155,9 @@ fn is_name(k: &str) -> bool {
 /// quotes (literal) or double quotes (backslash escapes), unquoted values trimmed, a trailing
 /// backslash continuing the line.
 pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>, Error> {
-    let syntax = |n: usize, message: String| Error::Syntax {
-        origin: format!("{origin}:{}", n + 1),
-        message,
-    };
+    let at = |n: usize| format!("{origin}:{}", n + 1);
+    let syntax = |n: usize, message: String| Error::Syntax { origin: at(n), message };
+    let words = |n: usize, problem: Words| Error::Words { origin: at(n), problem };
     let mut out = Vec::new();
     let joined = text.replace("\\\n", "");
     for (n, line) in joined.lines().enumerate() {
@@ -175,12 +174,12 @@ pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>,
         let value = if let Some(inner) = v.strip_prefix('\'') {
             inner
                 .strip_suffix('\'')
-                .ok_or_else(|| syntax(n, Words::UnterminatedSingle.to_string()))?
+                .ok_or_else(|| words(n, Words::UnterminatedSingle))?
                 .to_string()
         } else if let Some(inner) = v.strip_prefix('"') {
             let inner = inner
                 .strip_suffix('"')
-                .ok_or_else(|| syntax(n, Words::UnterminatedDouble.to_string()))?;
+                .ok_or_else(|| words(n, Words::UnterminatedDouble))?;
             let mut s = String::new();
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {

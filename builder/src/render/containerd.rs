@@ -14,6 +14,7 @@
 use kiln_bundle::layout::Layout;
 use std::collections::BTreeMap;
 
+use anyhow::{anyhow, bail, Result};
 use kiln_bundle::manifest::{ContainerdConfig, Runtime, RUNC_SHIM};
 use toml::{Table, Value};
 
@@ -26,12 +27,12 @@ const V4_GRPC: &str = "io.containerd.server.v1.grpc";
 const V4_TTRPC: &str = "io.containerd.server.v1.ttrpc";
 
 /// The config schema version for a containerd version.
-pub fn schema_version(containerd: &str) -> anyhow::Result<u32> {
+pub fn schema_version(containerd: &str) -> Result<u32> {
     match minor(containerd) {
         Some((1, m)) if m >= 3 => Ok(2),
         Some((2, m)) if m <= 2 => Ok(3),
         Some((2, _)) => Ok(4),
-        _ => Err(anyhow::anyhow!(
+        _ => Err(anyhow!(
             "containerd {containerd} is not supported (kiln renders configs for 1.3 to 2.x)"
         )),
     }
@@ -42,7 +43,7 @@ pub fn render(
     cfg: &ContainerdConfig,
     extra: &BTreeMap<String, Runtime>,
     l: &Layout,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let version = schema_version(containerd)?;
     let runc_options = table([
         ("BinaryName", Value::String(format!("{}/bin/runc", l.current))),
@@ -65,7 +66,7 @@ pub fn render(
         for (k, v) in &r.options {
             options.insert(
                 k.clone(),
-                json_to_toml(v).map_err(|e| anyhow::anyhow!("runtimes.{name}.options.{k}: {e}"))?,
+                json_to_toml(v).map_err(|e| anyhow!("runtimes.{name}.options.{k}: {e}"))?,
             );
         }
         let mut handler = table([("runtime_type", r.runtime_type.clone().into())]);
@@ -152,18 +153,16 @@ pub fn render(
     doc.insert("plugins".into(), plugins.into());
 
     for (key, value) in &cfg.overrides {
-        let v = json_to_toml(value).map_err(|e| anyhow::anyhow!("overrides.{key}: {e}"))?;
+        let v = json_to_toml(value).map_err(|e| anyhow!("overrides.{key}: {e}"))?;
         merge(&mut doc, key, v);
     }
     if doc.get("version").and_then(Value::as_integer) != Some(version.into()) {
-        return Err(anyhow::anyhow!(
-            "overrides must not change `version` (containerd {containerd} uses version {version})"
-        ));
+        bail!("overrides must not change `version` (containerd {containerd} uses version {version})");
     }
     if version >= 3 {
-        check_schema(&doc, version).map_err(|errs| anyhow::anyhow!("{}", errs.join("; ")))?;
+        check_schema(&doc, version).map_err(|errs| anyhow!("{}", errs.join("; ")))?;
     }
-    let body = toml::to_string(&doc).map_err(anyhow::Error::from)?;
+    let body = toml::to_string(&doc)?;
     Ok(format!(
         "# Rendered by kiln for containerd {containerd} (config version {version}).\n{body}"
     ))
@@ -186,20 +185,20 @@ fn merge(into: &mut Table, key: &str, value: Value) {
     }
 }
 
-fn json_to_toml(v: &serde_json::Value) -> anyhow::Result<Value> {
+fn json_to_toml(v: &serde_json::Value) -> Result<Value> {
     Ok(match v {
-        serde_json::Value::Null => return Err(anyhow::anyhow!("null has no TOML form")),
+        serde_json::Value::Null => bail!("null has no TOML form"),
         serde_json::Value::Bool(b) => Value::Boolean(*b),
         serde_json::Value::Number(n) => match n.as_i64() {
             Some(i) => Value::Integer(i),
-            None => Value::Float(n.as_f64().ok_or_else(|| anyhow::anyhow!("number out of range"))?),
+            None => Value::Float(n.as_f64().ok_or_else(|| anyhow!("number out of range"))?),
         },
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(a) => Value::Array(a.iter().map(json_to_toml).collect::<Result<_, _>>()?),
         serde_json::Value::Object(o) => Value::Table(
             o.iter()
                 .map(|(k, v)| Ok((k.clone(), json_to_toml(v)?)))
-                .collect::<anyhow::Result<_>>()?,
+                .collect::<Result<_>>()?,
         ),
     })
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::{bail, Result};
 use kiln_bundle::layout::{files, Layout};
 use kiln_bundle::manifest::KubeletConfig;
 use kiln_bundle::placeholder::token;
@@ -19,7 +20,7 @@ fn endpoint(l: &Layout) -> String {
 /// The KubeletConfiguration: cgroupDriver matching containerd's, webhook authentication and
 /// authorization, certificate rotation, the client CA, `containerRuntimeEndpoint` from 1.27, and
 /// the manifest's settings merged over it. Unknown fields are errors.
-pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layout) -> anyhow::Result<String> {
+pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layout) -> Result<String> {
     let ca = l.on_node(files::CLUSTER_CA, true);
     let mut doc = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -42,16 +43,14 @@ pub fn config(version: &str, cfg: &KubeletConfig, systemd_cgroup: bool, l: &Layo
     }
     for (k, v) in &cfg.settings {
         if k == "apiVersion" || k == "kind" {
-            return Err(anyhow::anyhow!("`{k}` is fixed by kiln"));
+            bail!("`{k}` is fixed by kiln");
         }
         if !has_field(k, version) {
-            return Err(anyhow::anyhow!(
-                "`{k}` is not a KubeletConfiguration field in Kubernetes {version}"
-            ));
+            bail!("`{k}` is not a KubeletConfiguration field in Kubernetes {version}");
         }
         merge(&mut doc, k, v.clone());
     }
-    let mut body = serde_saphyr::to_string(&doc).map_err(anyhow::Error::from)?;
+    let mut body = serde_saphyr::to_string(&doc)?;
     if !cfg.settings.contains_key("registerWithTaints") {
         // The node's taints are a YAML list substituted at first boot (the
         // `--register-with-taints` flag is deprecated in favour of this field). A placeholder
