@@ -1,8 +1,9 @@
 //! Activation of the baked bundle (or one `kiln-firstboot update` staged, see [`crate::update`]),
 //! in steps, each crash-safe and idempotent:
 //!
-//! 1. `config`: gather the node configuration (see [`crate::datasource`]);
-//! 2. `verify`: find the baked bundle, verify its outer digest, signature and every file
+//! 1. `config`: gather the node configuration (see [`crate::datasource`]), pick the bundle and read
+//!    its index and digest, and choose the mode; nothing is written;
+//! 2. `verify`: verify the bundle's outer digest, signature and every file
 //!    while unpacking it into `/var/lib/kiln/bundles/<version>.partial`, fsynced; in verity mode
 //!    (see [`verity`]), verify the bundle file's digest and signature only, and mount its verity
 //!    image read-only at `/var/lib/kiln/bundles/<version>`;
@@ -84,193 +85,327 @@ fn bundle_id(root: &Path, path: &Path) -> Result<BundleId> {
     })
 }
 
-/// Activate the baked bundle under `root`.
+/// Activate the baked bundle under `root`: [`Activation::prepare`], then every step of
+/// [`Step::ALL`] in order, each one method of [`Activation`] and each a point where `stop_after`
+/// can stop the run.
 pub fn run(root: &Path, sys: &mut dyn System, opts: &Options) -> Result<Outcome> {
     if opts.phase == Phase::Health {
         return health_phase(root, sys, opts);
     }
-    let mut t = Timer {
-        steps: Vec::new(),
-        started: Instant::now(),
-        stop_after: opts.stop_after,
+    let mut a = match Activation::prepare(root, sys, opts)? {
+        Prepared::AlreadyActive(version) => return Ok(Outcome::AlreadyActive { version }),
+        Prepared::Ready(a) => a,
     };
-    let state_before = State::load(root)?;
-
-    let cfg = datasource::gather(root, &opts.endpoints, sys)?;
-    // The baked bundle, or one delivered by `kiln-firstboot update` (see [`crate::update`]).
-    let bundle = crate::update::pick(root)?;
-    let id = bundle_id(root, &bundle)?;
-    let config_digest = cfg.digest();
-    // Active in another mode than the one asked for is not "already active".
-    let mode_as_asked = state_before.as_ref().is_some_and(|s| match opts.mode {
-        ModeRequest::Auto => true,
-        ModeRequest::Verity => s.mode == Mode::Verity,
-        ModeRequest::Unpack => s.mode == Mode::Unpack,
-    });
-    if let Some(version) = already_active(root, &state_before, &id, &config_digest, sys).filter(|_| mode_as_asked) {
-        return Ok(Outcome::AlreadyActive { version });
-    }
-    if t.done(Step::Config) {
-        return Ok(Outcome::Stopped { after: Step::Config });
-    }
-
-    let index = kiln_bundle::reader::read_index(&bundle)?;
-    let version = index.version.clone();
-    check_version_name(&version)?;
-    let chosen = verity::choose(&bundle, &index, sys, opts.mode)?;
-    let bundles = root.join(BUNDLES);
-    fs::create_dir_all(&bundles).with_context(|| format!("cannot create {}", bundles.display()))?;
-    let dest = bundles.join(&version);
-    let partial = bundles.join(format!("{version}.partial"));
-    remove_if_exists(&partial)?;
-    let expected = read_expected_digest(&bundle)?;
-    let same_bundle = state_before.as_ref().is_some_and(|s| s.digest == expected.hex());
-    match &chosen.image {
-        // Verity: verify the bundle file (its index carries the root hash), then mount the image.
-        Some(image) => {
-            // Mounted already by a run that stopped before writing its state: verified again, not
-            // mounted again.
-            let mounted = verity::mounted(&dest, &index, sys);
-            if !(same_bundle && mounted) {
-                verify_raw(&bundle, expected, &cfg)?;
-                if !mounted {
-                    verity::mount(image, &index, &dest, sys)?;
+    for &step in Step::ALL {
+        match a.step(step, sys)? {
+            Next::Ran => {
+                if a.timer.done(step) {
+                    return Ok(Outcome::Stopped { after: step });
                 }
             }
-            if t.done(Step::Verify) {
-                return Ok(Outcome::Stopped { after: Step::Verify });
+            Next::RanFailing => {
+                a.timer.done(step);
             }
-        }
-        // Unpack: verify and unpack in one pass, then rename into place.
-        None => {
-            if sys.is_mounted(&dest) {
-                bail!(
-                    "{} is a mounted verity image; a node cannot switch bundle {version} to unpack mode without a reboot",
-                    dest.display()
-                );
-            }
-            let reuse = same_bundle && holds_index(&dest, &index);
-            if !reuse {
-                verify_unpack(&bundle, &partial, expected, &cfg)?;
-            }
-            if t.done(Step::Verify) {
-                return Ok(Outcome::Stopped { after: Step::Verify });
-            }
-            if !reuse {
-                remove_if_exists(&dest)?;
-                fs::rename(&partial, &dest)
-                    .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
-                kiln_bundle::atomic::sync_dir(&bundles)?;
-            }
+            Next::Skipped | Next::Recorded => {}
         }
     }
-    if t.done(Step::Rename) {
-        return Ok(Outcome::Stopped { after: Step::Rename });
+    Ok(Outcome::Activated { version: a.version })
+}
+
+/// What a step tells the loop in [`run`].
+enum Next {
+    /// Done: its time is recorded, and the run stops here if asked to.
+    Ran,
+    /// Failed in a way a later step handles (a service that did not start fails the health check):
+    /// its time is recorded, but the run never stops here, since the failure must be handled.
+    RanFailing,
+    /// Nothing to do in this phase: no time is recorded.
+    Skipped,
+    /// Done, its time recorded by the step itself (it wrote the times into the state).
+    Recorded,
+}
+
+enum Prepared<'a> {
+    /// Everything is in place already: nothing is changed.
+    AlreadyActive(String),
+    Ready(Box<Activation<'a>>),
+}
+
+/// One activation: what [`Activation::prepare`] read, and what each step found out for the ones
+/// after it.
+struct Activation<'a> {
+    root: &'a Path,
+    opts: &'a Options,
+    timer: Timer,
+    /// The state the previous activation left, if any.
+    before: Option<State>,
+    cfg: NodeConfig,
+    /// The bundle file and its identity (path, size, mtime).
+    bundle: PathBuf,
+    id: BundleId,
+    config_digest: String,
+    index: Index,
+    version: String,
+    chosen: verity::Chosen,
+    /// The bundle's digest, baked beside it.
+    expected: Sha256,
+    bundles: PathBuf,
+    /// `/var/lib/kiln/bundles/<version>` and its `.partial` sibling.
+    dest: PathBuf,
+    partial: PathBuf,
+    /// `<version>.<config digest>`, the rendered directory's name.
+    rendered: String,
+    /// Found by `verify`: the bundle is unpacked at `dest` already, so `rename` has nothing to do.
+    reuse: bool,
+    /// Found by `flip`: where the links pointed before.
+    previous: Option<(String, String)>,
+    /// Found by `install`: a file the services read changed.
+    changed: bool,
+    /// Found by `services`: why a service did not start; `health` reports it and rolls back.
+    start_failure: Option<anyhow::Error>,
+    /// Found by `services`: when kubelet was (re)started in this run; only a Ready it reports
+    /// from then on counts.
+    since: Option<String>,
+}
+
+impl<'a> Activation<'a> {
+    /// The `config` step's work, done before the loop since it decides whether anything runs:
+    /// gather the node configuration, pick the bundle, and read what it says of itself (its
+    /// index, its digest, the mode it can run in). Nothing is written.
+    fn prepare(root: &'a Path, sys: &mut dyn System, opts: &'a Options) -> Result<Prepared<'a>> {
+        let timer = Timer {
+            steps: Vec::new(),
+            started: Instant::now(),
+            stop_after: opts.stop_after,
+        };
+        let before = State::load(root)?;
+        let cfg = datasource::gather(root, &opts.endpoints, sys)?;
+        // The baked bundle, or one delivered by `kiln-firstboot update` (see [`crate::update`]).
+        let bundle = crate::update::pick(root)?;
+        let id = bundle_id(root, &bundle)?;
+        let config_digest = cfg.digest();
+        // Active in another mode than the one asked for is not "already active".
+        let mode_as_asked = before.as_ref().is_some_and(|s| match opts.mode {
+            ModeRequest::Auto => true,
+            ModeRequest::Verity => s.mode == Mode::Verity,
+            ModeRequest::Unpack => s.mode == Mode::Unpack,
+        });
+        if let Some(version) = already_active(root, &before, &id, &config_digest, sys).filter(|_| mode_as_asked) {
+            return Ok(Prepared::AlreadyActive(version));
+        }
+        let index = kiln_bundle::reader::read_index(&bundle)?;
+        let version = index.version.clone();
+        check_version_name(&version)?;
+        let chosen = verity::choose(&bundle, &index, sys, opts.mode)?;
+        let expected = read_expected_digest(&bundle)?;
+        let bundles = root.join(BUNDLES);
+        Ok(Prepared::Ready(Box::new(Activation {
+            root,
+            opts,
+            timer,
+            before,
+            dest: bundles.join(&version),
+            partial: bundles.join(format!("{version}.partial")),
+            rendered: format!("{version}.{}", &config_digest[..12]),
+            bundles,
+            cfg,
+            bundle,
+            id,
+            config_digest,
+            index,
+            version,
+            chosen,
+            expected,
+            reuse: false,
+            previous: None,
+            changed: false,
+            start_failure: None,
+            since: None,
+        })))
     }
 
-    let rendered_name = format!("{version}.{}", &config_digest[..12]);
-    install::render(root, &dest, &index, &cfg, &rendered_name, &expected)?;
-    if t.done(Step::Render) {
-        return Ok(Outcome::Stopped { after: Step::Render });
+    fn step(&mut self, step: Step, sys: &mut dyn System) -> Result<Next> {
+        let root = self.root;
+        match step {
+            // Done by `prepare`.
+            Step::Config => {}
+            Step::Verify => self.verify(sys)?,
+            Step::Rename => self.rename()?,
+            Step::Render => install::render(root, &self.dest, &self.index, &self.cfg, &self.rendered, &self.expected)?,
+            Step::Flip => {
+                self.previous = links(root);
+                flip(
+                    root,
+                    &format!("bundles/{}", self.version),
+                    &format!("rendered/{}", self.rendered),
+                )?;
+            }
+            Step::Install => self.changed = install::install(root, &self.index, &self.cfg)?,
+            Step::Kernel => install::kernel(root, sys, self.cfg.node.hostname.as_deref())?,
+            Step::Swap => {
+                if self.index.has_kubelet() {
+                    install::check_swap(root)?;
+                }
+            }
+            Step::Services => return Ok(self.services(sys)),
+            Step::Health => return self.health(sys),
+            Step::State => return self.write_state(),
+        }
+        Ok(Next::Ran)
     }
 
-    let previous = links(root);
-    flip(
-        root,
-        &format!("bundles/{version}"),
-        &format!("rendered/{rendered_name}"),
-    )?;
-    if t.done(Step::Flip) {
-        return Ok(Outcome::Stopped { after: Step::Flip });
+    /// Verity: verify the bundle file (its index carries the root hash), then mount the image.
+    /// Unpack: verify and unpack in one pass into `<version>.partial`.
+    fn verify(&mut self, sys: &mut dyn System) -> Result<()> {
+        fs::create_dir_all(&self.bundles).with_context(|| format!("cannot create {}", self.bundles.display()))?;
+        remove_if_exists(&self.partial)?;
+        let same_bundle = self.before.as_ref().is_some_and(|s| s.digest == self.expected.hex());
+        let dest = &self.dest;
+        match &self.chosen.image {
+            Some(image) => {
+                // Mounted already by a run that stopped before writing its state: verified again,
+                // not mounted again.
+                let mounted = verity::mounted(dest, &self.index, sys);
+                if !(same_bundle && mounted) {
+                    verify_raw(&self.bundle, self.expected, &self.cfg)?;
+                    if !mounted {
+                        verity::mount(image, &self.index, dest, sys)?;
+                    }
+                }
+            }
+            None => {
+                if sys.is_mounted(dest) {
+                    bail!(
+                        "{} is a mounted verity image; a node cannot switch bundle {} to unpack mode without a reboot",
+                        dest.display(),
+                        self.version
+                    );
+                }
+                self.reuse = same_bundle && holds_index(dest, &self.index);
+                if !self.reuse {
+                    verify_unpack(&self.bundle, &self.partial, self.expected, &self.cfg)?;
+                }
+            }
+        }
+        Ok(())
     }
 
-    let changed = install::install(root, &index, &cfg)?;
-    if t.done(Step::Install) {
-        return Ok(Outcome::Stopped { after: Step::Install });
-    }
-    install::kernel(root, sys, cfg.node.hostname.as_deref())?;
-    if t.done(Step::Kernel) {
-        return Ok(Outcome::Stopped { after: Step::Kernel });
-    }
-    if index.has_kubelet() {
-        install::check_swap(root)?;
-    }
-    if t.done(Step::Swap) {
-        return Ok(Outcome::Stopped { after: Step::Swap });
-    }
-    let version_changed = previous
-        .as_ref()
-        .is_some_and(|(cur, _)| *cur != format!("bundles/{version}"));
-    // A service that fails to start is a failed health check: it rolls back like one.
-    let services_at = now_rfc3339();
-    let started = services(sys, &index, changed || version_changed, opts.phase == Phase::Activate);
-    // A kubelet (re)started in this boot: only a Ready it reports from now on counts.
-    let since = matches!(started, Ok(true)).then_some(services_at);
-    let started = started.map(drop);
-    if t.done(Step::Services) && started.is_ok() {
-        return Ok(Outcome::Stopped { after: Step::Services });
+    /// Unpack mode: rename the verified tree into place.
+    fn rename(&self) -> Result<()> {
+        if self.chosen.image.is_some() || self.reuse {
+            return Ok(());
+        }
+        let (partial, dest) = (&self.partial, &self.dest);
+        remove_if_exists(dest)?;
+        fs::rename(partial, dest)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
+        kiln_bundle::atomic::sync_dir(&self.bundles)?;
+        Ok(())
     }
 
-    let mut state = State {
-        version: version.clone(),
-        digest: expected.hex(),
-        bundle: id,
-        config_digest,
-        rendered: rendered_name,
-        result: Status::Ok,
-        error: None,
-        previous: state_before
+    fn services(&mut self, sys: &mut dyn System) -> Next {
+        let version_changed = self
+            .previous
             .as_ref()
-            .filter(|s| s.result == Status::Ok && s.version != version)
-            .map(|s| (s.version.clone(), s.rendered.clone())),
-        steps: Vec::new(),
-        sources: cfg.sources.clone(),
-        uptime_s: None,
-        mode: chosen.mode,
-        mode_reason: chosen.reason,
-        node: if index.has_kubelet() {
-            Some(NodeJoin {
-                name: node_hostname(root, &cfg)?,
-                timeout_s: cfg.node.join_timeout_seconds.unwrap_or(DEFAULT_JOIN_TIMEOUT_S),
-                labels: bundle_labels(&version, &expected),
-                since,
-                kubeconfig: None,
-            })
-        } else {
-            None
-        },
-    };
-    if opts.phase == Phase::Activate && started.is_ok() {
-        // kiln-firstboot-health.service finishes the job once the services have started.
-        state.result = Status::PendingHealth;
-        t.done(Step::State);
-        state.steps = t.steps;
-        state.write(root)?;
-        return Ok(Outcome::Activated { version });
-    }
-    let health = started.and_then(|()| health(root, sys, &index, opts.health_timeout, state.node.as_ref()));
-    if let Err(e) = health {
-        let msg = format!("{e:#}");
-        state.result = Status::Failed;
-        state.error = Some(msg.clone());
-        let rolled = rollback(root, sys, &state_before, &version)?;
-        crate::update::settle(root, &version, false)?;
-        t.done(Step::Health);
-        state.steps = t.steps;
-        state.write(root)?;
-        match rolled {
-            Some(prev) => bail!("bundle {version} failed its health check ({msg}); rolled back to {prev}"),
-            None => bail!("bundle {version} failed its health check: {msg}"),
+            .is_some_and(|(cur, _)| *cur != format!("bundles/{}", self.version));
+        let at = now_rfc3339();
+        let queue_only = self.opts.phase == Phase::Activate;
+        match services(sys, &self.index, self.changed || version_changed, queue_only) {
+            Ok(kubelet_started) => {
+                self.since = kubelet_started.then_some(at);
+                Next::Ran
+            }
+            // A service that fails to start is a failed health check: it rolls back like one.
+            Err(e) => {
+                self.start_failure = Some(e);
+                Next::RanFailing
+            }
         }
     }
-    crate::update::settle(root, &version, true)?;
-    if t.done(Step::Health) {
-        return Ok(Outcome::Stopped { after: Step::Health });
+
+    /// Check the services' health; when it fails, roll back, write the failed state and fail.
+    fn health(&mut self, sys: &mut dyn System) -> Result<Next> {
+        if self.opts.phase == Phase::Activate && self.start_failure.is_none() {
+            // kiln-firstboot-health.service checks them once they have started.
+            return Ok(Next::Skipped);
+        }
+        let mut state = self.state(Status::Ok)?;
+        let checked = match self.start_failure.take() {
+            Some(e) => Err(e),
+            None => health(
+                self.root,
+                sys,
+                &self.index,
+                self.opts.health_timeout,
+                state.node.as_ref(),
+            ),
+        };
+        let (root, version) = (self.root, &self.version);
+        if let Err(e) = checked {
+            let msg = format!("{e:#}");
+            state.result = Status::Failed;
+            state.error = Some(msg.clone());
+            let rolled = rollback(root, sys, &self.before, version)?;
+            crate::update::settle(root, version, false)?;
+            self.timer.done(Step::Health);
+            state.steps = std::mem::take(&mut self.timer.steps);
+            state.write(root)?;
+            match rolled {
+                Some(prev) => bail!("bundle {version} failed its health check ({msg}); rolled back to {prev}"),
+                None => bail!("bundle {version} failed its health check: {msg}"),
+            }
+        }
+        crate::update::settle(root, version, true)?;
+        Ok(Next::Ran)
     }
-    t.done(Step::State);
-    state.steps = t.steps;
-    state.write(root)?;
-    Ok(Outcome::Activated { version })
+
+    /// Write the state, with every step's time; in the activate phase, as pending its health check.
+    fn write_state(&mut self) -> Result<Next> {
+        let result = match self.opts.phase {
+            Phase::Activate => Status::PendingHealth,
+            Phase::All | Phase::Health => Status::Ok,
+        };
+        let mut state = self.state(result)?;
+        self.timer.done(Step::State);
+        state.steps = std::mem::take(&mut self.timer.steps);
+        state.write(self.root)?;
+        Ok(Next::Recorded)
+    }
+
+    /// The state this activation writes, without the steps' times.
+    fn state(&self, result: Status) -> Result<State> {
+        let version = &self.version;
+        Ok(State {
+            version: version.clone(),
+            digest: self.expected.hex(),
+            bundle: self.id.clone(),
+            config_digest: self.config_digest.clone(),
+            rendered: self.rendered.clone(),
+            result,
+            error: None,
+            previous: self
+                .before
+                .as_ref()
+                .filter(|s| s.result == Status::Ok && s.version != *version)
+                .map(|s| (s.version.clone(), s.rendered.clone())),
+            steps: Vec::new(),
+            sources: self.cfg.sources.clone(),
+            uptime_s: None,
+            mode: self.chosen.mode,
+            mode_reason: self.chosen.reason.clone(),
+            node: if self.index.has_kubelet() {
+                Some(NodeJoin {
+                    name: node_hostname(self.root, &self.cfg)?,
+                    timeout_s: self.cfg.node.join_timeout_seconds.unwrap_or(DEFAULT_JOIN_TIMEOUT_S),
+                    labels: bundle_labels(version, &self.expected),
+                    since: self.since.clone(),
+                    kubeconfig: None,
+                })
+            } else {
+                None
+            },
+        })
+    }
 }
 
 /// Now, to the second, as the API server writes times.
