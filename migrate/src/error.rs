@@ -15,12 +15,12 @@ pub enum Error {
     /// A `--kubelet-config` file of another kind.
     #[error("{origin}: expected kind: KubeletConfiguration, found {found}")]
     Kind { origin: String, found: String },
-    /// Text that does not parse: JSON, YAML, a line of an environment file.
+    /// Text that does not parse: JSON, a line of an environment file.
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
     /// YAML that kiln's reader refuses; its message names the input, line and column.
     #[error(transparent)]
-    Yaml(#[from] kiln_bundle::error::Error),
+    Yaml(kiln_bundle::error::Error),
     /// An input that is none of the shapes read line by line (a command line, a unit, an
     /// environment file) and does not parse as the last one left, a YAML map.
     #[error("not a kubelet command line, unit, environment file or YAML map: {0}")]

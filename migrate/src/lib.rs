@@ -745,7 +745,7 @@ fn old_config_fields(
     target: &str,
     containerd: &mut Map<String, Value>,
 ) -> Result<Vec<ConfigField>, Error> {
-    let v: Value = kiln_bundle::yaml::from_str(&kc.text, &kc.origin)?;
+    let v: Value = kiln_bundle::yaml::from_str(&kc.text, &kc.origin).map_err(Error::Yaml)?;
     let map = v
         .as_object()
         .ok_or_else(|| shape_error(&kc.origin, "a KubeletConfiguration (a YAML map)"))?;
